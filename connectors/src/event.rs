@@ -1,0 +1,330 @@
+//! The `Event` envelope (CloudEvents 1.0) and its structured JSON encoding.
+//!
+//! evoke keeps one wire format everywhere: CloudEvents *structured* JSON
+//! (`application/cloudevents+json`). Data whose content type is JSON and
+//! which parses as JSON is embedded as `data`; any other data travels as
+//! `data_base64`, so bytes survive untouched.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// CloudEvents spec version evoke produces.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Extension carrying the attempt number (1 = first delivery).
+pub const EXT_ATTEMPT: &str = "evokeattempt";
+
+/// One event, as a function receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub ty: String,
+    pub specversion: String,
+    pub subject: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+    pub datacontenttype: Option<String>,
+    pub data: Bytes,
+    /// Lower-case extension attributes (`evokeattempt`, `traceparent`, ...).
+    pub extensions: BTreeMap<String, String>,
+}
+
+/// Why bytes could not be read as an event.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EventError {
+    #[error("event is not valid JSON: {0}")]
+    Json(String),
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    #[error("event attribute `{0}` is required")]
+    Missing(&'static str),
+    #[error("event attribute `{name}` is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+const CORE: [&str; 9] = [
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "time",
+    "datacontenttype",
+    "data",
+    "data_base64",
+];
+
+impl Event {
+    /// A new event with a fresh time and no extensions.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Event {
+        Event {
+            id: id.into(),
+            source: source.into(),
+            ty: ty.into(),
+            specversion: SPEC_VERSION.to_string(),
+            subject: None,
+            time: Some(Utc::now()),
+            datacontenttype: None,
+            data: Bytes::new(),
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    /// Sets data and its content type.
+    pub fn with_data(mut self, content_type: Option<String>, data: Bytes) -> Event {
+        self.datacontenttype = content_type;
+        self.data = data;
+        self
+    }
+
+    /// The attempt number carried in `evokeattempt` (1 when absent).
+    pub fn attempt(&self) -> u32 {
+        self.extensions
+            .get(EXT_ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Whether the data is declared as JSON (`application/json`, `*+json`,
+    /// `text/json`).
+    pub fn data_is_json(&self) -> bool {
+        self.datacontenttype.as_deref().is_some_and(is_json_type)
+    }
+
+    /// Encodes the event as CloudEvents structured JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a `Value` built from strings cannot fail.
+        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+    }
+
+    /// The event as a JSON object (structured mode).
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("specversion".into(), Value::String(self.specversion.clone()));
+        m.insert("id".into(), Value::String(self.id.clone()));
+        m.insert("source".into(), Value::String(self.source.clone()));
+        m.insert("type".into(), Value::String(self.ty.clone()));
+        if let Some(s) = &self.subject {
+            m.insert("subject".into(), Value::String(s.clone()));
+        }
+        if let Some(t) = &self.time {
+            m.insert("time".into(), Value::String(t.to_rfc3339()));
+        }
+        if let Some(ct) = &self.datacontenttype {
+            m.insert("datacontenttype".into(), Value::String(ct.clone()));
+        }
+        for (k, v) in &self.extensions {
+            m.insert(k.clone(), Value::String(v.clone()));
+        }
+        if !self.data.is_empty() {
+            let embedded = self
+                .data_is_json()
+                .then(|| serde_json::from_slice::<Value>(&self.data).ok())
+                .flatten();
+            match embedded {
+                Some(v) => {
+                    m.insert("data".into(), v);
+                }
+                None => {
+                    m.insert("data_base64".into(), Value::String(BASE64.encode(&self.data)));
+                }
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// Decodes CloudEvents structured JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        Event::from_value(value)
+    }
+
+    /// Decodes a structured-mode JSON object.
+    pub fn from_value(value: Value) -> Result<Event, EventError> {
+        let Value::Object(mut m) = value else {
+            return Err(EventError::NotAnObject);
+        };
+        let id = required(&mut m, "id")?;
+        let source = required(&mut m, "source")?;
+        let ty = required(&mut m, "type")?;
+        let specversion = optional(&mut m, "specversion")?.unwrap_or_else(|| SPEC_VERSION.into());
+        if !specversion.starts_with("1.") {
+            return Err(EventError::Invalid {
+                name: "specversion".into(),
+                reason: format!("`{specversion}` is not supported; use 1.0"),
+            });
+        }
+        let subject = optional(&mut m, "subject")?;
+        let time = optional(&mut m, "time")?
+            .map(|t| {
+                DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| EventError::Invalid {
+                        name: "time".into(),
+                        reason: format!("`{t}` is not an RFC 3339 time: {e}"),
+                    })
+            })
+            .transpose()?;
+        let mut datacontenttype = optional(&mut m, "datacontenttype")?;
+        let data = match (m.remove("data"), m.remove("data_base64")) {
+            (Some(_), Some(_)) => {
+                return Err(EventError::Invalid {
+                    name: "data".into(),
+                    reason: "`data` and `data_base64` are mutually exclusive".into(),
+                });
+            }
+            (None, Some(Value::String(b64))) => {
+                Bytes::from(BASE64.decode(b64.as_bytes()).map_err(|e| EventError::Invalid {
+                    name: "data_base64".into(),
+                    reason: e.to_string(),
+                })?)
+            }
+            (None, Some(_)) => {
+                return Err(EventError::Invalid {
+                    name: "data_base64".into(),
+                    reason: "must be a string".into(),
+                });
+            }
+            (Some(Value::String(s)), None)
+                if !datacontenttype.as_deref().is_some_and(is_json_type) =>
+            {
+                Bytes::from(s.into_bytes())
+            }
+            (Some(v), None) => {
+                if datacontenttype.is_none() {
+                    datacontenttype = Some("application/json".into());
+                }
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            (None, None) => Bytes::new(),
+        };
+        let mut extensions = BTreeMap::new();
+        for (k, v) in m {
+            if CORE.contains(&k.as_str()) {
+                continue;
+            }
+            if !valid_extension_name(&k) {
+                return Err(EventError::Invalid {
+                    name: k,
+                    reason: "extension names are lower-case letters and digits".into(),
+                });
+            }
+            let v = match v {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => continue,
+                _ => {
+                    return Err(EventError::Invalid {
+                        name: k,
+                        reason: "extension values are strings, numbers or booleans".into(),
+                    });
+                }
+            };
+            extensions.insert(k, v);
+        }
+        Ok(Event {
+            id,
+            source,
+            ty,
+            specversion,
+            subject,
+            time,
+            datacontenttype,
+            data,
+            extensions,
+        })
+    }
+}
+
+/// Whether a content type denotes JSON.
+pub fn is_json_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// CloudEvents extension names: `[a-z0-9]{1,20}` (evoke allows longer).
+pub fn valid_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn required(m: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
+    match optional(m, name)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(EventError::Missing(name)),
+    }
+}
+
+fn optional(m: &mut Map<String, Value>, name: &'static str) -> Result<Option<String>, EventError> {
+    match m.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(EventError::Invalid {
+            name: name.into(),
+            reason: "must be a string".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_is_embedded_and_round_trips() {
+        let e = Event::new("1", "/test", "t")
+            .with_data(Some("application/json".into()), Bytes::from_static(b"{\"a\":1}"));
+        let v = e.to_value();
+        assert_eq!(v["data"]["a"], 1);
+        assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn binary_data_travels_as_base64() {
+        let e = Event::new("1", "/test", "t")
+            .with_data(Some("image/png".into()), Bytes::from_static(&[0, 159, 146, 150]));
+        let v = e.to_value();
+        assert!(v.get("data").is_none());
+        assert_eq!(Event::from_json(&e.to_json()).unwrap().data, e.data);
+    }
+
+    #[test]
+    fn invalid_json_declared_as_json_is_kept_as_bytes() {
+        let e = Event::new("1", "/test", "t")
+            .with_data(Some("application/json".into()), Bytes::from_static(b"{oops"));
+        assert_eq!(Event::from_json(&e.to_json()).unwrap().data, e.data);
+    }
+
+    #[test]
+    fn extensions_round_trip_and_attempt_defaults_to_one() {
+        let mut e = Event::new("1", "/s", "t");
+        assert_eq!(e.attempt(), 1);
+        e.extensions.insert(EXT_ATTEMPT.into(), "3".into());
+        let back = Event::from_json(&e.to_json()).unwrap();
+        assert_eq!(back.attempt(), 3);
+    }
+
+    #[test]
+    fn malformed_events_name_the_problem() {
+        assert_eq!(Event::from_json(b"[1]"), Err(EventError::NotAnObject));
+        assert_eq!(
+            Event::from_json(br#"{"source":"s","type":"t"}"#),
+            Err(EventError::Missing("id"))
+        );
+        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","time":"yesterday"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("time"), "{err}");
+        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","Bad-Name":"x"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("Bad-Name"), "{err}");
+        assert!(matches!(Event::from_json(b"{nope"), Err(EventError::Json(_))));
+    }
+}

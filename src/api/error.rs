@@ -1,0 +1,68 @@
+//! The API's one error shape: `{"error": {"code", "message"}}` with the
+//! right status, plus `details` (one entry per bad field) for validation.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::registry::FieldError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<FieldError>,
+    pub invocation: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), details: vec![], invocation: None, retry_after: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: &str, name: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("{what} `{name}` does not exist"))
+    }
+
+    pub fn invalid(errors: Vec<FieldError>) -> ApiError {
+        let mut e = ApiError::bad_request("InvalidSpec", crate::registry::spec::describe(&errors));
+        e.details = errors;
+        e
+    }
+
+    /// NATS is unreachable: the client should retry shortly.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", message);
+        e.retry_after = Some(2);
+        e
+    }
+
+    pub fn with_invocation(mut self, id: &str) -> ApiError {
+        self.invocation = Some(id.to_string());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if !self.details.is_empty() {
+            body["error"]["details"] = json!(self.details);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(id) = self.invocation.and_then(|i| HeaderValue::from_str(&i).ok()) {
+            resp.headers_mut().insert(super::HDR_INVOCATION_ID, id);
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,147 @@
+//! Deploy, list, show and delete functions.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState};
+use crate::bus;
+use crate::registry::{DeployedFunction, FunctionName, FunctionSpec};
+
+fn view(f: &DeployedFunction) -> Value {
+    let mut v = serde_json::to_value(f).unwrap_or_default();
+    v["revision"] = json!(f.revision);
+    v
+}
+
+fn parse_name(name: &str) -> Result<FunctionName, ApiError> {
+    name.parse().map_err(|m: String| {
+        let mut e = ApiError::bad_request("InvalidName", m.clone());
+        e.details = vec![crate::registry::FieldError { field: "name".into(), message: m }];
+        e
+    })
+}
+
+pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let fns = s.invoker.registry.list().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "functions": fns.iter().map(|f| view(f)).collect::<Vec<_>>() })))
+}
+
+pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let f = s
+        .invoker
+        .registry
+        .get(&name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("function", &name))?;
+    Ok(Json(view(&f)))
+}
+
+pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let existed = s.invoker.registry.delete(&name).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !existed {
+        return Err(ApiError::not_found("function", &name));
+    }
+    // Events still queued for it can never run: drop them with the consumer.
+    if let Ok(stream) = s.invoker.bus.js.get_stream(bus::STREAM_EVENTS).await {
+        let _ = stream.delete_consumer(&bus::consumer_name(&name)).await;
+        let _ = stream.purge().filter(bus::invoke_subject(&name)).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/functions/{name}`: raw wasm with settings in the query, or
+/// multipart with a `spec` JSON part and a `code` part.
+pub async fn deploy(
+    State(s): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+    req: Request,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = parse_name(&name)?;
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (spec, code) = if content_type.starts_with("multipart/form-data") {
+        if !query.is_empty() {
+            return Err(ApiError::bad_request("InvalidRequest", "with multipart, put settings in the `spec` part, not the query"));
+        }
+        let mut multipart = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?;
+        let mut spec = None;
+        let mut code = None;
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?
+        {
+            let part = field.name().unwrap_or("").to_string();
+            let bytes = field.bytes().await.map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?;
+            match part.as_str() {
+                "spec" => {
+                    let value: Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| ApiError::bad_request("InvalidSpec", format!("the spec part is not JSON: {e}")))?;
+                    spec = Some(FunctionSpec::from_json(&value).map_err(ApiError::invalid)?);
+                }
+                "code" => code = Some(bytes),
+                other => {
+                    return Err(ApiError::bad_request(
+                        "InvalidRequest",
+                        format!("unknown multipart part `{other}`; send `spec` and `code`"),
+                    ));
+                }
+            }
+        }
+        let code = code.ok_or_else(|| ApiError::bad_request("InvalidRequest", "the `code` part is missing"))?;
+        (spec.unwrap_or_default(), code)
+    } else {
+        let spec = FunctionSpec::from_query(&query).map_err(ApiError::invalid)?;
+        let body = axum::body::to_bytes(req.into_body(), s.max_code_size).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "CodeTooLarge",
+                format!("the code is larger than this server's limit of {} bytes", s.max_code_size),
+            )
+        })?;
+        (spec, body)
+    };
+    deploy_code(&s, name, spec, code).await
+}
+
+async fn deploy_code(s: &ApiState, name: FunctionName, spec: FunctionSpec, code: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if code.is_empty() {
+        return Err(ApiError::bad_request("InvalidCode", "the code is empty; send the .wasm file as the body"));
+    }
+    let size = code.len() as u64;
+    let (kind, digest) = s
+        .invoker
+        .executor
+        .check_code(code.clone())
+        .await
+        .map_err(|e| ApiError::bad_request("InvalidCode", e.to_string()))?;
+    let object = digest.trim_start_matches("sha256:").to_string();
+    let store = &s.invoker.bus.code;
+    if store.info(&object).await.is_err() {
+        let mut reader = std::io::Cursor::new(code);
+        store
+            .put(object.as_str(), &mut reader)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot store the code in NATS: {e}")))?;
+    }
+    let existed = s.invoker.registry.get(name.as_str()).await.ok().flatten().is_some();
+    let f = DeployedFunction { name, spec, digest, code_size: size, kind, deployed_at: Utc::now(), revision: 0 };
+    let f = s.invoker.registry.put(f).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(function = %f.name, digest = %f.digest, kind = ?f.kind, "deployed");
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(view(&f))))
+}

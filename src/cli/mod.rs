@@ -1,0 +1,2 @@
+//! The `evoke` command.
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }

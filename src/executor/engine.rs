@@ -1,0 +1,58 @@
+//! The one wasmtime `Engine` of a node: pooling allocator, epoch
+//! interruption, and the ticker thread that drives deadlines.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the resolution of timeouts, and how often a
+/// busy guest yields to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The most linear memory any one function may be given.
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+/// Builds the engine. `instances` caps how many component instances (and
+/// roughly, memories) the pool holds; each slot reserves virtual address
+/// space, not RAM.
+pub fn build(instances: u32) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::new();
+    let instances = instances.max(8);
+    pool.total_component_instances(instances)
+        // A wasip2 component holds a handful of core instances (the program,
+        // adapters, shims).
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 8)
+        .total_stacks(instances)
+        .max_memory_size(MAX_MEMORY as usize)
+        .max_memories_per_component(8)
+        .max_core_instances_per_component(32)
+        .max_tables_per_component(32);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config)?;
+    start_ticker(&engine);
+    Ok(engine)
+}
+
+/// Advances the epoch until the engine is dropped. Holds only a weak
+/// reference so the thread never keeps an engine alive.
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("evoke-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch ticker: timeouts will not fire");
+    }
+}

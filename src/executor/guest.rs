@@ -1,0 +1,139 @@
+//! The kinds of code evoke runs, how a deploy tells them apart, and how one
+//! instance of each is created and called.
+//!
+//! - [`GuestKind::Component`]: a component of the `evoke:function` world
+//!   (`handle`, optional `init`); instances are kept warm and reused.
+//! - [`GuestKind::WasiCommand`]: a WASI preview-2 command component
+//!   (`wasi:cli/run`): event JSON on stdin, output on stdout.
+//! - [`GuestKind::WasiModule`]: a WASI preview-1 core module with `_start`,
+//!   same contract. Commands get a fresh instance per event.
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Engine;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use super::sandbox::{ComponentState, ModuleState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    Component,
+    WasiCommand,
+    WasiModule,
+}
+
+impl GuestKind {
+    pub fn is_component(self) -> bool {
+        !matches!(self, GuestKind::WasiModule)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            GuestKind::Component => "component (evoke:function world)",
+            GuestKind::WasiCommand => "WASI preview-2 command",
+            GuestKind::WasiModule => "WASI preview-1 command module",
+        }
+    }
+}
+
+/// Why code cannot be deployed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    #[error("the code is not WebAssembly: it must start with the `\\0asm` magic number")]
+    NotWasm,
+    #[error("the code is not valid WebAssembly: {0}")]
+    Invalid(String),
+    #[error("the code is not an evoke function: {0}")]
+    WrongShape(String),
+    #[error("the function needs imports evoke does not provide: {0}")]
+    Imports(String),
+}
+
+/// Compiled code ready to instantiate.
+pub enum Prepared {
+    Component { pre: InstancePre<ComponentState>, handle: ComponentExportIndex, init: Option<ComponentExportIndex> },
+    Command { pre: CommandPre<ComponentState> },
+    Module { pre: wasmtime::InstancePre<ModuleState> },
+}
+
+/// Compiled code before linking, as produced by a deploy or the cache.
+pub enum Compiled {
+    Component(Component),
+    Module(wasmtime::Module),
+}
+
+impl Compiled {
+    pub fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Compiled::Component(c) => c.serialize(),
+            Compiled::Module(m) => m.serialize(),
+        }
+    }
+}
+
+/// Compiles `wasm` and works out which kind of guest it is.
+pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(GuestKind, Compiled), CodeError> {
+    use wasmparser::Parser;
+    if !wasm.starts_with(b"\0asm") {
+        return Err(CodeError::NotWasm);
+    }
+    let invalid = |e: wasmtime::Error| CodeError::Invalid(format!("{e:#}"));
+    if Parser::is_component(wasm) {
+        let component = Component::new(engine, wasm).map_err(invalid)?;
+        let ty = component.component_type();
+        let names: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        let kind = if names.iter().any(|n| n == "handle") {
+            GuestKind::Component
+        } else if names.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
+            GuestKind::WasiCommand
+        } else {
+            return Err(CodeError::WrongShape(format!(
+                "a component must export `handle` (world evoke:function/function in wit/) or `wasi:cli/run`; this one exports [{}]",
+                names.join(", ")
+            )));
+        };
+        Ok((kind, Compiled::Component(component)))
+    } else {
+        let module = wasmtime::Module::new(engine, wasm).map_err(invalid)?;
+        let has_start = module.exports().any(|e| e.name() == "_start" && e.ty().func().is_some());
+        if !has_start {
+            return Err(CodeError::WrongShape(
+                "a core module must be a WASI command exporting `_start` (build a binary, not a library, for wasm32-wasip1)"
+                    .into(),
+            ));
+        }
+        Ok((GuestKind::WasiModule, Compiled::Module(module)))
+    }
+}
+
+/// Links compiled code against what evoke provides. Fails with
+/// [`CodeError::Imports`] when the guest wants something evoke does not give.
+pub fn prepare(
+    kind: GuestKind,
+    compiled: Compiled,
+    component_linker: &wasmtime::component::Linker<ComponentState>,
+    module_linker: &wasmtime::Linker<ModuleState>,
+) -> Result<Prepared, CodeError> {
+    let imports = |e: wasmtime::Error| CodeError::Imports(format!("{e:#}"));
+    match (kind, compiled) {
+        (GuestKind::Component, Compiled::Component(c)) => {
+            let handle = c
+                .get_export_index(None, "handle")
+                .ok_or_else(|| CodeError::WrongShape("no `handle` export".into()))?;
+            let init = c.get_export_index(None, "init");
+            let pre = component_linker.instantiate_pre(&c).map_err(imports)?;
+            Ok(Prepared::Component { pre, handle, init })
+        }
+        (GuestKind::WasiCommand, Compiled::Component(c)) => {
+            let pre = component_linker.instantiate_pre(&c).map_err(imports)?;
+            let pre = CommandPre::new(pre).map_err(|e| CodeError::WrongShape(format!("{e:#}")))?;
+            Ok(Prepared::Command { pre })
+        }
+        (GuestKind::WasiModule, Compiled::Module(m)) => {
+            let pre = module_linker.instantiate_pre(&m).map_err(imports)?;
+            Ok(Prepared::Module { pre })
+        }
+        _ => Err(CodeError::WrongShape("the code does not match its recorded kind".into())),
+    }
+}

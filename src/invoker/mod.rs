@@ -1,0 +1,246 @@
+//! Getting events to functions: sync runs, the async queue, retries by
+//! error class, dead letters, destinations and invocation records.
+//!
+//! # Layout
+//! - [`worker`]: one durable pull consumer per function; the retry state machine.
+//! - [`retry`]: backoff timing, in one place.
+//! - [`records`]: invocation records (KV EVOKE_INVOCATIONS).
+//! - [`dlq`]: the dead-letter queue (stream EVOKE_DLQ): list, show, redrive.
+//! - [`destinations`]: `on_success` / `on_failure` delivery.
+
+pub mod destinations;
+pub mod dlq;
+pub mod records;
+pub mod retry;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use chrono::Utc;
+use evoke_connectors::Event;
+use sha2::{Digest, Sha256};
+
+use crate::bus::{self, Bus};
+use crate::executor::{Executor, InvokeError, Run};
+use crate::observe::logs::{LogBatch, LogLine};
+use crate::observe::metrics::Metrics;
+use crate::registry::{DeployedFunction, Registry};
+use records::{Attempt, AttemptError, Mode, Record, Status};
+
+/// Why an async invocation could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("the event is {size} bytes; NATS accepts at most {max} bytes per message")]
+    TooLarge { size: usize, max: usize },
+    #[error("JetStream did not accept the event: {0}")]
+    Unavailable(String),
+}
+
+/// Everything needed to run and queue invocations on this node.
+pub struct Invoker {
+    pub bus: Bus,
+    pub registry: Registry,
+    pub executor: Arc<Executor>,
+    pub metrics: Arc<Metrics>,
+    /// This node's name, recorded in every attempt.
+    pub node: String,
+    pub(crate) http: reqwest::Client,
+}
+
+/// A new invocation id: time-ordered, subject- and KV-safe.
+pub fn new_invocation_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// A stable invocation id for an event that carries its own id, so the same
+/// event sent twice is deduplicated by JetStream.
+pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(function.as_bytes());
+    h.update([0]);
+    h.update(event_id.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+impl Invoker {
+    pub fn new(bus: Bus, registry: Registry, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String) -> Invoker {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Invoker { bus, registry, executor, metrics, node, http }
+    }
+
+    /// Runs an event now, on this node, with no retry (the caller retries).
+    pub async fn invoke_sync(&self, f: &Arc<DeployedFunction>, mut event: Event, id: &str) -> Run {
+        event.extensions.insert(evoke_connectors::event::EXT_ATTEMPT.into(), "1".into());
+        let mut record = Record::new(id, f.name.as_str(), Mode::Sync, &event.id, Status::Running);
+        let started_at = Utc::now();
+        let run = self.executor.invoke(f, &event, f.spec.timeout).await;
+        self.publish_logs(f.name.as_str(), id, &run.logs);
+        self.observe(f, &run);
+        record.attempts.push(attempt_of(1, started_at, &run, &self.node));
+        record.status = if run.result.is_ok() { Status::Succeeded } else { Status::Failed };
+        finish(&mut record, &run);
+        self.put_record(&record);
+        run
+    }
+
+    /// Queues an event for `f`; returns once JetStream has stored it.
+    pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<(), EnqueueError> {
+        let payload = Bytes::from(event.to_json());
+        let max = self.bus.max_payload().saturating_sub(4096);
+        if payload.len() > max {
+            return Err(EnqueueError::TooLarge { size: payload.len(), max });
+        }
+        let record = Record::new(id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+        // The record and the event are published back to back and their acks
+        // awaited together: one round trip, not two.
+        let record_ack = self.put_record_pending(&record).await;
+        let ack = self
+            .bus
+            .enqueue(f.name.as_str(), id, id, payload, &[])
+            .await
+            .map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        if let Some(record_ack) = record_ack
+            && let Err(e) = record_ack.await
+        {
+            tracing::warn!(invocation = id, error = %e, "invocation record not stored");
+        }
+        Ok(())
+    }
+
+    /// Reads an invocation record.
+    pub async fn get_record(&self, id: &str) -> Result<Option<Record>, String> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let entry = self.bus.invocations.get(id).await.map_err(|e| e.to_string())?;
+        match entry {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("invocation record {id} is unreadable: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_record_pending(&self, record: &Record) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
+        match self.bus.js.publish(subject, record.to_bytes()).await {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
+                None
+            }
+        }
+    }
+
+    /// Stores a record without waiting for JetStream (pipelined); a failure
+    /// is logged. Records are informational: losing one loses no event.
+    pub fn put_record(&self, record: &Record) {
+        let js = self.bus.js.clone();
+        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
+        let bytes = record.to_bytes();
+        let id = record.id.clone();
+        tokio::spawn(async move {
+            let result = match js.publish(subject, bytes).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(invocation = %id, error = %e, "cannot store invocation record");
+            }
+        });
+    }
+
+    /// Stores a record and waits for JetStream (used where retry bookkeeping
+    /// depends on it).
+    pub async fn put_record_acked(&self, record: &Record) -> Result<(), String> {
+        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
+        let ack = self.bus.js.publish(subject, record.to_bytes()).await.map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Publishes an invocation's log lines (pipelined, one message).
+    pub fn publish_logs(&self, function: &str, invocation: &str, lines: &[LogLine]) {
+        if lines.is_empty() {
+            return;
+        }
+        let batch = LogBatch { function: function.to_string(), invocation: invocation.to_string(), lines: lines.to_vec() };
+        let Ok(bytes) = serde_json::to_vec(&batch) else { return };
+        let js = self.bus.js.clone();
+        let subject = bus::logs_subject(function);
+        tokio::spawn(async move {
+            let result = match js.publish(subject, Bytes::from(bytes)).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot store function logs");
+            }
+        });
+    }
+
+    /// Counts a finished run in the metrics.
+    pub fn observe(&self, f: &DeployedFunction, run: &Run) {
+        let outcome = match &run.result {
+            Ok(_) => "success".to_string(),
+            Err(InvokeError::Function { kind, .. }) => serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "error".into()),
+            Err(InvokeError::System(_)) => "system-error".into(),
+            Err(InvokeError::Busy(_)) => "busy".into(),
+        };
+        self.metrics.observe_run(
+            f.name.as_str(),
+            &outcome,
+            run.duration.as_secs_f64(),
+            f.spec.memory.0,
+            run.cold.is_some(),
+        );
+    }
+}
+
+/// Whether an id can be a KV key and a subject token.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The attempt entry for a finished run.
+pub fn attempt_of(number: u32, started_at: chrono::DateTime<Utc>, run: &Run, node: &str) -> Attempt {
+    let started = matches!(&run.result, Ok(_) | Err(InvokeError::Function { .. }));
+    Attempt {
+        number,
+        started_at,
+        duration_ms: Some(run.duration.as_secs_f64() * 1000.0),
+        start: started.then(|| if run.cold.is_some() { "cold" } else { "warm" }.to_string()),
+        cold_start: run.cold.clone(),
+        error: run.result.as_ref().err().map(AttemptError::from_invoke),
+        node: node.to_string(),
+    }
+}
+
+/// Fills the record's summary fields from the last run.
+pub fn finish(record: &mut Record, run: &Run) {
+    let now = Utc::now();
+    record.updated_at = now;
+    if matches!(record.status, Status::Succeeded | Status::Failed | Status::DeadLettered) {
+        record.finished_at = Some(now);
+    }
+    record.duration_ms = Some(run.duration.as_secs_f64() * 1000.0);
+    if let Some(a) = record.attempts.last()
+        && a.start.is_some()
+    {
+        record.start = a.start.clone();
+    }
+}
+
+/// Whether a publish failed because nothing listens on the subject.
+pub fn no_responders(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::StreamNotFound
+}

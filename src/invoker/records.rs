@@ -1,0 +1,183 @@
+//! Invocation records: what `GET /v1/invocations/{id}` shows. Kept in KV
+//! bucket EVOKE_INVOCATIONS (7 days), written without waiting for the ack on
+//! the hot path (the publish is pipelined; the worker's retry bookkeeping
+//! waits for it).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{ColdStart, FunctionErrorKind, InvokeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    DeadLettered,
+}
+
+/// How the invocation was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+/// The class of an attempt's error: function errors count against retries,
+/// system errors do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    Function,
+    System,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub class: ErrorClass,
+    /// For function errors: error, trap, timeout, memory-limit, output-too-large, exit-code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FunctionErrorKind>,
+    pub message: String,
+}
+
+impl AttemptError {
+    pub fn from_invoke(e: &InvokeError) -> AttemptError {
+        match e {
+            InvokeError::Function { kind, message } => {
+                AttemptError { class: ErrorClass::Function, kind: Some(*kind), message: message.clone() }
+            }
+            InvokeError::System(m) => AttemptError { class: ErrorClass::System, kind: None, message: m.clone() },
+            InvokeError::Busy(_) => AttemptError { class: ErrorClass::System, kind: None, message: e.to_string() },
+        }
+    }
+
+    pub fn system(message: impl Into<String>) -> AttemptError {
+        AttemptError { class: ErrorClass::System, kind: None, message: message.into() }
+    }
+}
+
+/// One try at running the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Counts every try, function and system alike (1-based).
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// `cold` or `warm`; absent when the function never started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<ColdStart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<AttemptError>,
+    /// Which node ran it.
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub function: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub event_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Duration of the last attempt, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// `cold` or `warm`, of the last attempt that started the function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    pub attempts: Vec<Attempt>,
+    /// How many times `dlq redrive` put it back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redrives: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Record {
+    pub fn new(id: &str, function: &str, mode: Mode, event_id: &str, status: Status) -> Record {
+        let now = Utc::now();
+        Record {
+            id: id.to_string(),
+            function: function.to_string(),
+            mode,
+            status,
+            event_id: event_id.to_string(),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            duration_ms: None,
+            start: None,
+            attempts: Vec::new(),
+            redrives: 0,
+        }
+    }
+
+    /// Function-error attempts so far (what `retries` counts).
+    pub fn function_failures(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.error.as_ref().is_some_and(|e| e.class == ErrorClass::Function))
+            .count() as u32
+    }
+
+    /// System-error attempts so far (drives the system backoff).
+    pub fn system_failures(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.error.as_ref().is_some_and(|e| e.class == ErrorClass::System))
+            .count() as u32
+    }
+
+    /// Marks attempts that started but never finished (the node died, or the
+    /// ack deadline passed) as system errors.
+    pub fn close_lost_attempts(&mut self) {
+        for a in &mut self.attempts {
+            if a.error.is_none() && a.duration_ms.is_none() {
+                a.error = Some(AttemptError::system(format!(
+                    "attempt lost: node {} stopped before finishing it (or missed its ack deadline)",
+                    a.node
+                )));
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_attempts_count_as_system_errors() {
+        let mut r = Record::new("i", "f", Mode::Async, "e", Status::Running);
+        r.attempts.push(Attempt {
+            number: 1,
+            started_at: Utc::now(),
+            duration_ms: None,
+            start: None,
+            cold_start: None,
+            error: None,
+            node: "n1".into(),
+        });
+        assert_eq!(r.system_failures(), 0);
+        r.close_lost_attempts();
+        assert_eq!(r.system_failures(), 1);
+        assert_eq!(r.function_failures(), 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! One evoke node: connects to NATS, serves the API, runs the workers.
+//! `evoke up` and `evoke serve` both start one; tests start them in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::bus::Bus;
+use crate::executor::{Executor, ExecutorConfig};
+use crate::invoker::{Invoker, worker};
+use crate::observe::metrics::Metrics;
+use crate::registry::Registry;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub http_addr: SocketAddr,
+    pub nats_url: String,
+    pub data_dir: PathBuf,
+    pub api_token: Option<String>,
+    pub pool_instances: u32,
+    pub max_event_size: usize,
+    pub max_code_size: usize,
+    pub node_name: String,
+    /// Run async workers on this node.
+    pub workers: bool,
+}
+
+impl NodeConfig {
+    pub fn new(http_addr: SocketAddr, nats_url: &str, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            http_addr,
+            nats_url: nats_url.to_string(),
+            data_dir,
+            api_token: None,
+            pool_instances: 1000,
+            max_event_size: 6 << 20,
+            max_code_size: 256 << 20,
+            node_name: default_node_name(),
+            workers: true,
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "node".to_string() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+pub struct Node {
+    /// The address the API listens on (useful with port 0).
+    pub addr: SocketAddr,
+    pub invoker: Arc<Invoker>,
+    shutdown: broadcast::Sender<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        if config.api_token.is_none() && !config.http_addr.ip().is_loopback() {
+            bail!(
+                "refusing to serve the API on {} without a token: set EVOKE_API_TOKEN, or listen on 127.0.0.1",
+                config.http_addr
+            );
+        }
+        let bus = Bus::connect(&config.nats_url).await?;
+        let registry = Registry::new(bus.functions.clone());
+        let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
+        exec_config.pool_instances = config.pool_instances;
+        let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
+        let metrics = Arc::new(Metrics::new());
+        let invoker = Arc::new(Invoker::new(bus, registry.clone(), executor.clone(), metrics, config.node_name.clone()));
+        let (shutdown, _) = broadcast::channel(1);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(registry.clone().run_watch(shutdown.subscribe())));
+        if config.workers {
+            tasks.push(tokio::spawn(worker::run(invoker.clone(), registry.subscribe(), shutdown.subscribe())));
+        }
+        let mut reaper_stop = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { executor.reap_idle(); }
+                    _ = reaper_stop.recv() => return,
+                }
+            }
+        }));
+        let state = Arc::new(ApiState {
+            invoker: invoker.clone(),
+            token: config.api_token.clone(),
+            max_event_size: config.max_event_size,
+            max_code_size: config.max_code_size,
+        });
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}; is another evoke running? pick another with --http", config.http_addr))?;
+        let addr = listener.local_addr()?;
+        let mut api_stop = shutdown.subscribe();
+        let app = api::router(state);
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = api_stop.recv().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        }));
+        tracing::info!(%addr, node = %config.node_name, nats = %config.nats_url, "evoke node started");
+        Ok(Node { addr, invoker, shutdown, tasks })
+    }
+
+    /// Stops accepting work, lets in-flight invocations finish, and returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! A function's spec: what the user sets on deploy, validated field by field.
+//!
+//! Validation reports every problem at once, each with the field it is about,
+//! so a user fixes a bad deploy in one round trip.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::units::{self, ByteSize};
+
+/// A function name: `^[a-z][a-z0-9-]{0,62}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FunctionName(String);
+
+impl FunctionName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FunctionName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = (1..=63).contains(&s.len())
+            && s.as_bytes()[0].is_ascii_lowercase()
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(FunctionName(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a valid function name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for FunctionName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<FunctionName> for String {
+    fn from(n: FunctionName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a result goes: `nats:<subject>`, `http(s)://...`, `function:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Destination {
+    Nats(String),
+    Http(String),
+    Function(FunctionName),
+}
+
+impl FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(subject) = s.strip_prefix("nats:") {
+            let valid = !subject.is_empty()
+                && !subject.contains([' ', '\t', '*', '>'])
+                && subject.split('.').all(|t| !t.is_empty());
+            if valid {
+                return Ok(Destination::Nats(subject.to_string()));
+            }
+            return Err(format!("`{subject}` is not a NATS subject to publish to (no wildcards, no empty tokens)"));
+        }
+        if let Some(name) = s.strip_prefix("function:") {
+            return Ok(Destination::Function(name.parse()?));
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return reqwest::Url::parse(s)
+                .map(|_| Destination::Http(s.to_string()))
+                .map_err(|e| format!("`{s}` is not a URL: {e}"));
+        }
+        Err(format!(
+            "`{s}` is not a destination; use nats:<subject>, http(s)://<url> or function:<name>"
+        ))
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Destination> for String {
+    fn from(d: Destination) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Nats(s) => write!(f, "nats:{s}"),
+            Destination::Http(u) => f.write_str(u),
+            Destination::Function(n) => write!(f, "function:{n}"),
+        }
+    }
+}
+
+/// Everything a user can set about a function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Linear memory cap per instance.
+    pub memory: ByteSize,
+    /// Wall-clock cap per invocation.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Retries after a function error (async invocations).
+    pub retries: u32,
+    /// How long an async event may keep being retried before it is dead-lettered.
+    #[serde(with = "units::duration")]
+    pub max_event_age: Duration,
+    /// Environment variables the function sees.
+    pub env: BTreeMap<String, String>,
+    /// Instances kept warm on every node, created at deploy.
+    pub reserved: u32,
+    /// Concurrent instances per node.
+    pub max_instances: u32,
+    /// Idle instances beyond `reserved` are dropped after this long.
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+    pub on_success: Option<Destination>,
+    pub on_failure: Option<Destination>,
+}
+
+pub const MEMORY_MIN: ByteSize = ByteSize::mib(1);
+pub const MEMORY_MAX: ByteSize = ByteSize(4 * ByteSize::GI);
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(15 * 60);
+pub const RETRIES_MAX: u32 = 10;
+pub const MAX_EVENT_AGE_MIN: Duration = Duration::from_secs(60);
+pub const MAX_EVENT_AGE_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_INSTANCES_MAX: u32 = 1000;
+
+impl Default for FunctionSpec {
+    fn default() -> Self {
+        FunctionSpec {
+            memory: ByteSize::mib(128),
+            timeout: Duration::from_secs(3),
+            retries: 3,
+            max_event_age: Duration::from_secs(24 * 3600),
+            env: BTreeMap::new(),
+            reserved: 0,
+            max_instances: 10,
+            idle_timeout: Duration::from_secs(300),
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins field errors into one line.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl FunctionSpec {
+    /// Builds a spec from a JSON object, defaulting what is missing and
+    /// collecting every problem.
+    pub fn from_json(value: &Value) -> Result<FunctionSpec, Vec<FieldError>> {
+        let Value::Object(map) = value else {
+            return Err(vec![err("spec", "must be a JSON object")]);
+        };
+        let mut spec = FunctionSpec::default();
+        let mut errors = Vec::new();
+        for (key, v) in map {
+            if let Err(message) = spec.set(key, v) {
+                errors.push(err(key, &message));
+            }
+        }
+        errors.extend(spec.check());
+        if errors.is_empty() { Ok(spec) } else { Err(errors) }
+    }
+
+    /// Builds a spec from query parameters named like the CLI flags
+    /// (`memory=64Mi&timeout=5s&env=KEY=VALUE`).
+    pub fn from_query(pairs: &[(String, String)]) -> Result<FunctionSpec, Vec<FieldError>> {
+        let mut map = Map::new();
+        let mut env = Map::new();
+        let mut errors = Vec::new();
+        for (k, v) in pairs {
+            if k == "env" {
+                match v.split_once('=') {
+                    Some((name, value)) => {
+                        env.insert(name.to_string(), Value::String(value.to_string()));
+                    }
+                    None => errors.push(err("env", &format!("`{v}` must be NAME=VALUE"))),
+                }
+            } else {
+                map.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+        if !env.is_empty() {
+            map.insert("env".into(), Value::Object(env));
+        }
+        match FunctionSpec::from_json(&Value::Object(map)) {
+            Ok(spec) if errors.is_empty() => Ok(spec),
+            Ok(_) => Err(errors),
+            Err(mut more) => {
+                errors.append(&mut more);
+                Err(errors)
+            }
+        }
+    }
+
+    fn set(&mut self, key: &str, v: &Value) -> Result<(), String> {
+        match key {
+            "memory" => self.memory = size(v)?,
+            "timeout" => self.timeout = duration(v)?,
+            "retries" => self.retries = count(v)?,
+            "max_event_age" => self.max_event_age = duration(v)?,
+            "reserved" => self.reserved = count(v)?,
+            "max_instances" => self.max_instances = count(v)?,
+            "idle_timeout" => self.idle_timeout = duration(v)?,
+            "on_success" => self.on_success = destination(v)?,
+            "on_failure" => self.on_failure = destination(v)?,
+            "env" => {
+                let Value::Object(m) = v else {
+                    return Err("must be an object of strings".into());
+                };
+                let mut env = BTreeMap::new();
+                for (name, value) in m {
+                    let Value::String(value) = value else {
+                        return Err(format!("`{name}` must be a string"));
+                    };
+                    env.insert(name.clone(), value.clone());
+                }
+                self.env = env;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Range checks across fields.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut e = Vec::new();
+        if self.memory < MEMORY_MIN || self.memory > MEMORY_MAX {
+            e.push(err("memory", &format!("{} is out of range {MEMORY_MIN}..{MEMORY_MAX}", self.memory)));
+        }
+        if self.timeout < Duration::from_millis(1) || self.timeout > TIMEOUT_MAX {
+            e.push(err("timeout", &format!("{} is out of range 1ms..15m", units::format_duration(self.timeout))));
+        }
+        if self.retries > RETRIES_MAX {
+            e.push(err("retries", &format!("{} is more than the maximum of {RETRIES_MAX}", self.retries)));
+        }
+        if self.max_event_age < MAX_EVENT_AGE_MIN || self.max_event_age > MAX_EVENT_AGE_MAX {
+            e.push(err(
+                "max_event_age",
+                &format!("{} is out of range 1m..7days", units::format_duration(self.max_event_age)),
+            ));
+        }
+        if self.max_instances == 0 || self.max_instances > MAX_INSTANCES_MAX {
+            e.push(err("max_instances", &format!("{} is out of range 1..{MAX_INSTANCES_MAX}", self.max_instances)));
+        }
+        if self.reserved > self.max_instances {
+            e.push(err(
+                "reserved",
+                &format!("{} is more than max_instances ({})", self.reserved, self.max_instances),
+            ));
+        }
+        if self.idle_timeout < Duration::from_secs(1) || self.idle_timeout > Duration::from_secs(24 * 3600) {
+            e.push(err("idle_timeout", "is out of range 1s..24h"));
+        }
+        for name in self.env.keys() {
+            let ok = !name.is_empty()
+                && !name.as_bytes()[0].is_ascii_digit()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                e.push(err(&format!("env.{name}"), "names are letters, digits and `_`, not starting with a digit"));
+            }
+        }
+        e
+    }
+}
+
+fn err(field: &str, message: &str) -> FieldError {
+    FieldError { field: field.to_string(), message: message.to_string() }
+}
+
+fn size(v: &Value) -> Result<ByteSize, String> {
+    match v {
+        Value::String(s) => s.parse(),
+        Value::Number(n) => n.as_u64().map(ByteSize).ok_or_else(|| format!("{n} is not a size")),
+        _ => Err("must be a size such as \"64Mi\"".into()),
+    }
+}
+
+fn duration(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::String(s) => units::parse_duration(s),
+        _ => Err("must be a duration string such as \"5s\"".into()),
+    }
+}
+
+fn count(v: &Value) -> Result<u32, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{n} is not a whole number")),
+        Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a whole number")),
+        _ => Err("must be a whole number".into()),
+    }
+}
+
+fn destination(v: &Value) -> Result<Option<Destination>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => s.parse().map(Some),
+        _ => Err("must be a string such as \"nats:results\"".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_checked() {
+        assert!("hello".parse::<FunctionName>().is_ok());
+        assert!("a-1".parse::<FunctionName>().is_ok());
+        for bad in ["", "Hello", "1abc", "a_b", &"a".repeat(64)] {
+            assert!(bad.parse::<FunctionName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_function_compute() {
+        let spec = FunctionSpec::from_json(&json!({})).unwrap();
+        assert_eq!(spec.retries, 3);
+        assert_eq!(spec.max_event_age, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let errors = FunctionSpec::from_json(&json!({
+            "memory": "64Xi", "timeout": "forever", "retries": 99, "colour": "blue",
+            "on_success": "ftp://x", "reserved": 5, "max_instances": 2
+        }))
+        .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        for f in ["memory", "timeout", "colour", "on_success", "reserved"] {
+            assert!(fields.contains(&f), "{f} missing from {errors:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_build_a_spec() {
+        let q = vec![
+            ("memory".to_string(), "64Mi".to_string()),
+            ("timeout".to_string(), "5s".to_string()),
+            ("retries".to_string(), "2".to_string()),
+            ("env".to_string(), "GREETING=hi=there".to_string()),
+            ("on_failure".to_string(), "nats:failed".to_string()),
+        ];
+        let spec = FunctionSpec::from_query(&q).unwrap();
+        assert_eq!(spec.memory, ByteSize::mib(64));
+        assert_eq!(spec.retries, 2);
+        assert_eq!(spec.env["GREETING"], "hi=there");
+        assert_eq!(spec.on_failure, Some(Destination::Nats("failed".into())));
+        let round: FunctionSpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(round, spec);
+    }
+
+    #[test]
+    fn destinations_parse() {
+        assert!("nats:a.b".parse::<Destination>().is_ok());
+        assert!("nats:a.*".parse::<Destination>().is_err());
+        assert!("https://example.com/x".parse::<Destination>().is_ok());
+        assert!("function:other".parse::<Destination>().is_ok());
+        assert!("function:Other".parse::<Destination>().is_err());
+    }
+}

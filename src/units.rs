@@ -1,0 +1,134 @@
+//! Human-friendly quantities used in specs, flags and query strings:
+//! byte sizes (`64Mi`, `512KiB`, `1G`) and durations (`5s`, `10m`, `24h`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A number of bytes, written `64Mi`, `64MiB`, `1Gi`, `512K`, or plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const KI: u64 = 1024;
+    pub const MI: u64 = 1024 * 1024;
+    pub const GI: u64 = 1024 * 1024 * 1024;
+
+    pub const fn mib(n: u64) -> ByteSize {
+        ByteSize(n * Self::MI)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. 64Mi, 512Ki or 1Gi"))?;
+        let mult = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "Ki" | "KiB" | "KB" | "k" => Self::KI,
+            "M" | "Mi" | "MiB" | "MB" => Self::MI,
+            "G" | "Gi" | "GiB" | "GB" => Self::GI,
+            other => {
+                return Err(format!(
+                    "`{s}` has an unknown unit `{other}`; use Ki, Mi or Gi"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n != 0 && n % Self::GI == 0 {
+            write!(f, "{}Gi", n / Self::GI)
+        } else if n != 0 && n % Self::MI == 0 {
+            write!(f, "{}Mi", n / Self::MI)
+        } else if n != 0 && n % Self::KI == 0 {
+            write!(f, "{}Ki", n / Self::KI)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses a humantime duration (`5s`, `250ms`, `10m`, `24h`) with a message
+/// that says what is expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 5s, 10m or 24h"))
+}
+
+/// Formats a duration the way it is written in specs.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Serde adapter for humantime durations that also names the expected form.
+pub mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!("64Mi".parse::<ByteSize>().unwrap(), ByteSize::mib(64));
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize::mib(64));
+        assert_eq!("1Gi".parse::<ByteSize>().unwrap().0, ByteSize::GI);
+        assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
+        assert_eq!(ByteSize::mib(64).to_string(), "64Mi");
+        assert!("64Xi".parse::<ByteSize>().unwrap_err().contains("unknown unit"));
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+}
