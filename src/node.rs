@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub node_name: String,
     /// Run async workers on this node.
     pub workers: bool,
+    /// Ack wait of the function consumers (redelivery after a node dies).
+    pub ack_wait: Duration,
 }
 
 impl NodeConfig {
@@ -44,14 +46,20 @@ impl NodeConfig {
             max_code_size: 256 << 20,
             node_name: default_node_name(),
             workers: true,
+            ack_wait: crate::invoker::worker::ACK_WAIT,
         }
     }
 }
 
 fn default_node_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     let host = if host.is_empty() { "node".to_string() } else { host };
-    format!("{host}-{}", std::process::id())
+    // Several nodes may share a process (tests) or a pid namespace: add a
+    // random suffix so attempts name the node that really ran them.
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..6])
 }
 
 pub struct Node {
@@ -76,12 +84,24 @@ impl Node {
         exec_config.pool_instances = config.pool_instances;
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
         let metrics = Arc::new(Metrics::new());
-        let invoker = Arc::new(Invoker::new(bus, registry.clone(), executor.clone(), metrics, config.node_name.clone()));
+        let mut invoker = Invoker::new(
+            bus,
+            registry.clone(),
+            executor.clone(),
+            metrics,
+            config.node_name.clone(),
+        );
+        invoker.ack_wait = config.ack_wait;
+        let invoker = Arc::new(invoker);
         let (shutdown, _) = broadcast::channel(1);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(registry.clone().run_watch(shutdown.subscribe())));
         if config.workers {
-            tasks.push(tokio::spawn(worker::run(invoker.clone(), registry.subscribe(), shutdown.subscribe())));
+            tasks.push(tokio::spawn(worker::run(
+                invoker.clone(),
+                registry.subscribe(),
+                shutdown.subscribe(),
+            )));
         }
         let mut reaper_stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
@@ -99,9 +119,12 @@ impl Node {
             max_event_size: config.max_event_size,
             max_code_size: config.max_code_size,
         });
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}; is another evoke running? pick another with --http", config.http_addr))?;
+        let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+            format!(
+                "cannot listen on {}; is another evoke running? pick another with --http",
+                config.http_addr
+            )
+        })?;
         let addr = listener.local_addr()?;
         let mut api_stop = shutdown.subscribe();
         let app = api::router(state);
@@ -114,7 +137,20 @@ impl Node {
             }
         }));
         tracing::info!(%addr, node = %config.node_name, nats = %config.nats_url, "evoke node started");
-        Ok(Node { addr, invoker, shutdown, tasks })
+        Ok(Node {
+            addr,
+            invoker,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops at once, like a crash: running invocations are abandoned and
+    /// nothing is acknowledged (their events are redelivered elsewhere).
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 
     /// Stops accepting work, lets in-flight invocations finish, and returns.

@@ -37,9 +37,7 @@ impl FromStr for ByteSize {
             "M" | "Mi" | "MiB" | "MB" => Self::MI,
             "G" | "Gi" | "GiB" | "GB" => Self::GI,
             other => {
-                return Err(format!(
-                    "`{s}` has an unknown unit `{other}`; use Ki, Mi or Gi"
-                ));
+                return Err(format!("`{s}` has an unknown unit `{other}`; use Ki, Mi or Gi"));
             }
         };
         n.checked_mul(mult)
@@ -51,11 +49,11 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % Self::GI == 0 {
+        if n != 0 && n.is_multiple_of(Self::GI) {
             write!(f, "{}Gi", n / Self::GI)
-        } else if n != 0 && n % Self::MI == 0 {
+        } else if n != 0 && n.is_multiple_of(Self::MI) {
             write!(f, "{}Mi", n / Self::MI)
-        } else if n != 0 && n % Self::KI == 0 {
+        } else if n != 0 && n.is_multiple_of(Self::KI) {
             write!(f, "{}Ki", n / Self::KI)
         } else {
             write!(f, "{n}")

@@ -126,11 +126,20 @@ impl Event {
                 .data_is_json()
                 .then(|| serde_json::from_slice::<Value>(&self.data).ok())
                 .flatten();
-            match embedded {
-                Some(v) => {
+            let text = self
+                .datacontenttype
+                .as_deref()
+                .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
+                .then(|| std::str::from_utf8(&self.data).ok())
+                .flatten();
+            match (embedded, text) {
+                (Some(v), _) => {
                     m.insert("data".into(), v);
                 }
-                None => {
+                (None, Some(t)) => {
+                    m.insert("data".into(), Value::String(t.to_string()));
+                }
+                (None, None) => {
                     m.insert("data_base64".into(), Value::String(BASE64.encode(&self.data)));
                 }
             }
@@ -140,8 +149,7 @@ impl Event {
 
     /// Decodes CloudEvents structured JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
         Event::from_value(value)
     }
 
@@ -191,9 +199,7 @@ impl Event {
                     reason: "must be a string".into(),
                 });
             }
-            (Some(Value::String(s)), None)
-                if !datacontenttype.as_deref().is_some_and(is_json_type) =>
-            {
+            (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_some_and(is_json_type) => {
                 Bytes::from(s.into_bytes())
             }
             (Some(v), None) => {
@@ -251,9 +257,7 @@ pub fn is_json_type(ct: &str) -> bool {
 
 /// CloudEvents extension names: `[a-z0-9]{1,20}` (evoke allows longer).
 pub fn valid_extension_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn required(m: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
@@ -280,8 +284,8 @@ mod tests {
 
     #[test]
     fn json_data_is_embedded_and_round_trips() {
-        let e = Event::new("1", "/test", "t")
-            .with_data(Some("application/json".into()), Bytes::from_static(b"{\"a\":1}"));
+        let e =
+            Event::new("1", "/test", "t").with_data(Some("application/json".into()), Bytes::from_static(b"{\"a\":1}"));
         let v = e.to_value();
         assert_eq!(v["data"]["a"], 1);
         assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
@@ -289,17 +293,23 @@ mod tests {
 
     #[test]
     fn binary_data_travels_as_base64() {
-        let e = Event::new("1", "/test", "t")
-            .with_data(Some("image/png".into()), Bytes::from_static(&[0, 159, 146, 150]));
+        let e =
+            Event::new("1", "/test", "t").with_data(Some("image/png".into()), Bytes::from_static(&[0, 159, 146, 150]));
         let v = e.to_value();
         assert!(v.get("data").is_none());
         assert_eq!(Event::from_json(&e.to_json()).unwrap().data, e.data);
     }
 
     #[test]
+    fn text_data_travels_as_a_string() {
+        let e = Event::new("1", "/test", "t").with_data(Some("text/plain".into()), Bytes::from_static(b"hello"));
+        assert_eq!(e.to_value()["data"], "hello");
+        assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
     fn invalid_json_declared_as_json_is_kept_as_bytes() {
-        let e = Event::new("1", "/test", "t")
-            .with_data(Some("application/json".into()), Bytes::from_static(b"{oops"));
+        let e = Event::new("1", "/test", "t").with_data(Some("application/json".into()), Bytes::from_static(b"{oops"));
         assert_eq!(Event::from_json(&e.to_json()).unwrap().data, e.data);
     }
 
@@ -319,11 +329,9 @@ mod tests {
             Event::from_json(br#"{"source":"s","type":"t"}"#),
             Err(EventError::Missing("id"))
         );
-        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","time":"yesterday"}"#)
-            .unwrap_err();
+        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","time":"yesterday"}"#).unwrap_err();
         assert!(err.to_string().contains("time"), "{err}");
-        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","Bad-Name":"x"}"#)
-            .unwrap_err();
+        let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","Bad-Name":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("Bad-Name"), "{err}");
         assert!(matches!(Event::from_json(b"{nope"), Err(EventError::Json(_))));
     }

@@ -20,7 +20,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: vec![], invocation: None, retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: vec![],
+            invocation: None,
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -28,7 +35,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, name: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("{what} `{name}` does not exist"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{what} `{name}` does not exist"),
+        )
     }
 
     pub fn invalid(errors: Vec<FieldError>) -> ApiError {

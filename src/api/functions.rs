@@ -22,14 +22,24 @@ fn view(f: &DeployedFunction) -> Value {
 fn parse_name(name: &str) -> Result<FunctionName, ApiError> {
     name.parse().map_err(|m: String| {
         let mut e = ApiError::bad_request("InvalidName", m.clone());
-        e.details = vec![crate::registry::FieldError { field: "name".into(), message: m }];
+        e.details = vec![crate::registry::FieldError {
+            field: "name".into(),
+            message: m,
+        }];
         e
     })
 }
 
 pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
-    let fns = s.invoker.registry.list().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Json(json!({ "functions": fns.iter().map(|f| view(f)).collect::<Vec<_>>() })))
+    let fns = s
+        .invoker
+        .registry
+        .list()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(
+        json!({ "functions": fns.iter().map(|f| view(f)).collect::<Vec<_>>() }),
+    ))
 }
 
 pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -44,7 +54,12 @@ pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> R
 }
 
 pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let existed = s.invoker.registry.delete(&name).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let existed = s
+        .invoker
+        .registry
+        .delete(&name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if !existed {
         return Err(ApiError::not_found("function", &name));
     }
@@ -73,7 +88,10 @@ pub async fn deploy(
         .to_ascii_lowercase();
     let (spec, code) = if content_type.starts_with("multipart/form-data") {
         if !query.is_empty() {
-            return Err(ApiError::bad_request("InvalidRequest", "with multipart, put settings in the `spec` part, not the query"));
+            return Err(ApiError::bad_request(
+                "InvalidRequest",
+                "with multipart, put settings in the `spec` part, not the query",
+            ));
         }
         let mut multipart = Multipart::from_request(req, &())
             .await
@@ -86,7 +104,10 @@ pub async fn deploy(
             .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?
         {
             let part = field.name().unwrap_or("").to_string();
-            let bytes = field.bytes().await.map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?;
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?;
             match part.as_str() {
                 "spec" => {
                     let value: Value = serde_json::from_slice(&bytes)
@@ -106,21 +127,34 @@ pub async fn deploy(
         (spec.unwrap_or_default(), code)
     } else {
         let spec = FunctionSpec::from_query(&query).map_err(ApiError::invalid)?;
-        let body = axum::body::to_bytes(req.into_body(), s.max_code_size).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "CodeTooLarge",
-                format!("the code is larger than this server's limit of {} bytes", s.max_code_size),
-            )
-        })?;
+        let body = axum::body::to_bytes(req.into_body(), s.max_code_size)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "CodeTooLarge",
+                    format!(
+                        "the code is larger than this server's limit of {} bytes",
+                        s.max_code_size
+                    ),
+                )
+            })?;
         (spec, body)
     };
     deploy_code(&s, name, spec, code).await
 }
 
-async fn deploy_code(s: &ApiState, name: FunctionName, spec: FunctionSpec, code: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn deploy_code(
+    s: &ApiState,
+    name: FunctionName,
+    spec: FunctionSpec,
+    code: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if code.is_empty() {
-        return Err(ApiError::bad_request("InvalidCode", "the code is empty; send the .wasm file as the body"));
+        return Err(ApiError::bad_request(
+            "InvalidCode",
+            "the code is empty; send the .wasm file as the body",
+        ));
     }
     let size = code.len() as u64;
     let (kind, digest) = s
@@ -139,8 +173,21 @@ async fn deploy_code(s: &ApiState, name: FunctionName, spec: FunctionSpec, code:
             .map_err(|e| ApiError::unavailable(format!("cannot store the code in NATS: {e}")))?;
     }
     let existed = s.invoker.registry.get(name.as_str()).await.ok().flatten().is_some();
-    let f = DeployedFunction { name, spec, digest, code_size: size, kind, deployed_at: Utc::now(), revision: 0 };
-    let f = s.invoker.registry.put(f).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let f = DeployedFunction {
+        name,
+        spec,
+        digest,
+        code_size: size,
+        kind,
+        deployed_at: Utc::now(),
+        revision: 0,
+    };
+    let f = s
+        .invoker
+        .registry
+        .put(f)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     tracing::info!(function = %f.name, digest = %f.digest, kind = ?f.kind, "deployed");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(view(&f))))

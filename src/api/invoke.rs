@@ -30,13 +30,15 @@ pub async fn invoke(
         .map_err(|e| ApiError::unavailable(e.to_string()))?
         .ok_or_else(|| ApiError::not_found("function", &name))?;
     let headers = req.headers().clone();
-    let body = axum::body::to_bytes(req.into_body(), s.max_event_size).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "EventTooLarge",
-            format!("the event is larger than the limit of {} bytes", s.max_event_size),
-        )
-    })?;
+    let body = axum::body::to_bytes(req.into_body(), s.max_event_size)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "EventTooLarge",
+                format!("the event is larger than the limit of {} bytes", s.max_event_size),
+            )
+        })?;
     let (event, id) = build_event(&headers, body)?;
     let asynchronous = headers
         .get(HDR_INVOCATION_TYPE)
@@ -61,7 +63,10 @@ pub async fn invoke(
     let start = if run.cold.is_some() { "cold" } else { "warm" };
     match run.result {
         Ok(out) => {
-            let status = out.status.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+            let status = out
+                .status
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
             let mut resp = (status, out.body).into_response();
             let h = resp.headers_mut();
             for (k, v) in &out.headers {
@@ -89,7 +94,8 @@ pub async fn invoke(
             Err(ApiError::new(status, code, message).with_invocation(&id))
         }
         Err(e @ InvokeError::Busy(_)) => {
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(&id);
+            let mut e =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(&id);
             e.retry_after = Some(1);
             Err(e)
         }
@@ -105,9 +111,14 @@ fn set_id(h: &mut HeaderMap, id: &str) {
 
 /// Builds the event and its invocation id from an HTTP request.
 pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), ApiError> {
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let ce = |e: evoke_connectors::EventError| ApiError::bad_request("InvalidEvent", e.to_string());
-    let essence = content_type.as_deref().map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let essence = content_type
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if essence.as_deref() == Some("application/cloudevents+json") {
         let event = Event::from_json(&body).map_err(ce)?;
         let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));

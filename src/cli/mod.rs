@@ -1,2 +1,231 @@
-//! The `evoke` command.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `evoke` command: `up`/`serve` start a node; every other command talks
+//! to a node's HTTP API.
+
+pub mod client;
+pub mod nats;
+mod output;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// evoke runs WebAssembly functions when events happen.
+///
+/// Start a local node with `evoke up`, deploy a .wasm with `evoke deploy`,
+/// and run it with `evoke invoke`.
+#[derive(Parser, Debug)]
+#[command(name = "evoke", version, about, long_about)]
+pub struct Cli {
+    /// The evoke API to talk to.
+    #[arg(long, global = true, env = "EVOKE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a single-node evoke for development: API, workers and (if no
+    /// suitable NATS answers) a managed nats-server, all in one process.
+    Up(ServeArgs),
+    /// Run an evoke node against an existing NATS.
+    Serve(ServeArgs),
+    /// Deploy a function: upload its .wasm and settings (upload = deploy).
+    Deploy(DeployArgs),
+    /// Invoke a function, synchronously (prints its output) or with --async
+    /// (prints an invocation id).
+    Invoke(InvokeArgs),
+    /// Inspect invocations.
+    #[command(subcommand)]
+    Invocations(InvocationsCmd),
+    /// List, show or remove functions (lists when no subcommand is given).
+    Functions {
+        #[command(subcommand)]
+        cmd: Option<FunctionsCmd>,
+    },
+    /// Dead-letter queue: list, show and redrive events that gave up.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Print a function's logs.
+    Logs(LogsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long = "http", env = "EVOKE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
+    /// NATS server URL. `evoke up` without it uses nats://127.0.0.1:4222 if a
+    /// NATS 2.10+ answers there, and otherwise starts a managed nats-server.
+    #[arg(long, env = "EVOKE_NATS_URL")]
+    pub nats: Option<String>,
+    /// Where evoke keeps its local files (compiled-code cache, managed NATS).
+    #[arg(long, env = "EVOKE_DATA_DIR", default_value = ".evoke")]
+    pub data_dir: PathBuf,
+    /// Bearer token required on /v1 (required to listen beyond loopback).
+    #[arg(long, env = "EVOKE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Do not run async workers on this node (API only).
+    #[arg(long)]
+    pub no_workers: bool,
+    /// Instance pool size of this node.
+    #[arg(long, default_value_t = 1000)]
+    pub pool_instances: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Function name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// Path of the .wasm (a component of wit/function.wit, or a WASI command).
+    pub path: PathBuf,
+    /// Memory limit per instance, e.g. 64Mi.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Timeout per invocation, e.g. 5s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Retries after a function error (async invocations; default 3).
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// How long an async event may be retried (default 24h).
+    #[arg(long)]
+    pub max_event_age: Option<String>,
+    /// Environment variable for the function, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Instances kept warm on every node.
+    #[arg(long)]
+    pub reserved: Option<u32>,
+    /// Concurrent instances per node.
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// Idle instances are dropped after this long, e.g. 5m.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// Where results go: nats:<subject>, http(s)://..., function:<name>.
+    #[arg(long)]
+    pub on_success: Option<String>,
+    /// Where failures go after the last retry.
+    #[arg(long)]
+    pub on_failure: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// Event data (JSON is sent as application/json).
+    #[arg(long, short = 'd', conflicts_with = "file")]
+    pub data: Option<String>,
+    /// Read event data from a file (`-` for stdin).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Content type of the data (default: application/json when it parses, else text/plain).
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Queue the event and return its invocation id at once.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InvocationsCmd {
+    /// Status, attempts, duration, cold/warm and error of one invocation.
+    Show { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FunctionsCmd {
+    /// List functions.
+    Ls,
+    /// Show one function's spec.
+    Show { name: String },
+    /// Remove a function (queued events for it are dropped).
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCmd {
+    /// List a function's dead letters.
+    Ls {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter with every attempt's error.
+    Show { name: String, id: String },
+    /// Put dead letters back on the queue.
+    Redrive {
+        name: String,
+        /// Invocation id to redrive (repeatable).
+        #[arg(long = "id", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Redrive every dead letter of the function.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Keep printing new lines.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only lines newer than this, e.g. 10m.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines of one invocation.
+    #[arg(long)]
+    pub invocation: Option<String>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = std::env::var("EVOKE_API_TOKEN").ok().filter(|t| !t.is_empty());
+    let client = client::Client::new(&cli.server, token);
+    match cli.command {
+        Command::Up(args) => up::up(args, true).await,
+        Command::Serve(args) => up::up(args, false).await,
+        Command::Deploy(args) => output::deploy(&client, args, cli.json).await,
+        Command::Invoke(args) => output::invoke(&client, args, cli.json).await,
+        Command::Invocations(InvocationsCmd::Show { id }) => output::invocation(&client, &id, cli.json).await,
+        Command::Functions { cmd } => output::functions(&client, cmd.unwrap_or(FunctionsCmd::Ls), cli.json).await,
+        Command::Dlq(cmd) => output::dlq(&client, cmd, cli.json).await,
+        Command::Logs(args) => output::logs(&client, args, cli.json).await,
+    }
+}

@@ -27,7 +27,8 @@ impl CodeCache {
 
     fn path(&self, digest: &str, kind: GuestKind) -> PathBuf {
         let ext = if kind.is_component() { "component" } else { "module" };
-        self.dir.join(format!("{}.{ext}.cwasm", digest.trim_start_matches("sha256:")))
+        self.dir
+            .join(format!("{}.{ext}.cwasm", digest.trim_start_matches("sha256:")))
     }
 
     /// Loads a cached component, if present and loadable.

@@ -43,15 +43,13 @@ pub fn build(instances: u32) -> wasmtime::Result<Engine> {
 /// reference so the thread never keeps an engine alive.
 fn start_ticker(engine: &Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("evoke-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
+    let spawned = std::thread::Builder::new().name("evoke-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the epoch ticker: timeouts will not fire");
     }

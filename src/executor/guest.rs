@@ -52,9 +52,17 @@ pub enum CodeError {
 
 /// Compiled code ready to instantiate.
 pub enum Prepared {
-    Component { pre: InstancePre<ComponentState>, handle: ComponentExportIndex, init: Option<ComponentExportIndex> },
-    Command { pre: CommandPre<ComponentState> },
-    Module { pre: wasmtime::InstancePre<ModuleState> },
+    Component {
+        pre: InstancePre<ComponentState>,
+        handle: ComponentExportIndex,
+        init: Option<ComponentExportIndex>,
+    },
+    Command {
+        pre: CommandPre<ComponentState>,
+    },
+    Module {
+        pre: wasmtime::InstancePre<ModuleState>,
+    },
 }
 
 /// Compiled code before linking, as produced by a deploy or the cache.
@@ -96,7 +104,9 @@ pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<(GuestKind, Compiled), Co
         Ok((kind, Compiled::Component(component)))
     } else {
         let module = wasmtime::Module::new(engine, wasm).map_err(invalid)?;
-        let has_start = module.exports().any(|e| e.name() == "_start" && e.ty().func().is_some());
+        let has_start = module
+            .exports()
+            .any(|e| e.name() == "_start" && e.ty().func().is_some());
         if !has_start {
             return Err(CodeError::WrongShape(
                 "a core module must be a WASI command exporting `_start` (build a binary, not a library, for wasm32-wasip1)"
@@ -134,6 +144,8 @@ pub fn prepare(
             let pre = module_linker.instantiate_pre(&m).map_err(imports)?;
             Ok(Prepared::Module { pre })
         }
-        _ => Err(CodeError::WrongShape("the code does not match its recorded kind".into())),
+        _ => Err(CodeError::WrongShape(
+            "the code does not match its recorded kind".into(),
+        )),
     }
 }

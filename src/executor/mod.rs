@@ -56,7 +56,12 @@ pub struct ExecutorConfig {
 
 impl ExecutorConfig {
     pub fn new(cache_dir: PathBuf) -> ExecutorConfig {
-        ExecutorConfig { cache_dir, pool_instances: 1000, max_output: 6 << 20, log_cap: 64 << 10 }
+        ExecutorConfig {
+            cache_dir,
+            pool_instances: 1000,
+            max_output: 6 << 20,
+            log_cap: 64 << 10,
+        }
     }
 }
 
@@ -234,7 +239,12 @@ impl Executor {
         let (loaded, mut cold) = match self.loaded(function).await {
             Ok(x) => x,
             Err(message) => {
-                return Run { result: Err(InvokeError::System(message)), logs: vec![], cold: None, duration: started.elapsed() };
+                return Run {
+                    result: Err(InvokeError::System(message)),
+                    logs: vec![],
+                    cold: None,
+                    duration: started.elapsed(),
+                };
             }
         };
         let permit = match tokio::time::timeout(wait, loaded.permits.clone().acquire_owned()).await {
@@ -263,7 +273,12 @@ impl Executor {
         } else {
             cold = None;
         }
-        Run { result, logs, cold, duration: started.elapsed() }
+        Run {
+            result,
+            logs,
+            cold,
+            duration: started.elapsed(),
+        }
     }
 
     /// Gets the loaded version of a function, loading it if needed. Returns
@@ -275,7 +290,10 @@ impl Executor {
                 Some(s) if s.revision == function.revision => s.clone(),
                 Some(s) if s.revision > function.revision => s.clone(),
                 _ => {
-                    let s = Arc::new(Slot { revision: function.revision, cell: OnceCell::new() });
+                    let s = Arc::new(Slot {
+                        revision: function.revision,
+                        cell: OnceCell::new(),
+                    });
                     slots.insert(function.name.to_string(), s.clone());
                     s
                 }
@@ -300,7 +318,9 @@ impl Executor {
         let digest = function.digest.clone();
         let t = Instant::now();
         let cached = if kind.is_component() {
-            self.cache.load_component(&self.engine, &digest, kind).map(Compiled::Component)
+            self.cache
+                .load_component(&self.engine, &digest, kind)
+                .map(Compiled::Component)
         } else {
             self.cache.load_module(&self.engine, &digest).map(Compiled::Module)
         };
@@ -329,8 +349,8 @@ impl Executor {
                 compiled
             }
         };
-        let prepared = guest::prepare(kind, compiled, &self.component_linker, &self.module_linker)
-            .map_err(|e| e.to_string())?;
+        let prepared =
+            guest::prepare(kind, compiled, &self.component_linker, &self.module_linker).map_err(|e| e.to_string())?;
         let loaded = Loaded {
             function: function.clone(),
             prepared,
@@ -342,9 +362,15 @@ impl Executor {
     }
 
     async fn fetch(&self, digest: &str) -> Result<Bytes, String> {
-        let store = self.code.as_ref().ok_or_else(|| format!("code {digest} is not cached and this node has no code store"))?;
+        let store = self
+            .code
+            .as_ref()
+            .ok_or_else(|| format!("code {digest} is not cached and this node has no code store"))?;
         let name = digest.trim_start_matches("sha256:");
-        let mut object = store.get(name).await.map_err(|e| format!("cannot fetch code {digest} from NATS: {e}"))?;
+        let mut object = store
+            .get(name)
+            .await
+            .map_err(|e| format!("cannot fetch code {digest} from NATS: {e}"))?;
         let mut buf = Vec::new();
         object
             .read_to_end(&mut buf)
@@ -358,21 +384,40 @@ impl Executor {
 
     fn wasi_builder(function: &DeployedFunction) -> WasiCtxBuilder {
         let mut b = WasiCtxBuilder::new();
-        let env: Vec<(&str, &str)> = function.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = function
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         b.envs(&env).args(&[function.name.as_str()]);
         b
     }
 
-    async fn new_instance(&self, loaded: &Loaded, deadline: Instant) -> Result<(Warm, u64, u64), (InvokeError, Vec<LogLine>)> {
+    async fn new_instance(
+        &self,
+        loaded: &Loaded,
+        deadline: Instant,
+    ) -> Result<(Warm, u64, u64), (InvokeError, Vec<LogLine>)> {
         let Prepared::Component { pre, handle, init } = &loaded.prepared else {
             return Err((InvokeError::System("not a component".into()), vec![]));
         };
         let f = &loaded.function;
         let stdout = CappedPipe::new(self.config.log_cap);
         let stderr = CappedPipe::new(self.config.log_cap);
-        let wasi = Self::wasi_builder(f).stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = Self::wasi_builder(f)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap);
-        let mut store = Store::new(&self.engine, ComponentState { wasi, table: ResourceTable::new(), sandbox });
+        let mut store = Store::new(
+            &self.engine,
+            ComponentState {
+                wasi,
+                table: ResourceTable::new(),
+                sandbox,
+            },
+        );
         arm(&mut store);
         start_clock(&mut store, deadline);
         let t = Instant::now();
@@ -380,23 +425,38 @@ impl Executor {
             Ok(i) => i,
             Err(e) => return Err((classify(&mut store, e, f), drain(&mut store, &stdout, &stderr))),
         };
-        let handle_fn = match instance.get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, handle) {
+        let handle_fn = match instance
+            .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, handle)
+        {
             Ok(h) => h,
-            Err(e) => return Err((InvokeError::System(format!("`handle` has the wrong signature: {e:#}")), vec![])),
+            Err(e) => {
+                return Err((
+                    InvokeError::System(format!("`handle` has the wrong signature: {e:#}")),
+                    vec![],
+                ));
+            }
         };
         let instantiate_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
         if let Some(init) = init {
             let init_fn = match instance.get_typed_func::<(), (Result<(), String>,)>(&mut store, init) {
                 Ok(f) => f,
-                Err(e) => return Err((InvokeError::System(format!("`init` has the wrong signature: {e:#}")), vec![])),
+                Err(e) => {
+                    return Err((
+                        InvokeError::System(format!("`init` has the wrong signature: {e:#}")),
+                        vec![],
+                    ));
+                }
             };
             match init_fn.call_async(&mut store, ()).await {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
                     let logs = drain(&mut store, &stdout, &stderr);
                     return Err((
-                        InvokeError::Function { kind: FunctionErrorKind::Error, message: format!("init failed: {message}") },
+                        InvokeError::Function {
+                            kind: FunctionErrorKind::Error,
+                            message: format!("init failed: {message}"),
+                        },
                         logs,
                     ));
                 }
@@ -404,7 +464,17 @@ impl Executor {
             }
         }
         let init_us = t.elapsed().as_micros() as u64;
-        Ok((Warm { store, handle: handle_fn, stdout, stderr, last_used: Instant::now() }, instantiate_us, init_us))
+        Ok((
+            Warm {
+                store,
+                handle: handle_fn,
+                stdout,
+                stderr,
+                last_used: Instant::now(),
+            },
+            instantiate_us,
+            init_us,
+        ))
     }
 
     async fn run_component(
@@ -437,10 +507,18 @@ impl Executor {
                         ),
                     })
                 } else {
-                    Ok(Output { body: Bytes::from(out.body), content_type: out.content_type, status: out.status, headers: out.headers })
+                    Ok(Output {
+                        body: Bytes::from(out.body),
+                        content_type: out.content_type,
+                        status: out.status,
+                        headers: out.headers,
+                    })
                 }
             }
-            Ok((Err(message),)) => Err(InvokeError::Function { kind: FunctionErrorKind::Error, message }),
+            Ok((Err(message),)) => Err(InvokeError::Function {
+                kind: FunctionErrorKind::Error,
+                message,
+            }),
             Err(e) => {
                 // A trapped instance is never reused: its memory may be
                 // half-updated.
@@ -467,14 +545,23 @@ impl Executor {
             .stdout(stdout.clone())
             .stderr(stderr.clone());
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap);
-        let t = Instant::now();
+        let mut instantiate_us = 0;
         let (exit, logs) = match &loaded.prepared {
             Prepared::Command { pre } => {
-                let mut store =
-                    Store::new(&self.engine, ComponentState { wasi: builder.build(), table: ResourceTable::new(), sandbox });
+                let mut store = Store::new(
+                    &self.engine,
+                    ComponentState {
+                        wasi: builder.build(),
+                        table: ResourceTable::new(),
+                        sandbox,
+                    },
+                );
                 arm(&mut store);
                 start_clock(&mut store, deadline);
-                let exit = match pre.instantiate_async(&mut store).await {
+                let t = Instant::now();
+                let instance = pre.instantiate_async(&mut store).await;
+                instantiate_us = t.elapsed().as_micros() as u64;
+                let exit = match instance {
                     Ok(cmd) => match cmd.wasi_cli_run().call_run(&mut store).await {
                         Ok(Ok(())) => Ok(0),
                         Ok(Err(())) => Ok(1),
@@ -485,10 +572,19 @@ impl Executor {
                 (exit, store.data_mut().sandbox.logs.take())
             }
             Prepared::Module { pre } => {
-                let mut store = Store::new(&self.engine, ModuleState { wasi: builder.build_p1(), sandbox });
+                let mut store = Store::new(
+                    &self.engine,
+                    ModuleState {
+                        wasi: builder.build_p1(),
+                        sandbox,
+                    },
+                );
                 arm(&mut store);
                 start_clock(&mut store, deadline);
-                let exit = match pre.instantiate_async(&mut store).await {
+                let t = Instant::now();
+                let instance = pre.instantiate_async(&mut store).await;
+                instantiate_us = t.elapsed().as_micros() as u64;
+                let exit = match instance {
                     Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                         Ok(start) => match start.call_async(&mut store, ()).await {
                             Ok(()) => Ok(0),
@@ -502,7 +598,6 @@ impl Executor {
             }
             Prepared::Component { .. } => (Err(InvokeError::System("not a command".into())), vec![]),
         };
-        let instantiate_us = t.elapsed().as_micros() as u64;
         let mut buffer = crate::observe::logs::LogBuffer::new(self.config.log_cap);
         let (err_bytes, err_dropped) = stderr.take();
         buffer.push_text(LogLevel::Info, "stderr", &err_bytes, err_dropped);
@@ -520,7 +615,11 @@ impl Executor {
             }),
             Ok(0) => Ok(command_output(out)),
             Ok(code) => {
-                let last = all_logs.iter().rev().find(|l| l.stream == "stderr").map(|l| l.message.clone());
+                let last = all_logs
+                    .iter()
+                    .rev()
+                    .find(|l| l.stream == "stderr")
+                    .map(|l| l.message.clone());
                 Err(InvokeError::Function {
                     kind: FunctionErrorKind::ExitCode,
                     message: match last {
@@ -547,7 +646,10 @@ impl Executor {
         let mut made = 0;
         while loaded.idle().len() + (loaded.busy.load(Ordering::Relaxed) as usize) < want {
             let deadline = Instant::now() + function.spec.timeout;
-            let (warm, _, _) = self.new_instance(&loaded, deadline).await.map_err(|(e, _)| e.to_string())?;
+            let (warm, _, _) = self
+                .new_instance(&loaded, deadline)
+                .await
+                .map_err(|(e, _)| e.to_string())?;
             loaded.idle().push(warm);
             made += 1;
         }
@@ -557,7 +659,13 @@ impl Executor {
     /// Drops idle instances past their function's idle timeout, keeping
     /// `reserved` ones. Returns how many were dropped.
     pub fn reap_idle(&self) -> usize {
-        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let mut dropped = 0;
         for slot in slots {
             let Some(loaded) = slot.cell.get() else { continue };
@@ -618,7 +726,10 @@ fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &Deploye
     if sandbox.timed_out {
         return InvokeError::Function {
             kind: FunctionErrorKind::Timeout,
-            message: format!("the function ran past its timeout of {}", crate::units::format_duration(f.spec.timeout)),
+            message: format!(
+                "the function ran past its timeout of {}",
+                crate::units::format_duration(f.spec.timeout)
+            ),
         };
     }
     if sandbox.limiter.hit {
@@ -631,11 +742,18 @@ fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &Deploye
         Some(trap) => format!("the function trapped: {trap}"),
         None => format!("the function trapped: {}", e.root_cause()),
     };
-    InvokeError::Function { kind: FunctionErrorKind::Trap, message }
+    InvokeError::Function {
+        kind: FunctionErrorKind::Trap,
+        message,
+    }
 }
 
 /// Reads a WASI exit code out of a command's error, or classifies the trap.
-fn exit_code<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &DeployedFunction) -> Result<i32, InvokeError> {
+fn exit_code<T: HasSandbox>(
+    store: &mut Store<T>,
+    e: wasmtime::Error,
+    f: &DeployedFunction,
+) -> Result<i32, InvokeError> {
     match e.downcast_ref::<I32Exit>() {
         Some(exit) => Ok(exit.0),
         None => Err(classify(store, e, f)),
@@ -652,7 +770,12 @@ fn command_output(body: Bytes) -> Output {
     } else {
         "application/octet-stream"
     };
-    Output { body, content_type: Some(content_type.into()), status: None, headers: vec![] }
+    Output {
+        body,
+        content_type: Some(content_type.into()),
+        status: None,
+        headers: vec![],
+    }
 }
 
 fn to_guest(e: &Event) -> bindings::Event {

@@ -29,7 +29,10 @@ pub struct CappedPipe {
 
 impl CappedPipe {
     pub fn new(cap: usize) -> CappedPipe {
-        CappedPipe { cap, inner: Arc::new(Mutex::new(Inner::default())) }
+        CappedPipe {
+            cap,
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -41,7 +41,11 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(limit: u64) -> Limiter {
-        Limiter { limit, used: 0, hit: false }
+        Limiter {
+            limit,
+            used: 0,
+            hit: false,
+        }
     }
 
     pub fn limit(&self) -> u64 {
@@ -79,7 +83,10 @@ pub struct ComponentState {
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -119,7 +126,9 @@ pub fn arm<T: HasSandbox>(store: &mut Store<T>) {
             sandbox.timed_out = true;
             return Err(wasmtime::Error::msg("the function ran past its timeout"));
         }
-        Ok(UpdateDeadline::Yield(1))
+        // tokio's yield_now lets the I/O driver and every other task run
+        // before the guest continues; a plain wake would not.
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
     });
 }
 

@@ -36,7 +36,11 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
     let mut e = Event::new(
         format!("{}-{}", record.id, if succeeded { "success" } else { "failure" }),
         format!("/evoke/functions/{}", record.function),
-        if succeeded { "evoke.invocation.succeeded" } else { "evoke.invocation.failed" },
+        if succeeded {
+            "evoke.invocation.succeeded"
+        } else {
+            "evoke.invocation.failed"
+        },
     )
     .with_data(Some("application/json".into()), Bytes::from(data.to_string()));
     e.subject = Some(record.id.clone());
@@ -104,7 +108,11 @@ impl Invoker {
     }
 
     async fn core_publish(&self, subject: &str, body: Bytes) -> Result<(), String> {
-        self.bus.client.publish(subject.to_string(), body).await.map_err(|e| e.to_string())?;
+        self.bus
+            .client
+            .publish(subject.to_string(), body)
+            .await
+            .map_err(|e| e.to_string())?;
         self.bus.client.flush().await.map_err(|e| e.to_string())
     }
 }

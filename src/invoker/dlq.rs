@@ -62,20 +62,31 @@ impl Invoker {
         let ack = self
             .bus
             .js
-            .publish_with_headers(bus::dlq_subject(&entry.function, &entry.id), headers, Bytes::from(payload))
+            .publish_with_headers(
+                bus::dlq_subject(&entry.function, &entry.id),
+                headers,
+                Bytes::from(payload),
+            )
             .await
             .map_err(|e| format!("cannot publish dead letter: {e}"))?;
         ack.await.map_err(|e| format!("dead letter not stored: {e}"))?;
         self.metrics
             .dead_letters
-            .get_or_create(&crate::observe::metrics::FnLabel { function: entry.function.clone() })
+            .get_or_create(&crate::observe::metrics::FnLabel {
+                function: entry.function.clone(),
+            })
             .inc();
         Ok(())
     }
 
     /// Lists dead letters of a function, oldest first, at most `limit`.
     pub async fn dlq_list(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>, String> {
-        let stream = self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())?;
+        let stream = self
+            .bus
+            .js
+            .get_stream(bus::STREAM_DLQ)
+            .await
+            .map_err(|e| e.to_string())?;
         let info = stream.clone();
         let filter = bus::dlq_filter(function);
         let total: u64 = info
@@ -120,8 +131,16 @@ impl Invoker {
         if !super::valid_id(id) {
             return Ok(None);
         }
-        let stream = self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())?;
-        match stream.get_last_raw_message_by_subject(&bus::dlq_subject(function, id)).await {
+        let stream = self
+            .bus
+            .js
+            .get_stream(bus::STREAM_DLQ)
+            .await
+            .map_err(|e| e.to_string())?;
+        match stream
+            .get_last_raw_message_by_subject(&bus::dlq_subject(function, id))
+            .await
+        {
             Ok(raw) => {
                 let mut entry: DeadLetter = serde_json::from_slice(&raw.payload).map_err(|e| e.to_string())?;
                 entry.seq = Some(raw.sequence);
@@ -149,7 +168,12 @@ impl Invoker {
             }
             None => self.dlq_list(function, usize::MAX).await?,
         };
-        let stream = self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())?;
+        let stream = self
+            .bus
+            .js
+            .get_stream(bus::STREAM_DLQ)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut out = Redriven::default();
         for entry in entries {
             match self.redrive_one(&entry, &stream).await {
@@ -165,10 +189,15 @@ impl Invoker {
 
     async fn redrive_one(&self, entry: &DeadLetter, stream: &stream::Stream) -> Result<(), String> {
         let event = Event::from_value(entry.event.clone()).map_err(|e| e.to_string())?;
-        let mut record = self
-            .get_record(&entry.id)
-            .await?
-            .unwrap_or_else(|| super::records::Record::new(&entry.id, &entry.function, super::records::Mode::Async, &event.id, Status::Queued));
+        let mut record = self.get_record(&entry.id).await?.unwrap_or_else(|| {
+            super::records::Record::new(
+                &entry.id,
+                &entry.function,
+                super::records::Mode::Async,
+                &event.id,
+                Status::Queued,
+            )
+        });
         record.redrives += 1;
         record.attempts.clear();
         record.status = Status::Queued;
@@ -178,7 +207,13 @@ impl Invoker {
         let msg_id = format!("{}.r{}", entry.id, record.redrives);
         let ack = self
             .bus
-            .enqueue(&entry.function, &entry.id, &msg_id, Bytes::from(event.to_json()), &[(bus::HDR_REDRIVEN, "1")])
+            .enqueue(
+                &entry.function,
+                &entry.id,
+                &msg_id,
+                Bytes::from(event.to_json()),
+                &[(bus::HDR_REDRIVEN, "1")],
+            )
             .await
             .map_err(|e| e.to_string())?;
         ack.await.map_err(|e| e.to_string())?;
@@ -190,7 +225,12 @@ impl Invoker {
 
     /// Dead letters per function, for metrics.
     pub async fn dlq_depths(&self) -> Result<Vec<(String, u64)>, String> {
-        let stream = self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())?;
+        let stream = self
+            .bus
+            .js
+            .get_stream(bus::STREAM_DLQ)
+            .await
+            .map_err(|e| e.to_string())?;
         let subjects: Vec<(String, usize)> = stream
             .info_with_subjects(format!("{}.>", bus::SUBJECT_DLQ))
             .await

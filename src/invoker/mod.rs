@@ -47,6 +47,9 @@ pub struct Invoker {
     pub metrics: Arc<Metrics>,
     /// This node's name, recorded in every attempt.
     pub node: String,
+    /// How long JetStream waits for an ack before redelivering an event to
+    /// another worker (progress acks are sent at a third of it).
+    pub ack_wait: Duration,
     pub(crate) http: reqwest::Client,
 }
 
@@ -71,21 +74,35 @@ impl Invoker {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
-        Invoker { bus, registry, executor, metrics, node, http }
+        Invoker {
+            bus,
+            registry,
+            executor,
+            metrics,
+            node,
+            ack_wait: worker::ACK_WAIT,
+            http,
+        }
     }
 
     /// Runs an event now, on this node, with no retry (the caller retries).
     pub async fn invoke_sync(&self, f: &Arc<DeployedFunction>, mut event: Event, id: &str) -> Run {
-        event.extensions.insert(evoke_connectors::event::EXT_ATTEMPT.into(), "1".into());
+        event
+            .extensions
+            .insert(evoke_connectors::event::EXT_ATTEMPT.into(), "1".into());
         let mut record = Record::new(id, f.name.as_str(), Mode::Sync, &event.id, Status::Running);
         let started_at = Utc::now();
         let run = self.executor.invoke(f, &event, f.spec.timeout).await;
         self.publish_logs(f.name.as_str(), id, &run.logs);
         self.observe(f, &run);
         record.attempts.push(attempt_of(1, started_at, &run, &self.node));
-        record.status = if run.result.is_ok() { Status::Succeeded } else { Status::Failed };
+        record.status = if run.result.is_ok() {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        };
         finish(&mut record, &run);
-        self.put_record(&record);
+        self.put_record(&record).await;
         run
     }
 
@@ -94,12 +111,17 @@ impl Invoker {
         let payload = Bytes::from(event.to_json());
         let max = self.bus.max_payload().saturating_sub(4096);
         if payload.len() > max {
-            return Err(EnqueueError::TooLarge { size: payload.len(), max });
+            return Err(EnqueueError::TooLarge {
+                size: payload.len(),
+                max,
+            });
         }
         let record = Record::new(id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
         // The record and the event are published back to back and their acks
-        // awaited together: one round trip, not two.
-        let record_ack = self.put_record_pending(&record).await;
+        // awaited together: one round trip, not two. The record is only
+        // created, never overwritten: a duplicate of an event already run
+        // must not turn its record back to `queued`.
+        let record_ack = self.create_record_pending(&record).await;
         let ack = self
             .bus
             .enqueue(f.name.as_str(), id, id, payload, &[])
@@ -108,6 +130,7 @@ impl Invoker {
         ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         if let Some(record_ack) = record_ack
             && let Err(e) = record_ack.await
+            && e.kind() != async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
         {
             tracing::warn!(invocation = id, error = %e, "invocation record not stored");
         }
@@ -128,6 +151,24 @@ impl Invoker {
         }
     }
 
+    async fn create_record_pending(&self, record: &Record) -> Option<async_nats::jetstream::context::PublishAckFuture> {
+        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        match self
+            .bus
+            .js
+            .publish_with_headers(subject, headers, record.to_bytes())
+            .await
+        {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
+                None
+            }
+        }
+    }
+
     async fn put_record_pending(&self, record: &Record) -> Option<async_nats::jetstream::context::PublishAckFuture> {
         let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
         match self.bus.js.publish(subject, record.to_bytes()).await {
@@ -139,29 +180,31 @@ impl Invoker {
         }
     }
 
-    /// Stores a record without waiting for JetStream (pipelined); a failure
-    /// is logged. Records are informational: losing one loses no event.
-    pub fn put_record(&self, record: &Record) {
-        let js = self.bus.js.clone();
-        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
-        let bytes = record.to_bytes();
-        let id = record.id.clone();
-        tokio::spawn(async move {
-            let result = match js.publish(subject, bytes).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = result {
-                tracing::warn!(invocation = %id, error = %e, "cannot store invocation record");
-            }
-        });
+    /// Stores a record without waiting for JetStream's ack (pipelined). The
+    /// publish itself is queued here, in order, so a later write of the same
+    /// record never lands before an earlier one; a failed ack is logged.
+    /// Records are informational: losing one loses no event.
+    pub async fn put_record(&self, record: &Record) {
+        if let Some(ack) = self.put_record_pending(record).await {
+            let id = record.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ack.await {
+                    tracing::warn!(invocation = %id, error = %e, "cannot store invocation record");
+                }
+            });
+        }
     }
 
     /// Stores a record and waits for JetStream (used where retry bookkeeping
     /// depends on it).
     pub async fn put_record_acked(&self, record: &Record) -> Result<(), String> {
         let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
-        let ack = self.bus.js.publish(subject, record.to_bytes()).await.map_err(|e| e.to_string())?;
+        let ack = self
+            .bus
+            .js
+            .publish(subject, record.to_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         ack.await.map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -170,7 +213,11 @@ impl Invoker {
         if lines.is_empty() {
             return;
         }
-        let batch = LogBatch { function: function.to_string(), invocation: invocation.to_string(), lines: lines.to_vec() };
+        let batch = LogBatch {
+            function: function.to_string(),
+            invocation: invocation.to_string(),
+            lines: lines.to_vec(),
+        };
         let Ok(bytes) = serde_json::to_vec(&batch) else { return };
         let js = self.bus.js.clone();
         let subject = bus::logs_subject(function);

@@ -47,16 +47,30 @@ pub struct AttemptError {
 impl AttemptError {
     pub fn from_invoke(e: &InvokeError) -> AttemptError {
         match e {
-            InvokeError::Function { kind, message } => {
-                AttemptError { class: ErrorClass::Function, kind: Some(*kind), message: message.clone() }
-            }
-            InvokeError::System(m) => AttemptError { class: ErrorClass::System, kind: None, message: m.clone() },
-            InvokeError::Busy(_) => AttemptError { class: ErrorClass::System, kind: None, message: e.to_string() },
+            InvokeError::Function { kind, message } => AttemptError {
+                class: ErrorClass::Function,
+                kind: Some(*kind),
+                message: message.clone(),
+            },
+            InvokeError::System(m) => AttemptError {
+                class: ErrorClass::System,
+                kind: None,
+                message: m.clone(),
+            },
+            InvokeError::Busy(_) => AttemptError {
+                class: ErrorClass::System,
+                kind: None,
+                message: e.to_string(),
+            },
         }
     }
 
     pub fn system(message: impl Into<String>) -> AttemptError {
-        AttemptError { class: ErrorClass::System, kind: None, message: message.into() }
+        AttemptError {
+            class: ErrorClass::System,
+            kind: None,
+            message: message.into(),
+        }
     }
 }
 

@@ -8,26 +8,35 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// Delay before retry number `n` (1-based) after a function error.
 pub fn function_delay(n: u32) -> Duration {
-    nth(ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times(), n)
+    nth(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+        n,
+    )
 }
 
 /// Delay before retry number `n` (1-based) after a system error.
 pub fn system_delay(n: u32) -> Duration {
-    nth(ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(300))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times(), n)
+    nth(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(300))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+        n,
+    )
 }
 
 fn nth(builder: ExponentialBuilder, n: u32) -> Duration {
-    builder.build().nth(n.saturating_sub(1) as usize).unwrap_or(Duration::from_secs(1))
+    builder
+        .build()
+        .nth(n.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -34,19 +34,23 @@ use crate::registry::{DeployedFunction, Functions};
 
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// How often a running invocation tells JetStream it is still alive.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs consumers for every deployed function until shutdown, starting,
 /// restarting (on a new revision) and stopping them as the registry changes.
-pub async fn run(invoker: Arc<Invoker>, mut functions: watch::Receiver<Functions>, mut shutdown: broadcast::Receiver<()>) {
-    let mut running: HashMap<String, (u64, watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
+pub async fn run(
+    invoker: Arc<Invoker>,
+    mut functions: watch::Receiver<Functions>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let mut running: HashMap<String, Consumer> = HashMap::new();
     loop {
         let current = functions.borrow_and_update().clone();
-        running.retain(|name, (rev, stop, _)| {
-            let keep = current.get(name).is_some_and(|f| f.revision == *rev);
+        running.retain(|name, c| {
+            let keep = current.get(name).is_some_and(|f| f.revision == c.revision);
             if !keep {
-                let _ = stop.send(true);
+                // Stops pulling; in-flight events finish in the background.
+                let _ = c.stop.send(true);
+                c.task.take();
             }
             keep
         });
@@ -56,7 +60,14 @@ pub async fn run(invoker: Arc<Invoker>, mut functions: watch::Receiver<Functions
             }
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(consume(invoker.clone(), f.clone(), stop_rx));
-            running.insert(name.clone(), (f.revision, stop_tx, task));
+            running.insert(
+                name.clone(),
+                Consumer {
+                    revision: f.revision,
+                    stop: stop_tx,
+                    task: Some(task),
+                },
+            );
         }
         let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
         invoker.executor.retain(&live);
@@ -76,9 +87,27 @@ pub async fn run(invoker: Arc<Invoker>, mut functions: watch::Receiver<Functions
             _ = shutdown.recv() => break,
         }
     }
-    for (_, (_, stop, task)) in running {
-        let _ = stop.send(true);
-        let _ = task.await;
+    for (_, mut c) in running {
+        let _ = c.stop.send(true);
+        if let Some(task) = c.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A running consumer task. Dropped without a graceful stop (the node was
+/// killed), it aborts the task: nothing more is acknowledged.
+struct Consumer {
+    revision: u64,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -141,13 +170,18 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
 }
 
 async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<pull::Stream, String> {
-    let stream = invoker.bus.js.get_stream(bus::STREAM_EVENTS).await.map_err(|e| e.to_string())?;
+    let stream = invoker
+        .bus
+        .js
+        .get_stream(bus::STREAM_EVENTS)
+        .await
+        .map_err(|e| e.to_string())?;
     let durable = bus::consumer_name(f.name.as_str());
     let config = pull::Config {
         durable_name: Some(durable.clone()),
         filter_subject: bus::invoke_subject(f.name.as_str()),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait: invoker.ack_wait,
         max_deliver: -1,
         max_ack_pending: (f.spec.max_instances as i64 * 4).max(64),
         description: Some(format!("evoke workers of function {}", f.name)),
@@ -176,12 +210,15 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         }
     };
     let (delivered, published) = info;
-    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
     let id = header(bus::HDR_INVOCATION_ID).unwrap_or_else(super::new_invocation_id);
     let redriven = header(bus::HDR_REDRIVEN).is_some();
-    let age = Duration::from_secs_f64(
-        (time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0),
-    );
+    let age = Duration::from_secs_f64((time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0));
 
     let mut event = match Event::from_json(&msg.payload) {
         Ok(e) => e,
@@ -234,7 +271,9 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
 
     let number = record.attempts.len() as u32 + 1;
     let fn_attempt = record.function_failures() + 1;
-    event.extensions.insert(evoke_connectors::event::EXT_ATTEMPT.into(), fn_attempt.to_string());
+    event
+        .extensions
+        .insert(evoke_connectors::event::EXT_ATTEMPT.into(), fn_attempt.to_string());
     let started_at = Utc::now();
     record.status = Status::Running;
     record.updated_at = started_at;
@@ -247,12 +286,15 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         error: None,
         node: invoker.node.clone(),
     });
-    invoker.put_record(&record);
+    invoker.put_record(&record).await;
 
     let run = {
         let invoke = invoker.executor.invoke(f, &event, Duration::from_secs(600));
         tokio::pin!(invoke);
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+        // Tell JetStream the invocation is alive well before the ack wait
+        // runs out, so a slow function is not redelivered elsewhere.
+        let every = invoker.ack_wait / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 run = &mut invoke => break run,
@@ -267,7 +309,9 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
     invoker.publish_logs(f.name.as_str(), &id, &run.logs);
     invoker.observe(f, &run);
     record.attempts.pop();
-    record.attempts.push(attempt_of(number, started_at, &run, &invoker.node));
+    record
+        .attempts
+        .push(attempt_of(number, started_at, &run, &invoker.node));
 
     match &run.result {
         Ok(output) => {
@@ -283,7 +327,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
                     return;
                 }
             }
-            invoker.put_record(&record);
+            invoker.put_record(&record).await;
             ack(&msg, &id).await;
         }
         Err(InvokeError::Function { message, .. }) => {
@@ -292,10 +336,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
                 invoker.metrics.retry(f.name.as_str(), "function");
                 reschedule(invoker, &msg, &mut record, &run, delay).await;
             } else {
-                let reason = format!(
-                    "function error on all {} attempts; last: {message}",
-                    f.spec.retries + 1
-                );
+                let reason = format!("function error on all {} attempts; last: {message}", f.spec.retries + 1);
                 let entry = dead_letter_entry(f, &record, &event, reason);
                 finish(&mut record, &run);
                 settle_dead(invoker, f, &msg, &mut record, entry, Some(&event)).await;
@@ -330,7 +371,13 @@ fn dead_letter_entry(f: &DeployedFunction, record: &Record, event: &Event, reaso
 
 /// Stores the attempt (waiting for it: the next delivery reads it) and
 /// asks JetStream to redeliver after `delay`.
-async fn reschedule(invoker: &Invoker, msg: &Message, record: &mut Record, run: &crate::executor::Run, delay: Duration) {
+async fn reschedule(
+    invoker: &Invoker,
+    msg: &Message,
+    record: &mut Record,
+    run: &crate::executor::Run,
+    delay: Duration,
+) {
     record.status = Status::Queued;
     finish(record, run);
     if let Err(e) = invoker.put_record_acked(record).await {
@@ -361,7 +408,7 @@ async fn settle_dead(
     record.status = Status::DeadLettered;
     record.updated_at = Utc::now();
     record.finished_at = Some(record.updated_at);
-    invoker.put_record(record);
+    invoker.put_record(record).await;
     if let (Some(dest), Some(request)) = (&f.spec.on_failure, request) {
         let dest_event = super::destinations::destination_event(record, request, None, Some(&entry.reason));
         if let Err(e) = invoker.deliver(dest, &dest_event).await {

@@ -45,7 +45,10 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     pub fn new(cap: usize) -> LogBuffer {
-        LogBuffer { cap, ..Default::default() }
+        LogBuffer {
+            cap,
+            ..Default::default()
+        }
     }
 
     pub fn push(&mut self, level: LogLevel, stream: &str, message: String) {
@@ -54,7 +57,12 @@ impl LogBuffer {
             return;
         }
         self.used += message.len();
-        self.lines.push(LogLine { time: Utc::now(), level, stream: stream.to_string(), message });
+        self.lines.push(LogLine {
+            time: Utc::now(),
+            level,
+            stream: stream.to_string(),
+            message,
+        });
     }
 
     /// Splits captured stdio into lines.

@@ -69,15 +69,35 @@ impl Metrics {
         let instances = Family::<StateLabel, Gauge>::default();
         let dlq_depth = Family::<FnLabel, Gauge>::default();
         let queue_pending = Family::<FnLabel, Gauge>::default();
-        registry.register("invocations", "Invocations by function and outcome", invocations.clone());
+        registry.register(
+            "invocations",
+            "Invocations by function and outcome",
+            invocations.clone(),
+        );
         registry.register("invocation_duration_seconds", "Invocation wall time", duration.clone());
         registry.register("cold_starts", "New instances started", cold_starts.clone());
         registry.register("retries", "Retries scheduled, by error class", retries.clone());
-        registry.register("dead_letters", "Events moved to the dead-letter queue", dead_letters.clone());
-        registry.register("usage_gb_seconds", "Metered usage: memory limit (GB) x duration (s)", gb_seconds.clone());
-        registry.register("instances", "Instances on this node by state (idle, busy)", instances.clone());
+        registry.register(
+            "dead_letters",
+            "Events moved to the dead-letter queue",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "usage_gb_seconds",
+            "Metered usage: memory limit (GB) x duration (s)",
+            gb_seconds.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances on this node by state (idle, busy)",
+            instances.clone(),
+        );
         registry.register("dlq_depth", "Dead letters waiting, by function", dlq_depth.clone());
-        registry.register("queue_pending", "Async events waiting, by function", queue_pending.clone());
+        registry.register(
+            "queue_pending",
+            "Async events waiting, by function",
+            queue_pending.clone(),
+        );
         Metrics {
             registry,
             invocations,
@@ -94,9 +114,14 @@ impl Metrics {
 
     /// Counts one finished run.
     pub fn observe_run(&self, function: &str, outcome: &str, seconds: f64, memory_bytes: u64, cold: bool) {
-        let f = FnLabel { function: function.to_string() };
+        let f = FnLabel {
+            function: function.to_string(),
+        };
         self.invocations
-            .get_or_create(&OutcomeLabel { function: function.to_string(), outcome: outcome.to_string() })
+            .get_or_create(&OutcomeLabel {
+                function: function.to_string(),
+                outcome: outcome.to_string(),
+            })
             .inc();
         self.duration.get_or_create(&f).observe(seconds);
         self.gb_seconds
@@ -109,7 +134,10 @@ impl Metrics {
 
     pub fn retry(&self, function: &str, class: &str) {
         self.retries
-            .get_or_create(&ClassLabel { function: function.to_string(), class: class.to_string() })
+            .get_or_create(&ClassLabel {
+                function: function.to_string(),
+                class: class.to_string(),
+            })
             .inc();
     }
 

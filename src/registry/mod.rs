@@ -52,7 +52,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(kv: kv::Store) -> Registry {
-        Registry { kv, view: watch::Sender::new(Arc::new(HashMap::new())) }
+        Registry {
+            kv,
+            view: watch::Sender::new(Arc::new(HashMap::new())),
+        }
     }
 
     /// Subscribes to the live view (current value first).
@@ -83,7 +86,11 @@ impl Registry {
         if name.parse::<FunctionName>().is_err() {
             return Ok(None);
         }
-        let entry = self.kv.entry(name).await.map_err(|e| RegistryError::Nats(e.to_string()))?;
+        let entry = self
+            .kv
+            .entry(name)
+            .await
+            .map_err(|e| RegistryError::Nats(e.to_string()))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => Ok(Some(Arc::new(decode(name, &e.value, e.revision)?))),
             _ => Ok(None),
@@ -108,7 +115,10 @@ impl Registry {
     pub async fn delete(&self, name: &str) -> Result<bool, RegistryError> {
         let existed = self.get(name).await?.is_some();
         if existed {
-            self.kv.delete(name).await.map_err(|e| RegistryError::Nats(e.to_string()))?;
+            self.kv
+                .delete(name)
+                .await
+                .map_err(|e| RegistryError::Nats(e.to_string()))?;
             self.apply(name, None);
         }
         Ok(existed)
@@ -174,8 +184,10 @@ impl Registry {
 }
 
 fn decode(name: &str, value: &[u8], revision: u64) -> Result<DeployedFunction, RegistryError> {
-    let mut f: DeployedFunction = serde_json::from_slice(value)
-        .map_err(|e| RegistryError::Corrupt { name: name.to_string(), message: e.to_string() })?;
+    let mut f: DeployedFunction = serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
+        name: name.to_string(),
+        message: e.to_string(),
+    })?;
     f.revision = revision;
     Ok(f)
 }

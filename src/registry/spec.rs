@@ -30,7 +30,8 @@ impl FromStr for FunctionName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = (1..=63).contains(&s.len())
             && s.as_bytes()[0].is_ascii_lowercase()
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(FunctionName(s.to_string()))
         } else {
@@ -80,7 +81,9 @@ impl FromStr for Destination {
             if valid {
                 return Ok(Destination::Nats(subject.to_string()));
             }
-            return Err(format!("`{subject}` is not a NATS subject to publish to (no wildcards, no empty tokens)"));
+            return Err(format!(
+                "`{subject}` is not a NATS subject to publish to (no wildcards, no empty tokens)"
+            ));
         }
         if let Some(name) = s.strip_prefix("function:") {
             return Ok(Destination::Function(name.parse()?));
@@ -263,9 +266,7 @@ impl FunctionSpec {
                 self.env = env;
             }
             _ => {
-                return Err(format!(
-                    "unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure"
-                ));
+                return Err("unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure".to_string());
             }
         }
         Ok(())
@@ -275,22 +276,37 @@ impl FunctionSpec {
     pub fn check(&self) -> Vec<FieldError> {
         let mut e = Vec::new();
         if self.memory < MEMORY_MIN || self.memory > MEMORY_MAX {
-            e.push(err("memory", &format!("{} is out of range {MEMORY_MIN}..{MEMORY_MAX}", self.memory)));
+            e.push(err(
+                "memory",
+                &format!("{} is out of range {MEMORY_MIN}..{MEMORY_MAX}", self.memory),
+            ));
         }
         if self.timeout < Duration::from_millis(1) || self.timeout > TIMEOUT_MAX {
-            e.push(err("timeout", &format!("{} is out of range 1ms..15m", units::format_duration(self.timeout))));
+            e.push(err(
+                "timeout",
+                &format!("{} is out of range 1ms..15m", units::format_duration(self.timeout)),
+            ));
         }
         if self.retries > RETRIES_MAX {
-            e.push(err("retries", &format!("{} is more than the maximum of {RETRIES_MAX}", self.retries)));
+            e.push(err(
+                "retries",
+                &format!("{} is more than the maximum of {RETRIES_MAX}", self.retries),
+            ));
         }
         if self.max_event_age < MAX_EVENT_AGE_MIN || self.max_event_age > MAX_EVENT_AGE_MAX {
             e.push(err(
                 "max_event_age",
-                &format!("{} is out of range 1m..7days", units::format_duration(self.max_event_age)),
+                &format!(
+                    "{} is out of range 1m..7days",
+                    units::format_duration(self.max_event_age)
+                ),
             ));
         }
         if self.max_instances == 0 || self.max_instances > MAX_INSTANCES_MAX {
-            e.push(err("max_instances", &format!("{} is out of range 1..{MAX_INSTANCES_MAX}", self.max_instances)));
+            e.push(err(
+                "max_instances",
+                &format!("{} is out of range 1..{MAX_INSTANCES_MAX}", self.max_instances),
+            ));
         }
         if self.reserved > self.max_instances {
             e.push(err(
@@ -306,7 +322,10 @@ impl FunctionSpec {
                 && !name.as_bytes()[0].is_ascii_digit()
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
-                e.push(err(&format!("env.{name}"), "names are letters, digits and `_`, not starting with a digit"));
+                e.push(err(
+                    &format!("env.{name}"),
+                    "names are letters, digits and `_`, not starting with a digit",
+                ));
             }
         }
         e
@@ -314,7 +333,10 @@ impl FunctionSpec {
 }
 
 fn err(field: &str, message: &str) -> FieldError {
-    FieldError { field: field.to_string(), message: message.to_string() }
+    FieldError {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
 }
 
 fn size(v: &Value) -> Result<ByteSize, String> {

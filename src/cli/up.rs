@@ -1,0 +1,101 @@
+//! `evoke up` and `evoke serve`: find or start NATS, start a node, run until
+//! Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::ServeArgs;
+use super::nats::{ManagedNats, find_server, free_port};
+use crate::bus::{DEFAULT_NATS_URL, INSTALL_HINT, version_ok};
+use crate::node::{Node, NodeConfig};
+
+/// What answers at the default NATS address.
+enum Probe {
+    Usable,
+    TooOld(String),
+    Nothing,
+}
+
+async fn probe(url: &str) -> Probe {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .connect(url);
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(client)) => {
+            let v = client.server_info().version;
+            if version_ok(&v) && client.server_info().jetstream {
+                Probe::Usable
+            } else {
+                Probe::TooOld(v)
+            }
+        }
+        _ => Probe::Nothing,
+    }
+}
+
+pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+    let mut _nats_child = None;
+    let nats_url = match (&args.nats, managed) {
+        (Some(url), _) => url.clone(),
+        (None, false) => DEFAULT_NATS_URL.to_string(),
+        (None, true) => match probe(DEFAULT_NATS_URL).await {
+            Probe::Usable => DEFAULT_NATS_URL.to_string(),
+            found => {
+                let bin = find_server()?;
+                let port = match &found {
+                    Probe::TooOld(v) => {
+                        let port = free_port()?;
+                        eprintln!(
+                            "evoke: the NATS at {DEFAULT_NATS_URL} is {v}, too old for evoke; starting a managed nats-server on port {port} instead"
+                        );
+                        port
+                    }
+                    _ => 4222,
+                };
+                let child = ManagedNats::start(&bin, &args.data_dir.join("nats"), port)?;
+                eprintln!(
+                    "evoke: started managed nats-server ({}) at {}",
+                    bin.display(),
+                    child.url()
+                );
+                let url = child.url();
+                _nats_child = Some(child);
+                url
+            }
+        },
+    };
+    let mut config = NodeConfig::new(args.http, &nats_url, args.data_dir.clone());
+    config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
+    config.workers = !args.no_workers;
+    config.pool_instances = args.pool_instances;
+    let node = Node::start(config).await.map_err(|e| {
+        if e.to_string().contains("too old") {
+            e.context(format!(
+                "the NATS given with --nats/EVOKE_NATS_URL cannot be used ({INSTALL_HINT})"
+            ))
+        } else {
+            e
+        }
+    })?;
+    eprintln!(
+        "evoke: serving the API on http://{} (NATS {nats_url}); Ctrl-C to stop",
+        node.addr
+    );
+    tokio::signal::ctrl_c().await.ok();
+    eprintln!("evoke: stopping (letting running invocations finish)...");
+    node.stop().await;
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVOKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,cranelift=warn,wasmtime=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,245 @@
+//! Async invocations: queue, retries by class, dead letters, redrive,
+//! destinations, and redelivery after a node dies.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Nats, TestNode, busy_module, example};
+
+#[tokio::test]
+async fn async_invoke_runs_and_reports_its_record() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let id = node
+        .invoke_async("hello", "application/json", r#"{"name":"queue"}"#)
+        .await;
+    let rec = node
+        .wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded")
+        .await;
+    assert_eq!(rec["mode"], "async");
+    assert_eq!(rec["attempts"].as_array().unwrap().len(), 1);
+    assert!(rec["attempts"][0]["error"].is_null());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("flaky", &example("counter"), &[("retries", "2")]).await;
+    let id = node.invoke_async("flaky", "text/plain", "fail").await;
+    let rec = node
+        .wait_record(&id, Duration::from_secs(30), |r| r["status"] == "dead-lettered")
+        .await;
+    let attempts = rec["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "1 try + 2 retries: {rec:#}");
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a["error"]["class"], "function");
+        assert_eq!(a["error"]["kind"], "error");
+        // The function saw evokeattempt = 1, 2, 3.
+        assert_eq!(a["error"]["message"], format!("asked to fail (attempt {})", i + 1));
+    }
+
+    let (status, list) = node.get("/v1/functions/flaky/dlq").await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = list["dead_letters"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["id"], id.as_str());
+    assert!(entries[0]["reason"].as_str().unwrap().contains("all 3 attempts"));
+    assert_eq!(entries[0]["event"]["data"], "fail");
+    let (status, one) = node.get(&format!("/v1/functions/flaky/dlq/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["attempts"].as_array().unwrap().len(), 3);
+
+    let metrics = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"evoke_dlq_depth{function="flaky"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"evoke_retries_total{function="flaky",class="function"} 2"#),
+        "{metrics}"
+    );
+
+    // Redrive: the event goes back on the queue, fails again, lands again.
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/flaky/dlq/redrive"))
+        .json(&json!({ "ids": [id] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let out: Value = resp.json().await.unwrap();
+    assert_eq!(out["redriven"][0], id.as_str());
+    let rec = node
+        .wait_record(&id, Duration::from_secs(30), |r| {
+            r["status"] == "dead-lettered" && r["redrives"] == 1
+        })
+        .await;
+    assert_eq!(rec["attempts"].as_array().unwrap().len(), 3);
+    let (_, list) = node.get("/v1/functions/flaky/dlq").await;
+    assert_eq!(
+        list["dead_letters"].as_array().unwrap().len(),
+        1,
+        "redriven entry replaced, not duplicated"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn results_and_failures_reach_their_destinations() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut ok_sub = client.subscribe("results.ok").await.unwrap();
+    let mut failed_sub = client.subscribe("results.failed").await.unwrap();
+    client.flush().await.unwrap();
+    node.deploy_ok("hello", &example("hello"), &[("on_success", "nats:results.ok")])
+        .await;
+    node.deploy_ok("sink", &example("counter"), &[]).await;
+    node.deploy_ok(
+        "bad",
+        &example("counter"),
+        &[("retries", "0"), ("on_failure", "nats:results.failed")],
+    )
+    .await;
+
+    let id = node
+        .invoke_async("hello", "application/json", r#"{"name":"dest"}"#)
+        .await;
+    let msg = tokio::time::timeout(Duration::from_secs(10), ok_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ev: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(ev["type"], "evoke.invocation.succeeded");
+    assert_eq!(ev["data"]["invocation"], id.as_str());
+    assert_eq!(ev["data"]["response"]["body"], "Hello, dest!");
+
+    let id = node.invoke_async("bad", "text/plain", "fail").await;
+    let msg = tokio::time::timeout(Duration::from_secs(10), failed_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ev: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(ev["type"], "evoke.invocation.failed");
+    assert_eq!(ev["data"]["invocation"], id.as_str());
+    assert!(ev["data"]["error"].as_str().unwrap().contains("asked to fail"));
+
+    // function: destination: the result is queued as an event for `sink`.
+    node.deploy_ok("chain", &example("hello"), &[("on_success", "function:sink")])
+        .await;
+    node.invoke_async("chain", "application/json", r#"{"name":"x"}"#).await;
+    let mut seen = false;
+    for _ in 0..100 {
+        let m = node
+            .http
+            .get(node.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(r#"evoke_invocations_total{function="sink",outcome="success"} 1"#) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "sink never ran");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_survives_the_death_of_its_worker() {
+    let nats = Nats::start();
+    let first = TestNode::start(&nats.url()).await;
+    first.deploy_ok("slow", &busy_module(1500), &[("timeout", "10s")]).await;
+    let id = first.invoke_async("slow", "application/json", "{}").await;
+    first
+        .wait_record(&id, Duration::from_secs(10), |r| r["status"] == "running")
+        .await;
+    first.kill();
+
+    // Another node picks the event up once the ack wait (3 s here) passes.
+    let second = TestNode::start(&nats.url()).await;
+    let rec = second
+        .wait_record(&id, Duration::from_secs(30), |r| r["status"] == "succeeded")
+        .await;
+    let attempts = rec["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{rec:#}");
+    assert_eq!(
+        attempts[0]["error"]["class"], "system",
+        "the lost attempt is a system error: {rec:#}"
+    );
+    assert!(attempts[1]["error"].is_null());
+    assert_ne!(attempts[0]["node"], attempts[1]["node"]);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn same_cloudevent_twice_is_one_invocation() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let ce = json!({"specversion":"1.0","id":"evt-1","source":"/test","type":"t","datacontenttype":"application/json","data":{"name":"ce"}});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = node
+            .http
+            .post(node.url("/v1/functions/hello/invoke"))
+            .header("content-type", "application/cloudevents+json")
+            .header("x-evoke-invocation-type", "async")
+            .body(ce.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let v: Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids[0], ids[1]);
+    node.wait_record(&ids[0], Duration::from_secs(10), |r| r["status"] == "succeeded")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"evoke_invocations_total{function="hello",outcome="success"} 1"#),
+        "{m}"
+    );
+
+    // Binary mode keeps the attributes too.
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/hello/invoke"))
+        .header("ce-id", "b-1")
+        .header("ce-source", "/bin")
+        .header("ce-type", "test.binary")
+        .header("ce-specversion", "1.0")
+        .header("content-type", "application/json")
+        .body(r#"{"name":"binary"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "Hello, binary!");
+    node.stop().await;
+}

@@ -1,0 +1,136 @@
+//! Bad input gets a clear error naming the problem.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::common::{Nats, TestNode, example, print_module};
+
+#[tokio::test]
+async fn bad_deploys_are_refused_with_the_field_named() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+
+    let (status, v) = node.deploy("hello", b"this is not wasm", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "InvalidCode");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("not WebAssembly"),
+        "{v}"
+    );
+
+    // Valid magic, broken body.
+    let (status, v) = node.deploy("hello", b"\0asm\x01\0\0\0\x01\xff", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid WebAssembly"),
+        "{v}"
+    );
+
+    // A library module with no _start.
+    let lib = wat::parse_str("(module (func (export \"add\")))").unwrap();
+    let (status, v) = node.deploy("hello", &lib, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("_start"), "{v}");
+
+    // Imports evoke does not provide.
+    let wants = wat::parse_str(r#"(module (import "env" "secret" (func)) (func (export "_start")))"#).unwrap();
+    let (status, v) = node.deploy("hello", &wants, &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("env"), "{v}");
+
+    let (status, v) = node.deploy("Bad_Name", &example("hello"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["details"][0]["field"], "name");
+
+    let (status, v) = node
+        .deploy(
+            "hello",
+            &example("hello"),
+            &[
+                ("memory", "64Xi"),
+                ("timeout", "99h"),
+                ("retries", "many"),
+                ("colour", "red"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "InvalidSpec");
+    let fields: Vec<&str> = v["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    for f in ["memory", "timeout", "retries", "colour"] {
+        assert!(fields.contains(&f), "{f} not reported: {v}");
+    }
+    // Nothing was deployed.
+    assert_eq!(node.get("/v1/functions/hello").await.0, StatusCode::NOT_FOUND);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_invocations_are_refused_precisely() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("print", &print_module("hi"), &[]).await;
+
+    let resp = node.invoke("nope", "{}").await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "function `nope` does not exist");
+
+    let resp = node.invoke("print", "{not json").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidJson");
+
+    let big = "x".repeat(7 << 20);
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/print/invoke"))
+        .header("content-type", "text/plain")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "EventTooLarge");
+
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/print/invoke"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"source":"/x","type":"t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`id` is required"),
+        "{v}"
+    );
+
+    let (status, _) = node.get("/v1/invocations/does-not-exist").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/print/dlq/redrive"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // Still serving.
+    let resp = node.invoke("print", "{}").await;
+    assert_eq!(resp.text().await.unwrap(), "hi");
+    node.stop().await;
+}

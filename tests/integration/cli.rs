@@ -1,0 +1,139 @@
+//! The `evoke` binary as a user runs it.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Nats, TestNode};
+
+fn evoke(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evoke"))
+        .args(args)
+        .env("EVOKE_SERVER", server)
+        .env_remove("EVOKE_API_TOKEN")
+        .output()
+        .expect("run evoke")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "evoke failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_tour_works() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let server = node.base.clone();
+    let hello = format!("{}/examples/hello.wasm", env!("CARGO_MANIFEST_DIR"));
+    let counter = format!("{}/examples/counter.wasm", env!("CARGO_MANIFEST_DIR"));
+
+    let s = server.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut log = Vec::new();
+        let deploy = stdout(&evoke(
+            &s,
+            &["deploy", "hello", &hello, "--memory", "64Mi", "--timeout", "5s"],
+        ));
+        log.push(deploy);
+        log.push(stdout(&evoke(
+            &s,
+            &["invoke", "hello", "--data", r#"{"name":"evoke"}"#],
+        )));
+        let id = stdout(&evoke(
+            &s,
+            &["invoke", "hello", "--data", r#"{"name":"evoke"}"#, "--async"],
+        ));
+        let id = id.trim().to_string();
+        let mut shown = String::new();
+        for _ in 0..50 {
+            shown = stdout(&evoke(&s, &["invocations", "show", &id]));
+            if shown.contains("succeeded") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        log.push(shown);
+        let json: Value = serde_json::from_str(&stdout(&evoke(&s, &["--json", "invocations", "show", &id]))).unwrap();
+        log.push(json["status"].to_string());
+        log.push(stdout(&evoke(&s, &["functions"])));
+        log.push(stdout(&evoke(&s, &["functions", "show", "hello"])));
+        stdout(&evoke(&s, &["deploy", "counter", &counter, "--retries", "0"]));
+        let failed = stdout(&evoke(&s, &["invoke", "counter", "--data", "fail", "--async"]));
+        let failed = failed.trim().to_string();
+        let mut dlq = String::new();
+        for _ in 0..50 {
+            dlq = stdout(&evoke(&s, &["dlq", "ls", "counter"]));
+            if dlq.contains(&failed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        log.push(dlq);
+        log.push(stdout(&evoke(&s, &["dlq", "show", "counter", &failed])));
+        log.push(stdout(&evoke(&s, &["dlq", "redrive", "counter", "--all"])));
+        let err = evoke(&s, &["invoke", "missing"]);
+        log.push(format!(
+            "exit={:?} stderr={}",
+            err.status.code(),
+            String::from_utf8_lossy(&err.stderr)
+        ));
+        log.push(stdout(&evoke(&s, &["functions", "rm", "hello"])));
+        log.push(stdout(&evoke(&s, &["logs", "counter"])));
+        (log, id, failed)
+    })
+    .await
+    .unwrap();
+    let (log, id, failed) = out;
+    assert!(log[0].contains("deployed hello (component): sha256:"), "{}", log[0]);
+    assert_eq!(log[1], "Hello, evoke!\n");
+    assert!(
+        log[2].contains(&id) && log[2].contains("succeeded") && log[2].contains("attempt 1"),
+        "{}",
+        log[2]
+    );
+    assert_eq!(log[3], "\"succeeded\"");
+    assert!(log[4].contains("hello") && log[4].contains("64Mi"), "{}", log[4]);
+    assert!(log[5].contains("\"digest\""), "{}", log[5]);
+    assert!(
+        log[6].contains(&failed) && log[6].contains("function error"),
+        "{}",
+        log[6]
+    );
+    assert!(log[7].contains("asked to fail"), "{}", log[7]);
+    assert_eq!(log[8], "redrove 1 event(s) of counter\n");
+    assert!(
+        log[9].starts_with("exit=Some(1) stderr=error: 404 Not Found: function `missing` does not exist"),
+        "{}",
+        log[9]
+    );
+    assert_eq!(log[9].trim_end().lines().count(), 1, "one line: {}", log[9]);
+    assert_eq!(log[10], "removed hello\n");
+    assert!(log[11].contains("counter instance started"), "{}", log[11]);
+    node.stop().await;
+}
+
+#[test]
+fn unreachable_server_says_what_to_do() {
+    let o = evoke("http://127.0.0.1:1", &["functions"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is `evoke up` running?"), "{err}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let o = Command::new(env!("CARGO_BIN_EXE_evoke"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["up", "deploy", "invoke", "invocations", "functions", "dlq", "logs"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help");
+    }
+}

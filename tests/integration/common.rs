@@ -1,0 +1,220 @@
+//! Shared harness: a real nats-server per test on a free port, evoke nodes
+//! started in-process on 127.0.0.1:0, the example functions, and hostile
+//! guests written in WAT.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use evoke::cli::nats::{ManagedNats, find_server, free_port};
+use evoke::node::{Node, NodeConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A nats-server of our own, removed with its store on drop.
+pub struct Nats {
+    pub server: ManagedNats,
+    _dir: TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = TempDir::new().expect("temp dir");
+        let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
+        let server = ManagedNats::start(&bin, dir.path(), free_port().expect("port")).expect("start nats-server");
+        Nats { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.server.stop();
+        let bin = find_server().expect("nats-server");
+        let dir = self.server.dir.clone();
+        let port = self.server.port;
+        self.server = ManagedNats::start(&bin, &dir, port).expect("restart nats-server");
+    }
+}
+
+/// An evoke node with its own data dir.
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: TempDir,
+}
+
+pub fn config(nats: &str, dir: &TempDir) -> NodeConfig {
+    let mut c = NodeConfig::new("127.0.0.1:0".parse().expect("addr"), nats, dir.path().to_path_buf());
+    // Small pools keep the virtual-memory reservation of parallel tests low.
+    c.pool_instances = 64;
+    c.ack_wait = Duration::from_secs(3);
+    c
+}
+
+impl TestNode {
+    pub async fn start(nats: &str) -> TestNode {
+        let dir = TempDir::new().expect("temp dir");
+        let c = config(nats, &dir);
+        Self::with_config(c, dir).await
+    }
+
+    pub async fn with_config(c: NodeConfig, dir: TempDir) -> TestNode {
+        let node = Node::start(c).await.expect("start node");
+        let base = format!("http://{}", node.addr);
+        TestNode {
+            node: Some(node),
+            base,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Deploys code with query settings; returns status and JSON body.
+    pub async fn deploy(&self, name: &str, code: &[u8], query: &[(&str, &str)]) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/functions/{name}")))
+            .query(query)
+            .header("content-type", "application/wasm")
+            .body(code.to_vec())
+            .send()
+            .await
+            .expect("deploy request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn deploy_ok(&self, name: &str, code: &[u8], query: &[(&str, &str)]) -> Value {
+        let (status, body) = self.deploy(name, code, query).await;
+        assert!(status.is_success(), "deploy {name}: {status} {body}");
+        body
+    }
+
+    /// Sync invoke with a JSON body.
+    pub async fn invoke(&self, name: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/functions/{name}/invoke")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("invoke request")
+    }
+
+    /// Async invoke; returns the invocation id.
+    pub async fn invoke_async(&self, name: &str, content_type: &str, body: &str) -> String {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/functions/{name}/invoke")))
+            .header("content-type", content_type)
+            .header("x-evoke-invocation-type", "async")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("invoke request");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let v: Value = resp.json().await.expect("json");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls an invocation until `done` holds for its record.
+    pub async fn wait_record(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < within {
+            let (status, v) = self.get(&format!("/v1/invocations/{id}")).await;
+            if status == StatusCode::OK {
+                if done(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("invocation {id} did not reach the expected state within {within:?}; last record: {last:#}");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(n) = self.node.take() {
+            n.stop().await;
+        }
+    }
+
+    pub fn kill(mut self) {
+        if let Some(n) = self.node.take() {
+            n.kill();
+        }
+    }
+}
+
+/// A built example function (`scripts/build-examples` makes them).
+pub fn example(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{} is missing ({e}); run scripts/build-examples first", path.display()))
+}
+
+/// A WASI preview-1 command written in WAT. `body` is the `_start` body;
+/// `fd_write`, `proc_exit` and `clock_time_get` are imported, memory page 0
+/// is scratch space, and data at 1024 holds `text`.
+pub fn wasi_module(body: &str, text: &str) -> Vec<u8> {
+    let escaped: String = text.bytes().map(|b| format!("\\{b:02x}")).collect();
+    let wat = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 1024) "{escaped}")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start") (local $i i32) (local $t0 i64)
+    {body}))"#
+    );
+    wat::parse_str(&wat).expect("valid WAT")
+}
+
+/// Writes `text` to stdout and exits 0.
+pub fn print_module(text: &str) -> Vec<u8> {
+    wasi_module(
+        &format!(
+            "(call $write (i32.const 1) (i32.const 1024) (i32.const {}))",
+            text.len()
+        ),
+        text,
+    )
+}
+
+/// Spins (reading the clock) for `ms` milliseconds, then prints `done`.
+pub fn busy_module(ms: u64) -> Vec<u8> {
+    wasi_module(
+        &format!(
+            "(drop (call $clock (i32.const 1) (i64.const 1) (i32.const 16)))
+             (local.set $t0 (i64.load (i32.const 16)))
+             (loop $l
+               (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 16)))
+               (br_if $l (i64.lt_u (i64.sub (i64.load (i32.const 16)) (local.get $t0)) (i64.const {}))))
+             (call $write (i32.const 1) (i32.const 1024) (i32.const 4))",
+            ms * 1_000_000
+        ),
+        "done",
+    )
+}

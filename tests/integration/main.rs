@@ -1,0 +1,11 @@
+//! Integration tests against real services: a real nats-server per test,
+//! real wasmtime, the real HTTP API and the real `evoke` binary.
+
+mod common;
+
+mod async_queue;
+mod bad_input;
+mod cli;
+mod resilience;
+mod sandbox;
+mod sync_invoke;

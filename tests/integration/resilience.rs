@@ -1,0 +1,66 @@
+//! NATS going away under load: the API answers 503 with Retry-After while
+//! it is gone, and every accepted event still finishes once it is back.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::common::{Nats, TestNode, example};
+
+#[tokio::test]
+async fn nats_restart_under_load_loses_no_accepted_event() {
+    let mut nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+
+    let mut accepted = Vec::new();
+    for i in 0..40 {
+        accepted.push(
+            node.invoke_async("hello", "application/json", &format!(r#"{{"name":"n{i}"}}"#))
+                .await,
+        );
+    }
+    nats.server.stop();
+    // While NATS is down, async invokes are refused with a retry hint.
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/hello/invoke"))
+        .header("content-type", "application/json")
+        .header("x-evoke-invocation-type", "async")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+    nats.restart();
+
+    for i in 40..60 {
+        // The client reconnects in the background; retry like a client would.
+        let mut tries = 0;
+        loop {
+            let resp = node
+                .http
+                .post(node.url("/v1/functions/hello/invoke"))
+                .header("content-type", "application/json")
+                .header("x-evoke-invocation-type", "async")
+                .body(format!(r#"{{"name":"n{i}"}}"#))
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == StatusCode::ACCEPTED {
+                let v: serde_json::Value = resp.json().await.unwrap();
+                accepted.push(v["id"].as_str().unwrap().to_string());
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100, "NATS never came back: {}", resp.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for id in &accepted {
+        node.wait_record(id, Duration::from_secs(60), |r| r["status"] == "succeeded")
+            .await;
+    }
+    node.stop().await;
+}
