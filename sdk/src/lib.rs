@@ -91,7 +91,12 @@ impl Output {
 
     /// Raw bytes with a content type.
     pub fn bytes(body: Vec<u8>, content_type: &str) -> Output {
-        Output { body, content_type: Some(content_type.to_string()), status: None, headers: Vec::new() }
+        Output {
+            body,
+            content_type: Some(content_type.to_string()),
+            status: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Sets the HTTP status used when the caller is HTTP.

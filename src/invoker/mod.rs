@@ -208,6 +208,23 @@ impl Invoker {
         ack.await.map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Stores a record that must not be lost (an outcome), retrying through
+    /// a NATS hiccup for a few seconds. Called before the event is acked, so
+    /// a record is never left behind its event.
+    pub async fn put_record_durable(&self, record: &Record) {
+        let mut last = String::new();
+        for attempt in 0..6u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250) * 2u32.pow(attempt.min(4))).await;
+            }
+            match self.put_record_acked(record).await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        tracing::error!(invocation = %record.id, error = %last, "invocation record not stored; its status is stale");
+    }
+
     /// Publishes an invocation's log lines (pipelined, one message).
     pub fn publish_logs(&self, function: &str, invocation: &str, lines: &[LogLine]) {
         if lines.is_empty() {

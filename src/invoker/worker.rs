@@ -327,7 +327,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
                     return;
                 }
             }
-            invoker.put_record(&record).await;
+            invoker.put_record_durable(&record).await;
             ack(&msg, &id).await;
         }
         Err(InvokeError::Function { message, .. }) => {
@@ -380,9 +380,7 @@ async fn reschedule(
 ) {
     record.status = Status::Queued;
     finish(record, run);
-    if let Err(e) = invoker.put_record_acked(record).await {
-        tracing::warn!(invocation = %record.id, error = %e, "retry bookkeeping not stored; the attempt may be repeated");
-    }
+    invoker.put_record_durable(record).await;
     if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
         // The ack deadline redelivers it anyway.
         tracing::warn!(invocation = %record.id, error = %e, "cannot schedule retry");
@@ -408,7 +406,7 @@ async fn settle_dead(
     record.status = Status::DeadLettered;
     record.updated_at = Utc::now();
     record.finished_at = Some(record.updated_at);
-    invoker.put_record(record).await;
+    invoker.put_record_durable(record).await;
     if let (Some(dest), Some(request)) = (&f.spec.on_failure, request) {
         let dest_event = super::destinations::destination_event(record, request, None, Some(&entry.reason));
         if let Err(e) = invoker.deliver(dest, &dest_event).await {

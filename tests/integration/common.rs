@@ -17,8 +17,19 @@ pub struct Nats {
     _dir: TempDir,
 }
 
+/// Logs of the code under test, shown for failing tests (`EVOKE_LOG=debug`
+/// for more).
+pub fn init_tracing() {
+    let filter = std::env::var("EVOKE_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 impl Nats {
     pub fn start() -> Nats {
+        init_tracing();
         let dir = TempDir::new().expect("temp dir");
         let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
         let server = ManagedNats::start(&bin, dir.path(), free_port().expect("port")).expect("start nats-server");

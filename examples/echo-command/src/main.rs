@@ -8,10 +8,16 @@ use std::io::{Read, Write};
 fn main() {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).expect("read stdin");
-    eprintln!("echo-command got {} bytes; GREETING={:?}", input.len(), std::env::var("GREETING").ok());
+    eprintln!(
+        "echo-command got {} bytes; GREETING={:?}",
+        input.len(),
+        std::env::var("GREETING").ok()
+    );
     if input.contains("fail") {
         eprintln!("refusing: the event asks to fail");
         std::process::exit(3);
     }
-    std::io::stdout().write_all(input.to_uppercase().as_bytes()).expect("write stdout");
+    std::io::stdout()
+        .write_all(input.to_uppercase().as_bytes())
+        .expect("write stdout");
 }
