@@ -30,7 +30,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn row(name: &str, baseline: f64, evoke: f64, unit: &str) {
-    println!("{name:<44} baseline {baseline:>12.1} {unit:<6} evoke {evoke:>12.1} {unit:<6} ratio {:.2}", evoke / baseline);
+    println!(
+        "{name:<44} baseline {baseline:>12.1} {unit:<6} evoke {evoke:>12.1} {unit:<6} ratio {:.2}",
+        evoke / baseline
+    );
 }
 
 #[tokio::main]
@@ -41,11 +44,18 @@ async fn main() -> anyhow::Result<()> {
     let nats = ManagedNats::start(&find_server()?, &dir.path().join("nats"), free_port()?)?;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client.clone());
-    println!("evoke benchmarks ({} events per throughput run, {MSG}-byte payloads)\n", n);
+    println!(
+        "evoke benchmarks ({} events per throughput run, {MSG}-byte payloads)\n",
+        n
+    );
 
     // 1. Ingest: raw pipelined publish+ack vs evoke async invoke over HTTP.
-    js.create_stream(stream::Config { name: "RAW".into(), subjects: vec!["raw.>".into()], ..Default::default() })
-        .await?;
+    js.create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        ..Default::default()
+    })
+    .await?;
     let payload = Bytes::from(vec![b'x'; MSG]);
     let start = Instant::now();
     let mut acks = FuturesUnordered::new();
@@ -92,13 +102,21 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r?.status() == 202);
     }
     let evoke_ingest = n as f64 / start.elapsed().as_secs_f64();
-    row("ingest: JetStream publish+ack vs async invoke", raw_pub, evoke_ingest, "msg/s");
+    row(
+        "ingest: JetStream publish+ack vs async invoke",
+        raw_pub,
+        evoke_ingest,
+        "msg/s",
+    );
 
     // 2. Throughput: raw consume+ack vs evoke end-to-end (queued events run
     //    by a no-op component, 64 instances).
     let raw_stream = js.get_stream("RAW").await?;
     let consumer = raw_stream
-        .create_consumer(pull::Config { durable_name: Some("raw".into()), ..Default::default() })
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ..Default::default()
+        })
         .await?;
     let start = Instant::now();
     let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
@@ -121,7 +139,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let evoke_e2e = n as f64 / start.elapsed().as_secs_f64();
-    row("async: JetStream consume+ack vs end-to-end", raw_consume, evoke_e2e, "msg/s");
+    row(
+        "async: JetStream consume+ack vs end-to-end",
+        raw_consume,
+        evoke_e2e,
+        "msg/s",
+    );
 
     // 3. Latency: bare axum echo vs evoke sync invoke, one request at a time.
     let app = axum::Router::new().route("/echo", axum::routing::post(|b: Bytes| async move { b }));
@@ -168,7 +191,10 @@ async fn main() -> anyhow::Result<()> {
     let cache = tempfile::TempDir::new()?;
     let exec = Executor::new(ExecutorConfig::new(cache.path().into()), None)?;
     let code = Bytes::from(examples("counter"));
-    let (kind, digest) = exec.check_code(code.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (kind, digest) = exec
+        .check_code(code.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let event = evoke_connectors::Event::new("1", "/bench", "bench");
     let rounds = if quick { 50 } else { 300 };
     let mut cold = Vec::new();
@@ -209,9 +235,23 @@ async fn main() -> anyhow::Result<()> {
     load.sort();
     warm.sort();
     let raw = raw_wasmtime(&code, rounds as usize).await?;
-    row("cold start p50 (load cached code+instantiate+init+call)", raw.0, pct(&cold, 0.5).as_secs_f64() * 1e6, "us");
-    println!("{:<44} {:>12.1} us", "  of which loading cached compiled code p50", pct(&load, 0.5).as_secs_f64() * 1e6);
-    row("warm invoke p50 (instance reused)", raw.1, pct(&warm, 0.5).as_secs_f64() * 1e6, "us");
+    row(
+        "cold start p50 (load cached code+instantiate+init+call)",
+        raw.0,
+        pct(&cold, 0.5).as_secs_f64() * 1e6,
+        "us",
+    );
+    println!(
+        "{:<44} {:>12.1} us",
+        "  of which loading cached compiled code p50",
+        pct(&load, 0.5).as_secs_f64() * 1e6
+    );
+    row(
+        "warm invoke p50 (instance reused)",
+        raw.1,
+        pct(&warm, 0.5).as_secs_f64() * 1e6,
+        "us",
+    );
 
     worker.stop().await;
     ingest.stop().await;
@@ -261,7 +301,9 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
         let pre = linker.instantiate_pre(&component).map_err(err)?;
         let mut store = new_store();
         let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
-        let init = instance.get_typed_func::<(), (Result<(), String>,)>(&mut store, "init").map_err(err)?;
+        let init = instance
+            .get_typed_func::<(), (Result<(), String>,)>(&mut store, "init")
+            .map_err(err)?;
         let _ = init.call_async(&mut store, ()).await.map_err(err)?;
         let handle = instance
             .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")

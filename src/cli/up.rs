@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::ServeArgs;
 use super::nats::{ManagedNats, find_server, free_port};
-use crate::bus::{DEFAULT_NATS_URL, INSTALL_HINT, version_ok};
+use crate::bus::{DEFAULT_NATS_URL, version_ok};
 use crate::node::{Node, NodeConfig};
 
 /// What answers at the default NATS address.
@@ -72,15 +72,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
     config.workers = !args.no_workers;
     config.pool_instances = args.pool_instances;
-    let node = Node::start(config).await.map_err(|e| {
-        if e.to_string().contains("too old") {
-            e.context(format!(
-                "the NATS given with --nats/EVOKE_NATS_URL cannot be used ({INSTALL_HINT})"
-            ))
-        } else {
-            e
-        }
-    })?;
+    let node = Node::start(config).await?;
     eprintln!(
         "evoke: serving the API on http://{} (NATS {nats_url}); Ctrl-C to stop",
         node.addr

@@ -243,3 +243,89 @@ async fn same_cloudevent_twice_is_one_invocation() {
     assert_eq!(resp.text().await.unwrap(), "Hello, binary!");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn system_errors_retry_until_max_event_age_without_using_up_retries() {
+    let nats = Nats::start();
+    let first = TestNode::start(&nats.url()).await;
+    let deployed = first
+        .deploy_ok("lost", &example("hello"), &[("max_event_age", "60s"), ("retries", "1")])
+        .await;
+    first.stop().await;
+    // The code disappears from NATS: a node without a cached copy cannot run it.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let store = async_nats::jetstream::new(client)
+        .get_object_store(evoke::bus::OBJ_CODE)
+        .await
+        .unwrap();
+    let digest = deployed["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    store.delete(&digest).await.unwrap();
+
+    let node = TestNode::start(&nats.url()).await;
+    let resp = node.invoke("lost", "{}").await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sync: a system error, no retry"
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("cannot fetch code"),
+        "{v}"
+    );
+
+    let id = node.invoke_async("lost", "application/json", "{}").await;
+    let rec = node
+        .wait_record(&id, Duration::from_secs(120), |r| r["status"] == "dead-lettered")
+        .await;
+    let attempts = rec["attempts"].as_array().unwrap();
+    assert!(
+        attempts.len() > 2,
+        "retried more than `retries` allows for function errors: {rec:#}"
+    );
+    assert!(attempts.iter().all(|a| a["error"]["class"] == "system"), "{rec:#}");
+    let (_, dl) = node.get(&format!("/v1/functions/lost/dlq/{id}")).await;
+    assert!(dl["reason"].as_str().unwrap().contains("max_event_age"), "{dl:#}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn http_destinations_receive_a_cloudevent() {
+    use axum::routing::post;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Value)>(4);
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let ct = headers["content-type"].to_str().unwrap().to_string();
+                tx.send((ct, serde_json::from_slice(&body).unwrap())).await.unwrap();
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("hello", &example("hello"), &[("on_success", hook.as_str())])
+        .await;
+    let id = node
+        .invoke_async("hello", "application/json", r#"{"name":"web"}"#)
+        .await;
+    let (ct, ev) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ct, "application/cloudevents+json");
+    assert_eq!(ev["specversion"], "1.0");
+    assert_eq!(ev["subject"], id.as_str());
+    assert_eq!(ev["data"]["response"]["body"], "Hello, web!");
+    node.stop().await;
+}

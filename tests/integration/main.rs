@@ -9,3 +9,4 @@ mod cli;
 mod resilience;
 mod sandbox;
 mod sync_invoke;
+mod up;

@@ -306,3 +306,34 @@ async fn api_token_is_required_when_set() {
     let err = evoke::node::Node::start(open).await.err().expect("refused");
     assert!(err.to_string().contains("without a token"), "{err}");
 }
+
+#[tokio::test]
+async fn logs_follow_streams_new_lines() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let resp = node
+        .http
+        .get(node.url("/v1/functions/hello/logs?follow=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    node.invoke("hello", r#"{"name":"live"}"#).await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("greeting live") {
+        use futures::StreamExt;
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let line: Value = serde_json::from_str(seen.lines().find(|l| l.contains("greeting live")).unwrap()).unwrap();
+    assert_eq!(line["function"], "hello");
+    assert_eq!(line["level"], "info");
+    node.stop().await;
+}

