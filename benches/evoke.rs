@@ -265,7 +265,7 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
     use evoke::executor::sandbox::{ComponentState, Sandbox};
     use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
-    let engine = evoke::executor::engine::build(100).map_err(err)?;
+    let engine = evoke::executor::engine::build(100, false).map_err(err)?;
     let compiled = Component::new(&engine, code).map_err(err)?.serialize().map_err(err)?;
     let mut linker = Linker::<ComponentState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
@@ -287,7 +287,7 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
             ComponentState {
                 wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
                 table: ResourceTable::new(),
-                sandbox: Sandbox::new(128 << 20, 65536),
+                sandbox: Sandbox::new(128 << 20, 65536, None),
             },
         );
         s.set_epoch_deadline(u64::MAX / 2);

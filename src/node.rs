@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub workers: bool,
     /// Ack wait of the function consumers (redelivery after a node dies).
     pub ack_wait: Duration,
+    /// Meter CPU with fuel (functions may then set a `fuel` budget).
+    pub fuel: bool,
 }
 
 impl NodeConfig {
@@ -47,6 +49,7 @@ impl NodeConfig {
             node_name: default_node_name(),
             workers: true,
             ack_wait: crate::invoker::worker::ACK_WAIT,
+            fuel: false,
         }
     }
 }
@@ -82,6 +85,7 @@ impl Node {
         let registry = Registry::new(bus.functions.clone());
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
+        exec_config.fuel = config.fuel;
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
         let metrics = Arc::new(Metrics::new());
         let mut invoker = Invoker::new(

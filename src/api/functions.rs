@@ -156,6 +156,12 @@ async fn deploy_code(
             "the code is empty; send the .wasm file as the body",
         ));
     }
+    if spec.fuel.is_some() && !s.invoker.executor.meters_fuel() {
+        return Err(ApiError::invalid(vec![crate::registry::FieldError {
+            field: "fuel".into(),
+            message: "this node does not meter fuel; start evoke with --fuel to use fuel budgets".into(),
+        }]));
+    }
     let size = code.len() as u64;
     let (kind, digest) = s
         .invoker

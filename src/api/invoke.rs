@@ -89,6 +89,7 @@ pub async fn invoke(
                 FunctionErrorKind::Trap => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionTrapped"),
                 FunctionErrorKind::OutputTooLarge => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionOutputTooLarge"),
                 FunctionErrorKind::ExitCode => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionExitCode"),
+                FunctionErrorKind::FuelExhausted => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionFuelExhausted"),
                 FunctionErrorKind::Error => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionError"),
             };
             Err(ApiError::new(status, code, message).with_invocation(&id))

@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Instance pool size of this node.
     #[arg(long, default_value_t = 1000)]
     pub pool_instances: u32,
+    /// Meter CPU with fuel so functions can set `--fuel` budgets (costs some speed).
+    #[arg(long)]
+    pub fuel: bool,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +117,9 @@ pub struct DeployArgs {
     /// Where failures go after the last retry.
     #[arg(long)]
     pub on_failure: Option<String>,
+    /// CPU budget per invocation, in fuel units (nodes started with --fuel).
+    #[arg(long)]
+    pub fuel: Option<u64>,
 }
 
 #[derive(Args, Debug)]

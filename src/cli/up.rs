@@ -72,6 +72,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
     config.workers = !args.no_workers;
     config.pool_instances = args.pool_instances;
+    config.fuel = args.fuel;
     let node = Node::start(config).await?;
     eprintln!(
         "evoke: serving the API on http://{} (NATS {nats_url}); Ctrl-C to stop",

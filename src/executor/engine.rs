@@ -12,10 +12,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// The most linear memory any one function may be given.
 pub const MAX_MEMORY: u64 = 4 << 30;
 
-/// Builds the engine. `instances` caps how many component instances (and
+/// Builds the engine. `fuel` turns on CPU metering (deterministic
+/// instruction budgets per invocation, at some cost in speed). `instances` caps how many component instances (and
 /// roughly, memories) the pool holds; each slot reserves virtual address
 /// space, not RAM.
-pub fn build(instances: u32) -> wasmtime::Result<Engine> {
+pub fn build(instances: u32, fuel: bool) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
     let instances = instances.max(8);
     pool.total_component_instances(instances)
@@ -33,6 +34,7 @@ pub fn build(instances: u32) -> wasmtime::Result<Engine> {
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
+        .consume_fuel(fuel)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)?;
     start_ticker(&engine);

@@ -18,15 +18,18 @@ pub struct Sandbox {
     /// Set by the epoch callback when it stops a guest at its deadline.
     pub timed_out: bool,
     pub logs: LogBuffer,
+    /// Fuel each invocation starts with; `None` when fuel is not metered.
+    pub fuel: Option<u64>,
 }
 
 impl Sandbox {
-    pub fn new(memory_limit: u64, log_cap: usize) -> Sandbox {
+    pub fn new(memory_limit: u64, log_cap: usize, fuel: Option<u64>) -> Sandbox {
         Sandbox {
             limiter: Limiter::new(memory_limit),
             deadline: Instant::now(),
             timed_out: false,
             logs: LogBuffer::new(log_cap),
+            fuel,
         }
     }
 }
@@ -137,7 +140,13 @@ pub fn start_clock<T: HasSandbox>(store: &mut Store<T>, deadline: Instant) {
     let s = store.data_mut().sandbox();
     s.deadline = deadline;
     s.timed_out = false;
+    let fuel = s.fuel;
     store.set_epoch_deadline(1);
+    if let Some(fuel) = fuel {
+        // Fails only when the engine does not meter fuel, which `fuel` being
+        // set rules out.
+        let _ = store.set_fuel(fuel);
+    }
 }
 
 impl crate::executor::bindings::evoke::function::host::Host for ComponentState {

@@ -147,6 +147,10 @@ pub struct FunctionSpec {
     pub idle_timeout: Duration,
     pub on_success: Option<Destination>,
     pub on_failure: Option<Destination>,
+    /// CPU budget per invocation in fuel units (about one per wasm
+    /// instruction); only on nodes started with `--fuel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 pub const MEMORY_MIN: ByteSize = ByteSize::mib(1);
@@ -170,6 +174,7 @@ impl Default for FunctionSpec {
             idle_timeout: Duration::from_secs(300),
             on_success: None,
             on_failure: None,
+            fuel: None,
         }
     }
 }
@@ -252,6 +257,12 @@ impl FunctionSpec {
             "idle_timeout" => self.idle_timeout = duration(v)?,
             "on_success" => self.on_success = destination(v)?,
             "on_failure" => self.on_failure = destination(v)?,
+            "fuel" => {
+                self.fuel = match v {
+                    Value::Null => None,
+                    other => Some(count64(other)?),
+                }
+            }
             "env" => {
                 let Value::Object(m) = v else {
                     return Err("must be an object of strings".into());
@@ -266,7 +277,7 @@ impl FunctionSpec {
                 self.env = env;
             }
             _ => {
-                return Err("unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure".to_string());
+                return Err("unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure, fuel".to_string());
             }
         }
         Ok(())
@@ -317,6 +328,9 @@ impl FunctionSpec {
         if self.idle_timeout < Duration::from_secs(1) || self.idle_timeout > Duration::from_secs(24 * 3600) {
             e.push(err("idle_timeout", "is out of range 1s..24h"));
         }
+        if self.fuel == Some(0) {
+            e.push(err("fuel", "must be at least 1"));
+        }
         for name in self.env.keys() {
             let ok = !name.is_empty()
                 && !name.as_bytes()[0].is_ascii_digit()
@@ -351,6 +365,14 @@ fn duration(v: &Value) -> Result<Duration, String> {
     match v {
         Value::String(s) => units::parse_duration(s),
         _ => Err("must be a duration string such as \"5s\"".into()),
+    }
+}
+
+fn count64(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a whole number")),
+        Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a whole number")),
+        _ => Err("must be a whole number".into()),
     }
 }
 

@@ -130,3 +130,33 @@ fn wasi_module_with_fdstat() -> Vec<u8> {
         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
     wat::parse_str(wat).unwrap()
 }
+
+#[tokio::test]
+async fn fuel_budgets_stop_a_guest_deterministically() {
+    let nats = Nats::start();
+    let plain = TestNode::start(&nats.url()).await;
+    let spin = wasi_module("(loop $l (br $l))", "");
+    let (status, v) = plain.deploy("spin", &spin, &[("fuel", "100000")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["details"][0]["field"], "fuel", "{v}");
+    plain.stop().await;
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.fuel = true;
+    let node = TestNode::with_config(c, dir).await;
+    node.deploy_ok("spin", &spin, &[("fuel", "100000"), ("timeout", "30s")])
+        .await;
+    expect_error(
+        &node,
+        "spin",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "FunctionFuelExhausted",
+        "fuel budget of 100000",
+    )
+    .await;
+    // Without a budget, a function on a metering node runs normally.
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    assert_eq!(node.invoke("hello", "{}").await.text().await.unwrap(), "Hello, world!");
+    node.stop().await;
+}

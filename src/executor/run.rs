@@ -1,0 +1,363 @@
+//! Running one event in one instance: component functions on warm
+//! instances, WASI commands on a fresh instance each, and the mapping of
+//! traps, exits and limits to precise errors.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use evoke_connectors::Event;
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use super::guest::Prepared;
+use super::pipes::CappedPipe;
+use super::sandbox::{ComponentState, HasSandbox, ModuleState, Sandbox, arm, start_clock};
+use super::{Executor, FunctionErrorKind, InvokeError, Loaded, Output, Warm, bindings};
+use crate::observe::logs::{LogLevel, LogLine};
+use crate::registry::DeployedFunction;
+
+impl Executor {
+    fn wasi_builder(function: &DeployedFunction) -> WasiCtxBuilder {
+        let mut b = WasiCtxBuilder::new();
+        let env: Vec<(&str, &str)> = function
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        b.envs(&env).args(&[function.name.as_str()]);
+        b
+    }
+
+    pub(super) async fn new_instance(
+        &self,
+        loaded: &Loaded,
+        deadline: Instant,
+    ) -> Result<(Warm, u64, u64), (InvokeError, Vec<LogLine>)> {
+        let Prepared::Component { pre, handle, init } = &loaded.prepared else {
+            return Err((InvokeError::System("not a component".into()), vec![]));
+        };
+        let f = &loaded.function;
+        let stdout = CappedPipe::new(self.config.log_cap);
+        let stderr = CappedPipe::new(self.config.log_cap);
+        let wasi = Self::wasi_builder(f)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
+        let mut store = Store::new(
+            &self.engine,
+            ComponentState {
+                wasi,
+                table: ResourceTable::new(),
+                sandbox,
+            },
+        );
+        arm(&mut store);
+        start_clock(&mut store, deadline);
+        let t = Instant::now();
+        let instance = match pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => return Err((classify(&mut store, e, f), drain(&mut store, &stdout, &stderr))),
+        };
+        let handle_fn = match instance
+            .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, handle)
+        {
+            Ok(h) => h,
+            Err(e) => {
+                return Err((
+                    InvokeError::System(format!("`handle` has the wrong signature: {e:#}")),
+                    vec![],
+                ));
+            }
+        };
+        let instantiate_us = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        if let Some(init) = init {
+            let init_fn = match instance.get_typed_func::<(), (Result<(), String>,)>(&mut store, init) {
+                Ok(f) => f,
+                Err(e) => {
+                    return Err((
+                        InvokeError::System(format!("`init` has the wrong signature: {e:#}")),
+                        vec![],
+                    ));
+                }
+            };
+            match init_fn.call_async(&mut store, ()).await {
+                Ok((Ok(()),)) => {}
+                Ok((Err(message),)) => {
+                    let logs = drain(&mut store, &stdout, &stderr);
+                    return Err((
+                        InvokeError::Function {
+                            kind: FunctionErrorKind::Error,
+                            message: format!("init failed: {message}"),
+                        },
+                        logs,
+                    ));
+                }
+                Err(e) => return Err((classify(&mut store, e, f), drain(&mut store, &stdout, &stderr))),
+            }
+        }
+        let init_us = t.elapsed().as_micros() as u64;
+        Ok((
+            Warm {
+                store,
+                handle: handle_fn,
+                stdout,
+                stderr,
+                last_used: Instant::now(),
+            },
+            instantiate_us,
+            init_us,
+        ))
+    }
+
+    pub(super) async fn run_component(
+        &self,
+        loaded: &Loaded,
+        event: &Event,
+        deadline: Instant,
+    ) -> (Result<Output, InvokeError>, Vec<LogLine>, Option<(u64, u64)>) {
+        let reused = loaded.idle().pop();
+        let (mut warm, cold) = match reused {
+            Some(w) => (w, None),
+            None => match self.new_instance(loaded, deadline).await {
+                Ok((w, i, n)) => (w, Some((i, n))),
+                Err((e, logs)) => return (Err(e), logs, Some((0, 0))),
+            },
+        };
+        let f = &loaded.function;
+        start_clock(&mut warm.store, deadline);
+        let result = warm.handle.call_async(&mut warm.store, (to_guest(event),)).await;
+        let logs = drain(&mut warm.store, &warm.stdout, &warm.stderr);
+        let result = match result {
+            Ok((Ok(out),)) => {
+                if out.body.len() > self.config.max_output {
+                    Err(InvokeError::Function {
+                        kind: FunctionErrorKind::OutputTooLarge,
+                        message: format!(
+                            "the function returned {} bytes; the limit is {} bytes",
+                            out.body.len(),
+                            self.config.max_output
+                        ),
+                    })
+                } else {
+                    Ok(Output {
+                        body: Bytes::from(out.body),
+                        content_type: out.content_type,
+                        status: out.status,
+                        headers: out.headers,
+                    })
+                }
+            }
+            Ok((Err(message),)) => Err(InvokeError::Function {
+                kind: FunctionErrorKind::Error,
+                message,
+            }),
+            Err(e) => {
+                // A trapped instance is never reused: its memory may be
+                // half-updated.
+                return (Err(classify(&mut warm.store, e, f)), logs, cold);
+            }
+        };
+        warm.last_used = Instant::now();
+        loaded.idle().push(warm);
+        (result, logs, cold)
+    }
+
+    pub(super) async fn run_command(
+        &self,
+        loaded: &Loaded,
+        event: &Event,
+        deadline: Instant,
+    ) -> (Result<Output, InvokeError>, Vec<LogLine>, Option<(u64, u64)>) {
+        let f = &loaded.function;
+        let stdout = CappedPipe::new(self.config.max_output + 1);
+        let stderr = CappedPipe::new(self.config.log_cap);
+        let mut builder = Self::wasi_builder(f);
+        builder
+            .stdin(MemoryInputPipe::new(Bytes::from(event.to_json())))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
+        let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
+        let mut instantiate_us = 0;
+        let (exit, logs) = match &loaded.prepared {
+            Prepared::Command { pre } => {
+                let mut store = Store::new(
+                    &self.engine,
+                    ComponentState {
+                        wasi: builder.build(),
+                        table: ResourceTable::new(),
+                        sandbox,
+                    },
+                );
+                arm(&mut store);
+                start_clock(&mut store, deadline);
+                let t = Instant::now();
+                let instance = pre.instantiate_async(&mut store).await;
+                instantiate_us = t.elapsed().as_micros() as u64;
+                let exit = match instance {
+                    Ok(cmd) => match cmd.wasi_cli_run().call_run(&mut store).await {
+                        Ok(Ok(())) => Ok(0),
+                        Ok(Err(())) => Ok(1),
+                        Err(e) => exit_code(&mut store, e, f),
+                    },
+                    Err(e) => Err(classify(&mut store, e, f)),
+                };
+                (exit, store.data_mut().sandbox.logs.take())
+            }
+            Prepared::Module { pre } => {
+                let mut store = Store::new(
+                    &self.engine,
+                    ModuleState {
+                        wasi: builder.build_p1(),
+                        sandbox,
+                    },
+                );
+                arm(&mut store);
+                start_clock(&mut store, deadline);
+                let t = Instant::now();
+                let instance = pre.instantiate_async(&mut store).await;
+                instantiate_us = t.elapsed().as_micros() as u64;
+                let exit = match instance {
+                    Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                        Ok(start) => match start.call_async(&mut store, ()).await {
+                            Ok(()) => Ok(0),
+                            Err(e) => exit_code(&mut store, e, f),
+                        },
+                        Err(e) => Err(InvokeError::System(format!("`_start` has the wrong signature: {e:#}"))),
+                    },
+                    Err(e) => Err(classify(&mut store, e, f)),
+                };
+                (exit, store.data_mut().sandbox.logs.take())
+            }
+            Prepared::Component { .. } => (Err(InvokeError::System("not a command".into())), vec![]),
+        };
+        let mut buffer = crate::observe::logs::LogBuffer::new(self.config.log_cap);
+        let (err_bytes, err_dropped) = stderr.take();
+        buffer.push_text(LogLevel::Info, "stderr", &err_bytes, err_dropped);
+        let mut all_logs = logs;
+        all_logs.extend(buffer.take());
+        let (out, out_dropped) = stdout.take();
+        let result = match exit {
+            Ok(0) if out_dropped > 0 || out.len() > self.config.max_output => Err(InvokeError::Function {
+                kind: FunctionErrorKind::OutputTooLarge,
+                message: format!(
+                    "the function wrote {} bytes to stdout; the limit is {} bytes",
+                    out.len() as u64 + out_dropped,
+                    self.config.max_output
+                ),
+            }),
+            Ok(0) => Ok(command_output(out)),
+            Ok(code) => {
+                let last = all_logs
+                    .iter()
+                    .rev()
+                    .find(|l| l.stream == "stderr")
+                    .map(|l| l.message.clone());
+                Err(InvokeError::Function {
+                    kind: FunctionErrorKind::ExitCode,
+                    message: match last {
+                        Some(line) => format!("the command exited with code {code}: {line}"),
+                        None => format!("the command exited with code {code}"),
+                    },
+                })
+            }
+            Err(e) => Err(e),
+        };
+        (result, all_logs, Some((instantiate_us, 0)))
+    }
+}
+
+/// Takes an invocation's logs: host `log` lines plus captured stdio.
+fn drain(store: &mut Store<ComponentState>, stdout: &CappedPipe, stderr: &CappedPipe) -> Vec<LogLine> {
+    let logs = &mut store.data_mut().sandbox.logs;
+    let (out, out_dropped) = stdout.take();
+    logs.push_text(LogLevel::Info, "stdout", &out, out_dropped);
+    let (err, err_dropped) = stderr.take();
+    logs.push_text(LogLevel::Info, "stderr", &err, err_dropped);
+    logs.take()
+}
+
+/// Classifies a failed call from the store's sandbox flags and the trap.
+fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &DeployedFunction) -> InvokeError {
+    if let Some(wasmtime::Trap::OutOfFuel) = e.downcast_ref::<wasmtime::Trap>() {
+        return InvokeError::Function {
+            kind: FunctionErrorKind::FuelExhausted,
+            message: format!(
+                "the function used up its fuel budget of {}",
+                f.spec.fuel.unwrap_or(u64::MAX)
+            ),
+        };
+    }
+    let sandbox = store.data_mut().sandbox();
+    if sandbox.timed_out {
+        return InvokeError::Function {
+            kind: FunctionErrorKind::Timeout,
+            message: format!(
+                "the function ran past its timeout of {}",
+                crate::units::format_duration(f.spec.timeout)
+            ),
+        };
+    }
+    if sandbox.limiter.hit {
+        return InvokeError::Function {
+            kind: FunctionErrorKind::MemoryLimit,
+            message: format!("the function exceeded its memory limit of {}", f.spec.memory),
+        };
+    }
+    let message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("the function trapped: {trap}"),
+        None => format!("the function trapped: {}", e.root_cause()),
+    };
+    InvokeError::Function {
+        kind: FunctionErrorKind::Trap,
+        message,
+    }
+}
+
+/// Reads a WASI exit code out of a command's error, or classifies the trap.
+fn exit_code<T: HasSandbox>(
+    store: &mut Store<T>,
+    e: wasmtime::Error,
+    f: &DeployedFunction,
+) -> Result<i32, InvokeError> {
+    match e.downcast_ref::<I32Exit>() {
+        Some(exit) => Ok(exit.0),
+        None => Err(classify(store, e, f)),
+    }
+}
+
+/// Output of a WASI command: JSON when stdout parses as JSON, text when it
+/// is UTF-8, bytes otherwise.
+fn command_output(body: Bytes) -> Output {
+    let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+        "application/json"
+    } else if std::str::from_utf8(&body).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    Output {
+        body,
+        content_type: Some(content_type.into()),
+        status: None,
+        headers: vec![],
+    }
+}
+
+fn to_guest(e: &Event) -> bindings::Event {
+    bindings::Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        type_: e.ty.clone(),
+        specversion: e.specversion.clone(),
+        subject: e.subject.clone(),
+        time: e.time.map(|t| t.to_rfc3339()),
+        datacontenttype: e.datacontenttype.clone(),
+        data: e.data.to_vec(),
+        extensions: e.extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
