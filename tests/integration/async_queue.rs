@@ -329,3 +329,21 @@ async fn http_destinations_receive_a_cloudevent() {
     assert_eq!(ev["data"]["response"]["body"], "Hello, web!");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_redeployed_function_keeps_consuming_with_its_new_settings() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("fn", &example("counter"), &[("max_instances", "2")]).await;
+    let id = node.invoke_async("fn", "application/json", "{}").await;
+    node.wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded").await;
+    // New code and new consumer settings: the queue keeps flowing.
+    let (status, _) = node.deploy("fn", &example("hello"), &[("max_instances", "20")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = node.invoke_async("fn", "application/json", r#"{"name":"v2"}"#).await;
+    let rec = node.wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded").await;
+    assert_eq!(rec["attempts"].as_array().unwrap().len(), 1);
+    let resp = node.invoke("fn", r#"{"name":"v2"}"#).await;
+    assert_eq!(resp.text().await.unwrap(), "Hello, v2!", "the new code runs");
+    node.stop().await;
+}
