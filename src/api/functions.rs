@@ -43,13 +43,7 @@ pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiErro
 }
 
 pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let f = s
-        .invoker
-        .registry
-        .get(&name)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found("function", &name))?;
+    let f = s.function(&name).await?;
     Ok(Json(view(&f)))
 }
 

@@ -22,13 +22,7 @@ pub async fn invoke(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let f = s
-        .invoker
-        .registry
-        .get(&name)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found("function", &name))?;
+    let f = s.function(&name).await?;
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), s.max_event_size)
         .await

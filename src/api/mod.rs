@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::invoker::Invoker;
+use crate::registry::DeployedFunction;
 
 /// Header carrying the invocation id on invoke responses.
 pub const HDR_INVOCATION_ID: &str = "x-evoke-invocation-id";
@@ -32,6 +33,19 @@ pub struct ApiState {
     pub max_event_size: usize,
     /// Largest code accepted by deploy.
     pub max_code_size: usize,
+}
+
+impl ApiState {
+    /// Looks a function up: 404 when it does not exist, 503 when NATS
+    /// cannot tell.
+    pub async fn function(&self, name: &str) -> Result<Arc<DeployedFunction>, ApiError> {
+        self.invoker
+            .registry
+            .get(name)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found("function", name))
+    }
 }
 
 /// Builds the router.

@@ -93,20 +93,12 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn existing(s: &ApiState, name: &str) -> Result<(), ApiError> {
-    match s.invoker.registry.get(name).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(ApiError::not_found("function", name)),
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
-    }
-}
-
 pub async fn dlq_list(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    existing(&s, &name).await?;
+    s.function(&name).await?;
     let entries = s
         .invoker
         .dlq_list(&name, q.limit.unwrap_or(100))
@@ -119,7 +111,7 @@ pub async fn dlq_show(
     State(s): State<Arc<ApiState>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    existing(&s, &name).await?;
+    s.function(&name).await?;
     let entry = s
         .invoker
         .dlq_get(&name, &id)
@@ -143,7 +135,7 @@ pub async fn dlq_redrive(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    existing(&s, &name).await?;
+    s.function(&name).await?;
     let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "InvalidRequest",
@@ -185,7 +177,7 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    existing(&s, &name).await?;
+    s.function(&name).await?;
     let deliver_policy = match &q.since {
         Some(since) => {
             let d = crate::units::parse_duration(since)
@@ -214,7 +206,13 @@ pub async fn logs(
         .messages()
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let empty = consumer_is_empty(&stream, &name).await;
+    let empty = s
+        .invoker
+        .bus
+        .subject_counts(bus::STREAM_LOGS, &bus::logs_subject(&name))
+        .await
+        .map(|c| c.iter().all(|(_, n)| *n == 0))
+        .unwrap_or(false);
     let follow = q.follow;
     let invocation = q.invocation.clone();
     let lines = futures::stream::unfold((messages, false, empty), move |(mut messages, done, empty)| {
@@ -262,16 +260,4 @@ pub async fn logs(
         }
     });
     Ok(([("content-type", "application/x-ndjson")], Body::from_stream(lines)).into_response())
-}
-
-async fn consumer_is_empty(stream: &async_nats::jetstream::stream::Stream, name: &str) -> bool {
-    let stream = stream.clone();
-    let Ok(subjects) = stream.info_with_subjects(bus::logs_subject(name)).await else {
-        return false;
-    };
-    let counts: Vec<usize> = subjects
-        .filter_map(|s| async move { s.ok().map(|(_, n)| n) })
-        .collect()
-        .await;
-    counts.iter().sum::<usize>() == 0
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store, stream};
 use async_nats::{HeaderMap, jetstream::context::PublishAckFuture};
 use bytes::Bytes;
+use futures::StreamExt;
 
 pub use names::*;
 
@@ -107,6 +108,17 @@ impl Bus {
             code,
             url: url.to_string(),
         })
+    }
+
+    /// Message counts per subject of `stream` matching `filter`.
+    pub async fn subject_counts(&self, stream: &str, filter: &str) -> Result<Vec<(String, u64)>, String> {
+        let stream = self.js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        let subjects = stream.info_with_subjects(filter).await.map_err(|e| e.to_string())?;
+        let counts: Vec<Result<(String, usize), _>> = subjects.collect().await;
+        counts
+            .into_iter()
+            .map(|r| r.map(|(s, n)| (s, n as u64)).map_err(|e| e.to_string()))
+            .collect()
     }
 
     /// The largest message the server accepts.

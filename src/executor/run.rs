@@ -19,6 +19,14 @@ use crate::observe::logs::{LogLevel, LogLine};
 use crate::registry::DeployedFunction;
 
 impl Executor {
+    /// A store with the sandbox armed and the clock started.
+    fn new_store<T: HasSandbox>(&self, data: T, deadline: Instant) -> Store<T> {
+        let mut store = Store::new(&self.engine, data);
+        arm(&mut store);
+        start_clock(&mut store, deadline);
+        store
+    }
+
     fn wasi_builder(function: &DeployedFunction) -> WasiCtxBuilder {
         let mut b = WasiCtxBuilder::new();
         let env: Vec<(&str, &str)> = function
@@ -47,16 +55,14 @@ impl Executor {
             .stderr(stderr.clone())
             .build();
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
-        let mut store = Store::new(
-            &self.engine,
+        let mut store = self.new_store(
             ComponentState {
                 wasi,
                 table: ResourceTable::new(),
                 sandbox,
             },
+            deadline,
         );
-        arm(&mut store);
-        start_clock(&mut store, deadline);
         let t = Instant::now();
         let instance = match pre.instantiate_async(&mut store).await {
             Ok(i) => i,
@@ -185,16 +191,12 @@ impl Executor {
         let mut instantiate_us = 0;
         let (exit, logs) = match &loaded.prepared {
             Prepared::Command { pre } => {
-                let mut store = Store::new(
-                    &self.engine,
-                    ComponentState {
-                        wasi: builder.build(),
-                        table: ResourceTable::new(),
-                        sandbox,
-                    },
-                );
-                arm(&mut store);
-                start_clock(&mut store, deadline);
+                let state = ComponentState {
+                    wasi: builder.build(),
+                    table: ResourceTable::new(),
+                    sandbox,
+                };
+                let mut store = self.new_store(state, deadline);
                 let t = Instant::now();
                 let instance = pre.instantiate_async(&mut store).await;
                 instantiate_us = t.elapsed().as_micros() as u64;
@@ -209,15 +211,13 @@ impl Executor {
                 (exit, store.data_mut().sandbox.logs.take())
             }
             Prepared::Module { pre } => {
-                let mut store = Store::new(
-                    &self.engine,
+                let mut store = self.new_store(
                     ModuleState {
                         wasi: builder.build_p1(),
                         sandbox,
                     },
+                    deadline,
                 );
-                arm(&mut store);
-                start_clock(&mut store, deadline);
                 let t = Instant::now();
                 let instance = pre.instantiate_async(&mut store).await;
                 instantiate_us = t.elapsed().as_micros() as u64;

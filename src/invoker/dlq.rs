@@ -79,26 +79,24 @@ impl Invoker {
         Ok(())
     }
 
+    async fn dlq_stream(&self) -> Result<stream::Stream, String> {
+        self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())
+    }
+
     /// Lists dead letters of a function, oldest first, at most `limit`.
     pub async fn dlq_list(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>, String> {
-        let stream = self
-            .bus
-            .js
-            .get_stream(bus::STREAM_DLQ)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = stream.clone();
         let filter = bus::dlq_filter(function);
-        let total: u64 = info
-            .info_with_subjects(&filter)
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|s| s.map(|(_, n)| n as u64).unwrap_or(0))
-            .fold(0u64, |a, b| async move { a + b })
-            .await;
+        let total: u64 = self
+            .bus
+            .subject_counts(bus::STREAM_DLQ, &filter)
+            .await?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
         if total == 0 {
             return Ok(Vec::new());
         }
+        let stream = self.dlq_stream().await?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter,
@@ -131,12 +129,7 @@ impl Invoker {
         if !super::valid_id(id) {
             return Ok(None);
         }
-        let stream = self
-            .bus
-            .js
-            .get_stream(bus::STREAM_DLQ)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = self.dlq_stream().await?;
         match stream
             .get_last_raw_message_by_subject(&bus::dlq_subject(function, id))
             .await
@@ -168,12 +161,7 @@ impl Invoker {
             }
             None => self.dlq_list(function, usize::MAX).await?,
         };
-        let stream = self
-            .bus
-            .js
-            .get_stream(bus::STREAM_DLQ)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = self.dlq_stream().await?;
         let mut out = Redriven::default();
         for entry in entries {
             match self.redrive_one(&entry, &stream).await {
@@ -225,23 +213,14 @@ impl Invoker {
 
     /// Dead letters per function, for metrics.
     pub async fn dlq_depths(&self) -> Result<Vec<(String, u64)>, String> {
-        let stream = self
+        let subjects = self
             .bus
-            .js
-            .get_stream(bus::STREAM_DLQ)
-            .await
-            .map_err(|e| e.to_string())?;
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("{}.>", bus::SUBJECT_DLQ))
-            .await
-            .map_err(|e| e.to_string())?
-            .filter_map(|s| async move { s.ok() })
-            .collect()
-            .await;
+            .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
+            .await?;
         let mut depth = std::collections::BTreeMap::<String, u64>::new();
         for (subject, n) in subjects {
             if let Some(f) = subject.split('.').nth(2) {
-                *depth.entry(f.to_string()).or_default() += n as u64;
+                *depth.entry(f.to_string()).or_default() += n;
             }
         }
         Ok(depth.into_iter().collect())

@@ -55,15 +55,7 @@ async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["attempts"].as_array().unwrap().len(), 3);
 
-    let metrics = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(metrics.contains(r#"evoke_dlq_depth{function="flaky"} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"evoke_retries_total{function="flaky",class="function"} 2"#),
@@ -140,24 +132,11 @@ async fn results_and_failures_reach_their_destinations() {
     node.deploy_ok("chain", &example("hello"), &[("on_success", "function:sink")])
         .await;
     node.invoke_async("chain", "application/json", r#"{"name":"x"}"#).await;
-    let mut seen = false;
-    for _ in 0..100 {
-        let m = node
-            .http
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains(r#"evoke_invocations_total{function="sink",outcome="success"} 1"#) {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen, "sink never ran");
+    let sink_ran = r#"evoke_invocations_total{function="sink",outcome="success"} 1"#;
+    assert!(
+        node.wait_metric(sink_ran, Duration::from_secs(10)).await,
+        "sink never ran"
+    );
     node.stop().await;
 }
 
@@ -213,15 +192,7 @@ async fn same_cloudevent_twice_is_one_invocation() {
     node.wait_record(&ids[0], Duration::from_secs(10), |r| r["status"] == "succeeded")
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let m = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = node.metrics().await;
     assert!(
         m.contains(r#"evoke_invocations_total{function="hello",outcome="success"} 1"#),
         "{m}"
@@ -334,14 +305,18 @@ async fn http_destinations_receive_a_cloudevent() {
 async fn a_redeployed_function_keeps_consuming_with_its_new_settings() {
     let nats = Nats::start();
     let node = TestNode::start(&nats.url()).await;
-    node.deploy_ok("fn", &example("counter"), &[("max_instances", "2")]).await;
+    node.deploy_ok("fn", &example("counter"), &[("max_instances", "2")])
+        .await;
     let id = node.invoke_async("fn", "application/json", "{}").await;
-    node.wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded").await;
+    node.wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded")
+        .await;
     // New code and new consumer settings: the queue keeps flowing.
     let (status, _) = node.deploy("fn", &example("hello"), &[("max_instances", "20")]).await;
     assert_eq!(status, StatusCode::OK);
     let id = node.invoke_async("fn", "application/json", r#"{"name":"v2"}"#).await;
-    let rec = node.wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded").await;
+    let rec = node
+        .wait_record(&id, Duration::from_secs(10), |r| r["status"] == "succeeded")
+        .await;
     assert_eq!(rec["attempts"].as_array().unwrap().len(), 1);
     let resp = node.invoke("fn", r#"{"name":"v2"}"#).await;
     assert_eq!(resp.text().await.unwrap(), "Hello, v2!", "the new code runs");

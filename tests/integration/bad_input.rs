@@ -90,14 +90,7 @@ async fn bad_invocations_are_refused_precisely() {
     assert_eq!(v["error"]["code"], "InvalidJson");
 
     let big = "x".repeat(7 << 20);
-    let resp = node
-        .http
-        .post(node.url("/v1/functions/print/invoke"))
-        .header("content-type", "text/plain")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let resp = node.invoke_text("print", &big).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "EventTooLarge");

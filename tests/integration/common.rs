@@ -120,6 +120,41 @@ impl TestNode {
             .expect("invoke request")
     }
 
+    /// Sync invoke with a text body.
+    pub async fn invoke_text(&self, name: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/functions/{name}/invoke")))
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("invoke request")
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Polls `/metrics` until it has `line`; returns whether it appeared.
+    pub async fn wait_metric(&self, line: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.metrics().await.contains(line) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Async invoke; returns the invocation id.
     pub async fn invoke_async(&self, name: &str, content_type: &str, body: &str) -> String {
         let resp = self

@@ -64,15 +64,7 @@ async fn hello_deploys_and_answers_cold_then_warm() {
     assert!(logs.contains("greeting evoke (attempt 1)"), "{logs}");
     assert!(!logs.contains("greeting again"), "filtered by invocation: {logs}");
 
-    let metrics = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains(r#"evoke_invocations_total{function="hello",outcome="success"} 2"#),
         "{metrics}"
@@ -96,17 +88,7 @@ async fn instances_keep_state_until_they_trap() {
     assert_eq!((count(r1.clone()), count(r2.clone())), (1, 2));
     assert_eq!(r2["inits"], 1, "init runs once per instance");
 
-    let trap = node.invoke("counter", "\"trap\"").await;
-    // "trap" as JSON string is not the raw bytes `trap`; send raw bytes.
-    drop(trap);
-    let trap = node
-        .http
-        .post(node.url("/v1/functions/counter/invoke"))
-        .header("content-type", "text/plain")
-        .body("trap")
-        .send()
-        .await
-        .unwrap();
+    let trap = node.invoke_text("counter", "trap").await;
     assert_eq!(trap.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let err: Value = trap.json().await.unwrap();
     assert_eq!(err["error"]["code"], "FunctionTrapped", "{err}");
@@ -133,14 +115,7 @@ async fn wasi_command_gets_event_on_stdin_and_env() {
     assert_eq!(out["DATA"]["K"], "V", "{out}");
     assert_eq!(out["TYPE"], "EVOKE.INVOKE");
 
-    let fail = node
-        .http
-        .post(node.url("/v1/functions/echo/invoke"))
-        .header("content-type", "text/plain")
-        .body("please fail")
-        .send()
-        .await
-        .unwrap();
+    let fail = node.invoke_text("echo", "please fail").await;
     assert_eq!(fail.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let err: Value = fail.json().await.unwrap();
     assert_eq!(err["error"]["code"], "FunctionExitCode");
@@ -159,29 +134,12 @@ async fn reserved_instances_are_warm_and_idle_ones_are_reclaimed() {
     node.deploy_ok("brief", &example("counter"), &[("idle_timeout", "1s")])
         .await;
     // Reserved instances are created at deploy, so even the first call is warm.
-    let mut idle = String::new();
-    for _ in 0..50 {
-        let m = node
-            .http
-            .get(node.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if let Some(line) = m
-            .lines()
-            .find(|l| l.starts_with(r#"evoke_instances{function="kept",state="idle"}"#))
-        {
-            idle = line.to_string();
-            if line.ends_with(" 2") {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(idle.ends_with(" 2"), "{idle}");
+    let two_idle = r#"evoke_instances{function="kept",state="idle"} 2"#;
+    assert!(
+        node.wait_metric(two_idle, Duration::from_secs(5)).await,
+        "{}",
+        node.metrics().await
+    );
     assert_eq!(node.invoke("kept", "").await.headers()["x-evoke-start"], "warm");
 
     assert_eq!(node.invoke("brief", "").await.headers()["x-evoke-start"], "cold");
