@@ -22,7 +22,9 @@ pub async fn invoke(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let f = s.function(&name).await?;
+    // Requests refused before an event exists still get an id to quote.
+    let refused = new_invocation_id();
+    let f = s.function(&name).await.map_err(|e| e.with_invocation(&refused))?;
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), s.max_event_size)
         .await
@@ -32,8 +34,9 @@ pub async fn invoke(
                 "EventTooLarge",
                 format!("the event is larger than the limit of {} bytes", s.max_event_size),
             )
+            .with_invocation(&refused)
         })?;
-    let (event, id) = build_event(&headers, body)?;
+    let (event, id) = build_event(&headers, body).map_err(|e| e.with_invocation(&refused))?;
     let asynchronous = headers
         .get(HDR_INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -81,6 +81,7 @@ async fn bad_invocations_are_refused_precisely() {
 
     let resp = node.invoke("nope", "{}").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.headers().contains_key("x-evoke-invocation-id"));
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["message"], "function `nope` does not exist");
 
@@ -92,6 +93,7 @@ async fn bad_invocations_are_refused_precisely() {
     let big = "x".repeat(7 << 20);
     let resp = node.invoke_text("print", &big).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(resp.headers().contains_key("x-evoke-invocation-id"));
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "EventTooLarge");
 
