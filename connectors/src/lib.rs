@@ -9,5 +9,7 @@
 //! JetStream has acknowledged them.
 
 pub mod event;
+pub mod schedule;
+pub mod webhook;
 
 pub use event::{Event, EventError};
