@@ -22,4 +22,4 @@ pub mod invoker;
 pub mod node;
 pub mod observe;
 pub mod registry;
-pub mod units;
+pub use evoke_connectors::units;

@@ -1,15 +1,27 @@
-//! evoke's event plumbing shared by every source and destination.
+//! evoke's event plumbing: the envelope, the source contract, and one module
+//! per source kind.
 //!
 //! # Layout
-//! - [`event`]: the one envelope every event travels in, modelled on
-//!   CloudEvents 1.0, with its structured-JSON encoding (the bus format).
+//! - [`event`]: the one envelope every event travels in (CloudEvents 1.0) and
+//!   its structured-JSON encoding.
+//! - [`source`]: the source contract ([`source::Sink`], [`source::StateStore`])
+//!   and the shared "acknowledge upstream only after JetStream stored it" rule.
+//! - [`trigger`]: a trigger = source config + filter + function, validated with
+//!   field paths; [`trigger::SourceConfig`] is the closed list of source kinds.
+//! - [`filter`]: which events reach the function.
+//! - [`webhook`]: webhook authentication and request-to-event mapping.
+//! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
+//! - [`units`]: sizes and durations as users write them.
 //!
-//! Sources (webhook, cron, s3, kafka, amqp, nats, mqtt, logs) will each live
-//! in one module here and hand [`Event`]s to a sink that returns only after
-//! JetStream has acknowledged them.
+//! Nothing here touches wasmtime or the invoker: sources only publish.
 
+pub mod cron;
 pub mod event;
+pub mod filter;
 pub mod schedule;
+pub mod source;
+pub mod trigger;
+pub mod units;
 pub mod webhook;
 
 pub use event::{Event, EventError};

@@ -41,8 +41,9 @@ pub struct Tick {
 impl Schedule {
     /// Parses a schedule line in the given time zone (IANA name).
     pub fn parse(line: &str, timezone: &str) -> Result<Schedule, String> {
-        let tz = Tz::from_str(timezone)
-            .map_err(|_| format!("`{timezone}` is not an IANA time zone name (e.g. UTC, Europe/Berlin, Asia/Shanghai)"))?;
+        let tz = Tz::from_str(timezone).map_err(|_| {
+            format!("`{timezone}` is not an IANA time zone name (e.g. UTC, Europe/Berlin, Asia/Shanghai)")
+        })?;
         let line = line.trim();
         if let Some(every) = line.strip_prefix("@every") {
             let d = humantime_like(every.trim())?;
@@ -56,7 +57,14 @@ impl Schedule {
         } else {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.len() {
-                5 => format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], unix_weekdays(fields[4])?),
+                5 => format!(
+                    "0 {} {} {} {} {}",
+                    fields[0],
+                    fields[1],
+                    fields[2],
+                    fields[3],
+                    unix_weekdays(fields[4])?
+                ),
                 6 | 7 => fields.join(" "),
                 n => {
                     return Err(format!(
@@ -66,7 +74,10 @@ impl Schedule {
             }
         };
         let expr = cron::Schedule::from_str(&six).map_err(|e| format!("`{line}` is not a cron schedule: {e}"))?;
-        Ok(Schedule::Cron { expr: Box::new(expr), tz })
+        Ok(Schedule::Cron {
+            expr: Box::new(expr),
+            tz,
+        })
     }
 
     /// The first tick strictly after `after`.
@@ -76,17 +87,33 @@ impl Schedule {
                 let step = d.as_millis() as i64;
                 let now = after.timestamp_millis();
                 let next = (now.div_euclid(step) + 1) * step;
-                Some(Tick { at: DateTime::from_timestamp_millis(next)?, shifted_by_dst: false })
+                Some(Tick {
+                    at: DateTime::from_timestamp_millis(next)?,
+                    shifted_by_dst: false,
+                })
             }
             Schedule::Cron { expr, tz } => {
                 // Walk the schedule in local wall-clock time (a naive time
                 // dressed as UTC), mapping each local time to an instant.
                 let local_after = after.with_timezone(tz).naive_local();
-                for naive in expr.after(&Utc.from_utc_datetime(&local_after)).map(|t| t.naive_utc()).take(10_000) {
+                for naive in expr
+                    .after(&Utc.from_utc_datetime(&local_after))
+                    .map(|t| t.naive_utc())
+                    .take(10_000)
+                {
                     let tick = match tz.from_local_datetime(&naive) {
-                        LocalResult::Single(t) => Tick { at: t.with_timezone(&Utc), shifted_by_dst: false },
-                        LocalResult::Ambiguous(first, _) => Tick { at: first.with_timezone(&Utc), shifted_by_dst: false },
-                        LocalResult::None => Tick { at: gap_end(tz, naive)?, shifted_by_dst: true },
+                        LocalResult::Single(t) => Tick {
+                            at: t.with_timezone(&Utc),
+                            shifted_by_dst: false,
+                        },
+                        LocalResult::Ambiguous(first, _) => Tick {
+                            at: first.with_timezone(&Utc),
+                            shifted_by_dst: false,
+                        },
+                        LocalResult::None => Tick {
+                            at: gap_end(tz, naive)?,
+                            shifted_by_dst: true,
+                        },
                     };
                     if tick.at > after {
                         return Some(tick);
@@ -131,7 +158,9 @@ fn gap_end(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
 
 fn humantime_like(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("`@every {s}`: write e.g. @every 30s, @every 5m or @every 2h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`@every {s}`: write e.g. @every 30s, @every 5m or @every 2h"))?;
     let secs = match unit.trim() {
         "s" | "sec" => n,
         "m" | "min" => n * 60,
@@ -187,11 +216,18 @@ mod tests {
         // 09:30 on Mondays (Unix 1 = Monday).
         let s = Schedule::parse("30 9 * * 1", "UTC").unwrap();
         // 2026-11-26 is a Thursday; the next Monday is 2026-11-30.
-        assert_eq!(s.next_after(utc("2026-11-26T00:00:00Z")).unwrap().at, utc("2026-11-30T09:30:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-11-26T00:00:00Z")).unwrap().at,
+            utc("2026-11-30T09:30:00Z")
+        );
         // Sunday as 0 and as 7.
         for line in ["0 12 * * 0", "0 12 * * 7", "0 12 * * SUN"] {
             let s = Schedule::parse(line, "UTC").unwrap();
-            assert_eq!(s.next_after(utc("2026-11-26T00:00:00Z")).unwrap().at, utc("2026-11-29T12:00:00Z"), "{line}");
+            assert_eq!(
+                s.next_after(utc("2026-11-26T00:00:00Z")).unwrap().at,
+                utc("2026-11-29T12:00:00Z"),
+                "{line}"
+            );
         }
         // Friday to Sunday wraps.
         let s = Schedule::parse("0 0 * * 5-7", "UTC").unwrap();
@@ -203,19 +239,34 @@ mod tests {
     #[test]
     fn six_fields_macros_and_every() {
         let s = Schedule::parse("*/2 * * * * *", "UTC").unwrap();
-        assert_eq!(s.next_after(utc("2026-11-26T00:00:01Z")).unwrap().at, utc("2026-11-26T00:00:02Z"));
+        assert_eq!(
+            s.next_after(utc("2026-11-26T00:00:01Z")).unwrap().at,
+            utc("2026-11-26T00:00:02Z")
+        );
         let s = Schedule::parse("@hourly", "UTC").unwrap();
-        assert_eq!(s.next_after(utc("2026-11-26T10:20:00Z")).unwrap().at, utc("2026-11-26T11:00:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-11-26T10:20:00Z")).unwrap().at,
+            utc("2026-11-26T11:00:00Z")
+        );
         let s = Schedule::parse("@every 30s", "Asia/Shanghai").unwrap();
-        assert_eq!(s.next_after(utc("2026-11-26T10:20:10Z")).unwrap().at, utc("2026-11-26T10:20:30Z"));
-        assert_eq!(s.next_after(utc("2026-11-26T10:20:30Z")).unwrap().at, utc("2026-11-26T10:21:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-11-26T10:20:10Z")).unwrap().at,
+            utc("2026-11-26T10:20:30Z")
+        );
+        assert_eq!(
+            s.next_after(utc("2026-11-26T10:20:30Z")).unwrap().at,
+            utc("2026-11-26T10:21:00Z")
+        );
     }
 
     #[test]
     fn time_zones_shift_ticks() {
         // 08:00 in Shanghai (UTC+8) is midnight UTC.
         let s = Schedule::parse("0 8 * * *", "Asia/Shanghai").unwrap();
-        assert_eq!(s.next_after(utc("2026-11-26T01:00:00Z")).unwrap().at, utc("2026-11-27T00:00:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-11-26T01:00:00Z")).unwrap().at,
+            utc("2026-11-27T00:00:00Z")
+        );
     }
 
     #[test]
@@ -235,7 +286,13 @@ mod tests {
         let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
         let ticks = s.ticks_between(utc("2026-03-28T12:00:00Z"), utc("2026-03-30T12:00:00Z"), 10);
         assert_eq!(ticks.len(), 2);
-        assert_eq!(ticks[0], Tick { at: utc("2026-03-29T01:00:00Z"), shifted_by_dst: true });
+        assert_eq!(
+            ticks[0],
+            Tick {
+                at: utc("2026-03-29T01:00:00Z"),
+                shifted_by_dst: true
+            }
+        );
         assert_eq!(ticks[1].at, utc("2026-03-30T00:30:00Z"));
         // Every minute through the gap: one firing at its end, not 60.
         let s = Schedule::parse("* 2 * * *", "Europe/Berlin").unwrap();
@@ -254,9 +311,21 @@ mod tests {
     #[test]
     fn bad_lines_say_what_is_wrong() {
         assert!(Schedule::parse("* * *", "UTC").unwrap_err().contains("3 fields"));
-        assert!(Schedule::parse("61 * * * *", "UTC").unwrap_err().contains("not a cron schedule"));
-        assert!(Schedule::parse("* * * * *", "Mars/Olympus").unwrap_err().contains("IANA"));
+        assert!(
+            Schedule::parse("61 * * * *", "UTC")
+                .unwrap_err()
+                .contains("not a cron schedule")
+        );
+        assert!(
+            Schedule::parse("* * * * *", "Mars/Olympus")
+                .unwrap_err()
+                .contains("IANA")
+        );
         assert!(Schedule::parse("@every 5 parsecs", "UTC").is_err());
-        assert!(Schedule::parse("0 0 * * 9", "UTC").unwrap_err().contains("out of range"));
+        assert!(
+            Schedule::parse("0 0 * * 9", "UTC")
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 }

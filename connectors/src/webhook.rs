@@ -140,12 +140,18 @@ impl AuthConfig {
                 e.push(("secret_env".into(), "scheme `none` takes no secret".into()));
             }
         } else if secrets.is_empty() {
-            e.push(("secret_env".into(), format!("scheme `{:?}` needs secret_env", self.scheme).to_lowercase()));
+            e.push((
+                "secret_env".into(),
+                format!("scheme `{:?}` needs secret_env", self.scheme).to_lowercase(),
+            ));
         }
         for name in secrets {
             let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
-                e.push(("secret_env".into(), format!("`{name}` is not an environment variable name")));
+                e.push((
+                    "secret_env".into(),
+                    format!("`{name}` is not an environment variable name"),
+                ));
             }
         }
         let hmac_only = [
@@ -162,12 +168,18 @@ impl AuthConfig {
                 }
             }
         } else if self.header.is_none() {
-            e.push(("header".into(), "scheme `hmac` needs the signature header, e.g. X-Signature".into()));
+            e.push((
+                "header".into(),
+                "scheme `hmac` needs the signature header, e.g. X-Signature".into(),
+            ));
         }
         if let Some(t) = &self.tolerance
             && parse_secs(t).is_none()
         {
-            e.push(("tolerance".into(), format!("`{t}` is not a duration such as 300s or 5m")));
+            e.push((
+                "tolerance".into(),
+                format!("`{t}` is not a duration such as 300s or 5m"),
+            ));
         }
         e
     }
@@ -226,9 +238,15 @@ impl AuthConfig {
                         _ => {}
                     }
                 }
-                let t = t.ok_or_else(|| AuthError::Malformed { header: name.into(), reason: "no `t=` timestamp".into() })?;
+                let t = t.ok_or_else(|| AuthError::Malformed {
+                    header: name.into(),
+                    reason: "no `t=` timestamp".into(),
+                })?;
                 if sigs.is_empty() {
-                    return Err(AuthError::Malformed { header: name.into(), reason: "no `v1=` signature".into() });
+                    return Err(AuthError::Malformed {
+                        header: name.into(),
+                        reason: "no `v1=` signature".into(),
+                    });
                 }
                 self.fresh(name, &t, now)?;
                 check_any(Algorithm::Sha256, secrets, &[t.as_bytes(), b".", body], &sigs)
@@ -278,7 +296,10 @@ fn parse_secs(s: &str) -> Option<i64> {
 }
 
 fn decode(header: &str, value: &str, prefix: &str, encoding: Encoding) -> Result<Vec<u8>, AuthError> {
-    let malformed = |reason: String| AuthError::Malformed { header: header.into(), reason };
+    let malformed = |reason: String| AuthError::Malformed {
+        header: header.into(),
+        reason,
+    };
     let raw = value
         .trim()
         .strip_prefix(prefix)
@@ -311,7 +332,9 @@ fn check_any(alg: Algorithm, secrets: &[Vec<u8>], parts: &[&[u8]], sigs: &[Vec<u
 }
 
 fn verify_mac<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
-    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else { return false };
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else {
+        return false;
+    };
     for p in parts {
         mac.update(p);
     }
@@ -376,11 +399,20 @@ mod tests {
 
     fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_lowercase(), v.to_string())).collect();
-        move |name: &str| pairs.iter().find(|(k, _)| *k == name.to_lowercase()).map(|(_, v)| v.clone())
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name.to_lowercase())
+                .map(|(_, v)| v.clone())
+        }
     }
 
     fn github() -> AuthConfig {
-        AuthConfig { scheme: Scheme::Github, secret_env: SecretEnv::One("GH".into()), ..Default::default() }
+        AuthConfig {
+            scheme: Scheme::Github,
+            secret_env: SecretEnv::One("GH".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -390,9 +422,15 @@ mod tests {
         let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         let h = headers(&[("X-Hub-Signature-256", sig)]);
         assert_eq!(github().verify(&h, b"Hello, World!", &[secret.clone()], 0), Ok(()));
-        assert_eq!(github().verify(&h, b"Hello, World?", &[secret.clone()], 0), Err(AuthError::Mismatch));
+        assert_eq!(
+            github().verify(&h, b"Hello, World?", &[secret.clone()], 0),
+            Err(AuthError::Mismatch)
+        );
         // Rotation: an old secret listed first still lets the new one match.
-        assert_eq!(github().verify(&h, b"Hello, World!", &[b"old".to_vec(), secret], 0), Ok(()));
+        assert_eq!(
+            github().verify(&h, b"Hello, World!", &[b"old".to_vec(), secret], 0),
+            Ok(())
+        );
         let none = headers(&[]);
         assert_eq!(
             github().verify(&none, b"x", &[b"s".to_vec()], 0),
@@ -409,14 +447,21 @@ mod tests {
 
     #[test]
     fn stripe_scheme_checks_signature_and_timestamp() {
-        let cfg = AuthConfig { scheme: Scheme::Stripe, secret_env: SecretEnv::One("S".into()), ..Default::default() };
+        let cfg = AuthConfig {
+            scheme: Scheme::Stripe,
+            secret_env: SecretEnv::One("S".into()),
+            ..Default::default()
+        };
         let secret = b"whsec_test".to_vec();
         let body = br#"{"id":"evt_1","type":"charge.succeeded"}"#;
         let now = 1_700_000_000;
         let h = headers(&[("Stripe-Signature", &stripe_sig(&secret, now, body))]);
         assert_eq!(cfg.verify(&h, body, &[secret.clone()], now + 10), Ok(()));
         // Replayed an hour later: refused even though the MAC is right.
-        assert!(matches!(cfg.verify(&h, body, &[secret.clone()], now + 3600), Err(AuthError::Stale { .. })));
+        assert!(matches!(
+            cfg.verify(&h, body, &[secret.clone()], now + 3600),
+            Err(AuthError::Stale { .. })
+        ));
         // Timestamp tampered: the MAC no longer matches.
         let forged = stripe_sig(&secret, now, body).replace(&format!("t={now}"), &format!("t={}", now + 3600));
         let h = headers(&[("Stripe-Signature", &forged)]);
@@ -437,15 +482,28 @@ mod tests {
         let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(b"k").unwrap();
         mac.update(b"body");
         use base64::Engine as _;
-        let sig = format!("sha1={}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
-        assert_eq!(cfg.verify(&headers(&[("x-sig", &sig)]), b"body", &[b"k".to_vec()], 0), Ok(()));
+        let sig = format!(
+            "sha1={}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(
+            cfg.verify(&headers(&[("x-sig", &sig)]), b"body", &[b"k".to_vec()], 0),
+            Ok(())
+        );
         let bad = headers(&[("x-sig", "md5=abc")]);
-        assert!(matches!(cfg.verify(&bad, b"body", &[b"k".to_vec()], 0), Err(AuthError::Malformed { .. })));
+        assert!(matches!(
+            cfg.verify(&bad, b"body", &[b"k".to_vec()], 0),
+            Err(AuthError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn bearer_and_missing_secrets() {
-        let cfg = AuthConfig { scheme: Scheme::Bearer, secret_env: SecretEnv::One("T".into()), ..Default::default() };
+        let cfg = AuthConfig {
+            scheme: Scheme::Bearer,
+            secret_env: SecretEnv::One("T".into()),
+            ..Default::default()
+        };
         let ok = headers(&[("Authorization", "Bearer tok")]);
         assert_eq!(cfg.verify(&ok, b"", &[b"tok".to_vec()], 0), Ok(()));
         assert_eq!(cfg.verify(&ok, b"", &[b"other".to_vec()], 0), Err(AuthError::Mismatch));
@@ -454,18 +512,34 @@ mod tests {
 
     #[test]
     fn config_problems_are_listed() {
-        let cfg = AuthConfig { scheme: Scheme::Github, prefix: Some("x".into()), ..Default::default() };
+        let cfg = AuthConfig {
+            scheme: Scheme::Github,
+            prefix: Some("x".into()),
+            ..Default::default()
+        };
         let fields: Vec<String> = cfg.check().into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["secret_env", "prefix"]);
-        let cfg = AuthConfig { scheme: Scheme::Hmac, secret_env: SecretEnv::One("A".into()), ..Default::default() };
+        let cfg = AuthConfig {
+            scheme: Scheme::Hmac,
+            secret_env: SecretEnv::One("A".into()),
+            ..Default::default()
+        };
         assert_eq!(cfg.check()[0].0, "header");
     }
 
     #[test]
     fn github_requests_keep_their_delivery_id_and_type() {
         let h = headers(&[("X-GitHub-Delivery", "d-1"), ("X-GitHub-Event", "push")]);
-        let body = Bytes::from_static(br#"{"ref":"refs/heads/main","repository":{"html_url":"https://github.com/o/r"}}"#);
-        let e = wrap("gh", Scheme::Github, &h, Some("application/json".into()), body, "fallback".into());
+        let body =
+            Bytes::from_static(br#"{"ref":"refs/heads/main","repository":{"html_url":"https://github.com/o/r"}}"#);
+        let e = wrap(
+            "gh",
+            Scheme::Github,
+            &h,
+            Some("application/json".into()),
+            body,
+            "fallback".into(),
+        );
         assert_eq!((e.id.as_str(), e.ty.as_str()), ("d-1", "com.github.push"));
         assert_eq!(e.source, "https://github.com/o/r");
         assert_eq!(e.subject.as_deref(), Some("refs/heads/main"));

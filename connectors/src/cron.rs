@@ -1,0 +1,256 @@
+//! The cron source: fires a trigger's events on its schedule.
+//!
+//! Every node runs every cron trigger. Each tick's event gets the dedupe id
+//! `cron.<trigger>.<scheduled unix ms>`, so however many nodes fire it,
+//! JetStream keeps one. After the event is stored, the scheduled time is saved
+//! as the trigger's cursor; on start, ticks between the cursor and now were
+//! missed while no node ran, and `catch_up` says what to do about them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::sync::watch;
+
+use crate::event::Event;
+use crate::schedule::Tick;
+use crate::source::{Published, Sink, SinkError, StateStore, publish_until_stored};
+use crate::trigger::{CatchUp, CronConfig};
+
+/// The state key holding a trigger's last fired tick.
+pub fn cursor_key(trigger: &str) -> String {
+    format!("cron.{trigger}")
+}
+
+/// The event a tick produces.
+pub fn tick_event(trigger: &str, config: &CronConfig, tick: &Tick, fired: DateTime<Utc>) -> Event {
+    let scheduled = tick.at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let mut e = Event::new(
+        format!("{trigger}@{scheduled}"),
+        format!("/evoke/triggers/{trigger}"),
+        "evoke.cron.tick",
+    );
+    e.subject = Some(trigger.to_string());
+    e.time = Some(tick.at);
+    e.extensions.insert("evoketrigger".into(), trigger.to_string());
+    e.extensions.insert("evokescheduled".into(), scheduled);
+    e.extensions
+        .insert("evokefired".into(), fired.to_rfc3339_opts(SecondsFormat::Millis, true));
+    match &config.payload {
+        None => e,
+        Some(serde_json::Value::String(s)) => e.with_data(Some("text/plain".into()), Bytes::from(s.clone())),
+        Some(v) => e.with_data(Some("application/json".into()), Bytes::from(v.to_string())),
+    }
+}
+
+fn dedupe_id(trigger: &str, tick: &Tick) -> String {
+    format!("cron.{trigger}.{}", tick.at.timestamp_millis())
+}
+
+/// Runs one cron trigger until `stop` becomes true.
+pub async fn run<S: Sink, St: StateStore>(
+    trigger: String,
+    function: String,
+    config: CronConfig,
+    sink: Arc<S>,
+    state: Arc<St>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let schedule = match config.parsed() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(trigger, error = %e, "cron trigger not started");
+            return;
+        }
+    };
+    let key = cursor_key(&trigger);
+    let now = Utc::now();
+    let last = match state.load(&key).await {
+        Ok(v) => v
+            .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        Err(e) => {
+            tracing::warn!(trigger, error = %e, "cannot read the cron cursor; not catching up");
+            None
+        }
+    };
+    let firing = Firing {
+        trigger: &trigger,
+        function: &function,
+        config: &config,
+        sink: &*sink,
+        state: &*state,
+        key: &key,
+    };
+    if let Some(last) = last.filter(|l| *l < now) {
+        let missed = match config.catch_up {
+            CatchUp::None => vec![],
+            CatchUp::Last => schedule.ticks_between(last, now, 1),
+            CatchUp::All => schedule.ticks_between(last, now, config.catch_up_max as usize),
+        };
+        if !missed.is_empty() {
+            tracing::info!(
+                trigger,
+                missed = missed.len(),
+                "catching up on ticks missed while no node ran"
+            );
+        }
+        for tick in missed {
+            if !firing.fire(&tick, &mut stop).await {
+                return;
+            }
+        }
+    }
+    let mut cursor = now;
+    loop {
+        let Some(tick) = schedule.next_after(cursor) else {
+            tracing::info!(trigger, "the schedule has no further ticks");
+            return;
+        };
+        let wait = (tick.at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() || !firing.fire(&tick, &mut stop).await {
+            return;
+        }
+        cursor = tick.at;
+    }
+}
+
+struct Firing<'a, S, St> {
+    trigger: &'a str,
+    function: &'a str,
+    config: &'a CronConfig,
+    sink: &'a S,
+    state: &'a St,
+    key: &'a str,
+}
+
+impl<S: Sink, St: StateStore> Firing<'_, S, St> {
+    /// Publishes one tick, then advances the cursor. Returns false when
+    /// stopped before the event was stored.
+    async fn fire(&self, tick: &Tick, stop: &mut watch::Receiver<bool>) -> bool {
+        if tick.shifted_by_dst {
+            tracing::warn!(trigger = self.trigger, at = %tick.at, "tick fell in a daylight-saving gap; firing when the gap ends");
+        }
+        let event = tick_event(self.trigger, self.config, tick, Utc::now());
+        let stopped = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match publish_until_stored(
+            self.sink,
+            self.function,
+            &event,
+            &dedupe_id(self.trigger, tick),
+            stopped,
+        )
+        .await
+        {
+            None => return false,
+            Some(Ok(Published::Stored)) => tracing::debug!(trigger = self.trigger, at = %tick.at, "fired"),
+            Some(Ok(Published::Duplicate)) => {
+                tracing::debug!(trigger = self.trigger, at = %tick.at, "fired by another node")
+            }
+            Some(Err(SinkError::Rejected(e))) | Some(Err(SinkError::Unavailable(e))) => {
+                tracing::error!(trigger = self.trigger, at = %tick.at, error = %e, "tick not delivered");
+            }
+        }
+        let at = tick.at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        if let Err(e) = self.state.save(self.key, &at).await {
+            tracing::warn!(trigger = self.trigger, error = %e, "cannot save the cron cursor");
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Memory {
+        events: Mutex<Vec<(String, Event)>>,
+        state: Mutex<std::collections::HashMap<String, String>>,
+    }
+
+    impl Sink for Memory {
+        async fn publish(&self, _: &str, event: &Event, id: &str) -> Result<Published, SinkError> {
+            let mut events = self.events.lock().unwrap();
+            if events.iter().any(|(d, _)| d == id) {
+                return Ok(Published::Duplicate);
+            }
+            events.push((id.to_string(), event.clone()));
+            Ok(Published::Stored)
+        }
+    }
+
+    impl StateStore for Memory {
+        async fn load(&self, key: &str) -> Result<Option<String>, String> {
+            Ok(self.state.lock().unwrap().get(key).cloned())
+        }
+        async fn save(&self, key: &str, value: &str) -> Result<(), String> {
+            self.state.lock().unwrap().insert(key.into(), value.into());
+            Ok(())
+        }
+    }
+
+    fn config(catch_up: CatchUp) -> CronConfig {
+        CronConfig {
+            schedule: "@every 60s".into(),
+            timezone: "UTC".into(),
+            payload: Some(serde_json::json!({"k": 1})),
+            catch_up,
+            catch_up_max: 3,
+        }
+    }
+
+    async fn catch_up_fires(mode: CatchUp) -> Vec<Event> {
+        let mem = Arc::new(Memory::default());
+        // The last tick fired ten minutes ago; nothing ran since.
+        let last = Utc::now() - chrono::Duration::minutes(10);
+        let last = DateTime::from_timestamp(last.timestamp() / 60 * 60, 0).unwrap();
+        mem.state.lock().unwrap().insert(cursor_key("t"), last.to_rfc3339());
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run("t".into(), "f".into(), config(mode), mem.clone(), mem.clone(), rx));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        let events = mem.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
+        events
+    }
+
+    #[tokio::test]
+    async fn catch_up_none_last_and_all() {
+        assert_eq!(catch_up_fires(CatchUp::None).await.len(), 0);
+        assert_eq!(catch_up_fires(CatchUp::Last).await.len(), 1);
+        let all = catch_up_fires(CatchUp::All).await;
+        assert_eq!(all.len(), 3, "capped at catch_up_max");
+        let scheduled: Vec<_> = all.iter().map(|e| e.time.unwrap()).collect();
+        assert!(
+            scheduled
+                .windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::minutes(1)),
+            "{scheduled:?}"
+        );
+    }
+
+    #[test]
+    fn tick_events_carry_scheduled_and_fired_times() {
+        let tick = Tick {
+            at: DateTime::parse_from_rfc3339("2026-11-26T08:00:00Z").unwrap().into(),
+            shifted_by_dst: false,
+        };
+        let fired = tick.at + chrono::Duration::milliseconds(3);
+        let e = tick_event("tick", &config(CatchUp::None), &tick, fired);
+        assert_eq!(e.extensions["evokescheduled"], "2026-11-26T08:00:00.000Z");
+        assert_eq!(e.extensions["evokefired"], "2026-11-26T08:00:00.003Z");
+        assert_eq!(e.ty, "evoke.cron.tick");
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(dedupe_id("tick", &tick), "cron.tick.1795680000000");
+    }
+}

@@ -1,0 +1,132 @@
+//! The source contract: what every event source hands its events to, and the
+//! one shared rule about acknowledging upstream.
+//!
+//! A source turns native events (a cron tick, an HTTP request, a Kafka record)
+//! into [`Event`]s and calls [`Sink::publish`], which returns only once
+//! JetStream has stored the event. Only then may the source acknowledge
+//! upstream (commit an offset, answer 202, advance a cursor).
+//! [`publish_until_stored`] is that rule in code, with backoff while NATS is
+//! away: every source uses it rather than its own loop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::event::Event;
+
+/// Why a publish did not happen.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SinkError {
+    /// JetStream is unreachable or did not acknowledge: try again later.
+    #[error("JetStream did not store the event: {0}")]
+    Unavailable(String),
+    /// The event can never be published (too large, unknown function).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Stored,
+    /// JetStream already had an event with this dedupe id (another node, or
+    /// a redelivery, published it first).
+    Duplicate,
+}
+
+/// Where sources put events: the target function's queue.
+pub trait Sink: Send + Sync + 'static {
+    /// Stores `event` for `function`, deduplicated by `dedupe_id`; resolves
+    /// only after JetStream acknowledged it.
+    fn publish(
+        &self,
+        function: &str,
+        event: &Event,
+        dedupe_id: &str,
+    ) -> impl Future<Output = Result<Published, SinkError>> + Send;
+}
+
+/// Small durable state of sources (cursors, last fire times), kept in NATS KV.
+pub trait StateStore: Send + Sync + 'static {
+    fn load(&self, key: &str) -> impl Future<Output = Result<Option<String>, String>> + Send;
+    fn save(&self, key: &str, value: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Publishes, retrying with exponential backoff (100 ms up to 10 s) while
+/// JetStream is unavailable, until stored, rejected, or `stop` resolves.
+/// Returns `None` when stopped first: the caller must not acknowledge.
+pub async fn publish_until_stored<S: Sink>(
+    sink: &S,
+    function: &str,
+    event: &Event,
+    dedupe_id: &str,
+    stop: impl Future<Output = ()>,
+) -> Option<Result<Published, SinkError>> {
+    tokio::pin!(stop);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            r = sink.publish(function, event, dedupe_id) => r,
+            _ = &mut stop => return None,
+        };
+        match attempt {
+            Err(SinkError::Unavailable(e)) => {
+                tracing::warn!(function, event = %event.id, error = %e, "event not stored yet; retrying in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut stop => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A sink that is down for the first `down` calls.
+    struct Flaky {
+        down: Mutex<u32>,
+        stored: Mutex<Vec<String>>,
+    }
+
+    impl Sink for Flaky {
+        async fn publish(&self, _: &str, event: &Event, _: &str) -> Result<Published, SinkError> {
+            let mut down = self.down.lock().unwrap();
+            if *down > 0 {
+                *down -= 1;
+                return Err(SinkError::Unavailable("down".into()));
+            }
+            self.stored.lock().unwrap().push(event.id.clone());
+            Ok(Published::Stored)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishing_waits_out_an_outage_and_never_drops() {
+        let sink = Flaky {
+            down: Mutex::new(5),
+            stored: Mutex::new(vec![]),
+        };
+        let e = Event::new("e1", "/t", "t");
+        let r = publish_until_stored(&sink, "f", &e, "e1", std::future::pending()).await;
+        assert_eq!(r, Some(Ok(Published::Stored)));
+        assert_eq!(*sink.stored.lock().unwrap(), ["e1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_during_an_outage_reports_nothing_stored() {
+        let sink = Flaky {
+            down: Mutex::new(u32::MAX),
+            stored: Mutex::new(vec![]),
+        };
+        let e = Event::new("e1", "/t", "t");
+        let r = publish_until_stored(&sink, "f", &e, "e1", tokio::time::sleep(Duration::from_secs(30))).await;
+        assert_eq!(r, None, "the caller must not ack upstream");
+        assert!(sink.stored.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,323 @@
+//! Triggers: a source config, an optional filter and a target function.
+//!
+//! Users write a trigger as one flat table (in `evoke.toml` or as JSON):
+//! `function`, `kind`, optional `filter`, and the fields of that kind. Every
+//! problem is reported with the field it is about. Adding a source kind is one
+//! module plus one arm of [`SourceConfig`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::filter::Filter;
+use crate::schedule::Schedule;
+use crate::units::ByteSize;
+use crate::webhook::AuthConfig;
+
+/// A validated trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerSpec {
+    pub function: String,
+    pub source: SourceConfig,
+    pub filter: Option<Filter>,
+}
+
+/// Every kind of source, closed: the compiler finds every place a new kind
+/// needs handling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Webhook(WebhookConfig),
+    Cron(CronConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Webhook(_) => "webhook",
+            SourceConfig::Cron(_) => "cron",
+        }
+    }
+}
+
+/// Whether the caller waits for the function (webhooks only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer with the function's output.
+    Sync,
+    /// Answer 202 with the event id once JetStream has the event.
+    #[default]
+    Async,
+}
+
+/// `kind = "webhook"`: `POST /hooks/<trigger>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    /// Accepted HTTP methods: POST (default), PUT, GET.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Largest body accepted (default 1Mi); larger requests get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["POST".into()]
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+/// What to do about ticks missed while no evoke node was running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Skip them.
+    #[default]
+    None,
+    /// Fire the most recent one.
+    Last,
+    /// Fire all of them (at most `catch_up_max`, the newest).
+    All,
+}
+
+/// `kind = "cron"`: fires on a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronConfig {
+    /// 5-field (`*/5 * * * *`), 6-field with seconds, `@hourly`, or `@every 30s`.
+    pub schedule: String,
+    /// IANA zone the schedule is read in (default UTC).
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Event data: a string is sent as text, anything else as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// Most missed ticks fired by `catch_up = "all"` (default 100).
+    #[serde(default = "default_catch_up_max")]
+    pub catch_up_max: u32,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+fn default_catch_up_max() -> u32 {
+    100
+}
+
+impl CronConfig {
+    pub fn parsed(&self) -> Result<Schedule, String> {
+        Schedule::parse(&self.schedule, &self.timezone)
+    }
+}
+
+/// One problem: the field (relative to the trigger) and what is wrong.
+pub type Problem = (String, String);
+
+impl TriggerSpec {
+    /// Parses and validates a flat trigger table, reporting every problem.
+    pub fn parse(value: &Value) -> Result<TriggerSpec, Vec<Problem>> {
+        let Value::Object(map) = value else {
+            return Err(vec![(String::new(), "a trigger must be a table".into())]);
+        };
+        let mut problems = Vec::new();
+        let mut rest = Map::new();
+        let mut function = None;
+        let mut filter = None;
+        for (k, v) in map {
+            match k.as_str() {
+                "function" => match v.as_str() {
+                    Some(f) if valid_name(f) => function = Some(f.to_string()),
+                    _ => problems.push(("function".into(), "must be the name of a function".into())),
+                },
+                "filter" => match serde_path_to_error::deserialize::<_, Filter>(v) {
+                    Ok(f) => filter = Some(f),
+                    Err(e) => problems.push((join("filter", &e.path().to_string()), e.inner().to_string())),
+                },
+                _ => {
+                    rest.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if function.is_none() && !problems.iter().any(|(f, _)| f == "function") {
+            problems.push(("function".into(), "is required".into()));
+        }
+        let source = match rest.get("kind").and_then(Value::as_str) {
+            None => {
+                problems.push(("kind".into(), "is required: webhook or cron".into()));
+                None
+            }
+            Some(k) if !["webhook", "cron"].contains(&k) => {
+                problems.push((
+                    "kind".into(),
+                    format!("`{k}` is not a source kind; use webhook or cron"),
+                ));
+                None
+            }
+            Some(kind) => {
+                let kind = kind.to_string();
+                rest.remove("kind");
+                let body = Value::Object(rest);
+                let parsed = match kind.as_str() {
+                    "webhook" => serde_path_to_error::deserialize(body).map(SourceConfig::Webhook),
+                    _ => serde_path_to_error::deserialize(body).map(SourceConfig::Cron),
+                };
+                match parsed {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let inner = e.inner().to_string();
+                        let field = match e.path().to_string().as_str() {
+                            "." => unknown_or_missing(&inner).unwrap_or_default(),
+                            p => p.to_string(),
+                        };
+                        problems.push((field, inner));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(source) = &source {
+            problems.extend(check_source(source));
+        }
+        match (function, source) {
+            (Some(function), Some(source)) if problems.is_empty() => Ok(TriggerSpec {
+                function,
+                source,
+                filter,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The flat table form (what `parse` reads).
+    pub fn to_value(&self) -> Value {
+        let mut v = serde_json::to_value(&self.source).unwrap_or_default();
+        v["function"] = Value::String(self.function.clone());
+        if let Some(f) = &self.filter {
+            v["filter"] = serde_json::to_value(f).unwrap_or_default();
+        }
+        v
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if b.is_empty() || b == "." {
+        a.to_string()
+    } else {
+        format!("{a}.{b}")
+    }
+}
+
+/// Pulls the field name out of serde's "unknown field `x`" / "missing field `x`".
+fn unknown_or_missing(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_string())
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_source(source: &SourceConfig) -> Vec<Problem> {
+    let mut p = Vec::new();
+    match source {
+        SourceConfig::Cron(c) => {
+            if let Err(e) = c.parsed() {
+                let field = if e.contains("IANA") { "timezone" } else { "schedule" };
+                p.push((field.into(), e));
+            }
+            if c.catch_up_max == 0 {
+                p.push(("catch_up_max".into(), "must be at least 1".into()));
+            }
+        }
+        SourceConfig::Webhook(w) => {
+            if w.methods.is_empty() {
+                p.push(("methods".into(), "needs at least one of POST, PUT, GET".into()));
+            }
+            for m in &w.methods {
+                if !["POST", "PUT", "GET"].contains(&m.as_str()) {
+                    p.push(("methods".into(), format!("`{m}` is not one of POST, PUT, GET")));
+                }
+            }
+            if w.max_body.0 == 0 || w.max_body > ByteSize::mib(64) {
+                p.push(("max_body".into(), "is out of range 1..64Mi".into()));
+            }
+            for (field, message) in w.auth.check() {
+                p.push((format!("auth.{field}"), message));
+            }
+        }
+    }
+    p
+}
+
+/// Trigger names follow function names: `^[a-z][a-z0-9-]{0,62}$`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid trigger name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn flat_tables_round_trip() {
+        let v = json!({"function":"hello","kind":"cron","schedule":"*/2 * * * * *","timezone":"Asia/Shanghai"});
+        let t = TriggerSpec::parse(&v).unwrap();
+        assert_eq!(t.source.kind(), "cron");
+        assert_eq!(TriggerSpec::parse(&t.to_value()).unwrap(), t);
+        let v = json!({"function":"hello","kind":"webhook","mode":"sync",
+            "auth":{"scheme":"github","secret_env":"GH_SECRET"},"filter":{"types":["com.github.push"]}});
+        let t = TriggerSpec::parse(&v).unwrap();
+        let SourceConfig::Webhook(w) = &t.source else { panic!() };
+        assert_eq!((w.mode, w.max_body), (Mode::Sync, ByteSize::mib(1)));
+        assert_eq!(TriggerSpec::parse(&t.to_value()).unwrap(), t);
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let v = json!({"kind":"cron","schedule":"61 * * * *","timezone":"Nowhere/City","colour":"red"});
+        let fields: Vec<String> = TriggerSpec::parse(&v)
+            .unwrap_err()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert!(fields.contains(&"function".to_string()), "{fields:?}");
+        assert!(fields.contains(&"colour".to_string()), "{fields:?}");
+        let v = json!({"function":"f","kind":"cron","schedule":"61 * * * *"});
+        assert_eq!(TriggerSpec::parse(&v).unwrap_err()[0].0, "schedule");
+        let v = json!({"function":"f","kind":"cron","schedule":"* * * * *","timezone":"Nowhere/City"});
+        assert_eq!(TriggerSpec::parse(&v).unwrap_err()[0].0, "timezone");
+        let v = json!({"function":"f","kind":"webhook","auth":{"scheme":"github"},"methods":["DELETE"]});
+        let fields: Vec<String> = TriggerSpec::parse(&v)
+            .unwrap_err()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(fields, ["methods", "auth.secret_env"]);
+        let v = json!({"function":"f","kind":"kafka"});
+        assert!(TriggerSpec::parse(&v).unwrap_err()[0].1.contains("not a source kind"));
+        let v = json!({"function":"f","kind":"webhook","auth":{"scheme":"magic"}});
+        assert_eq!(TriggerSpec::parse(&v).unwrap_err()[0].0, "auth.scheme");
+    }
+}
