@@ -7,6 +7,7 @@
 //! - [`executor`]: the wasmtime sandbox: engine, code cache, instance pools.
 //! - [`invoker`]: sync runs, the async queue, retries, DLQ, destinations, records.
 //! - [`api`]: the HTTP API (`/v1`, `/healthz`, `/metrics`).
+//! - [`sources`]: event sources running on a node (cron), over the connectors crate.
 //! - [`observe`]: function logs and Prometheus metrics.
 //! - [`node`]: wires the above into one running node.
 //! - [`cli`]: the `evoke` command (client commands and `up`/`serve`).
@@ -22,4 +23,5 @@ pub mod invoker;
 pub mod node;
 pub mod observe;
 pub mod registry;
+pub mod sources;
 pub use evoke_connectors::units;

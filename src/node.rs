@@ -16,7 +16,6 @@ use crate::bus::Bus;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::invoker::{Invoker, worker};
 use crate::observe::metrics::Metrics;
-use crate::registry::Registry;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -30,10 +29,14 @@ pub struct NodeConfig {
     pub node_name: String,
     /// Run async workers on this node.
     pub workers: bool,
+    /// Run event sources (cron) on this node.
+    pub sources: bool,
     /// Ack wait of the function consumers (redelivery after a node dies).
     pub ack_wait: Duration,
     /// Meter CPU with fuel (functions may then set a `fuel` budget).
     pub fuel: bool,
+    /// Webhook secrets by name, consulted before the environment.
+    pub secret_overrides: std::collections::HashMap<String, String>,
 }
 
 impl NodeConfig {
@@ -48,8 +51,10 @@ impl NodeConfig {
             max_code_size: 256 << 20,
             node_name: default_node_name(),
             workers: true,
+            sources: true,
             ack_wait: crate::invoker::worker::ACK_WAIT,
             fuel: false,
+            secret_overrides: Default::default(),
         }
     }
 }
@@ -82,24 +87,22 @@ impl Node {
             );
         }
         let bus = Bus::connect(&config.nats_url).await?;
-        let registry = Registry::new(bus.functions.clone());
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
         exec_config.fuel = config.fuel;
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
         let metrics = Arc::new(Metrics::new());
-        let mut invoker = Invoker::new(
-            bus,
-            registry.clone(),
-            executor.clone(),
-            metrics,
-            config.node_name.clone(),
-        );
+        let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone());
         invoker.ack_wait = config.ack_wait;
         let invoker = Arc::new(invoker);
         let (shutdown, _) = broadcast::channel(1);
         let mut tasks = Vec::new();
+        let registry = invoker.registry.clone();
         tasks.push(tokio::spawn(registry.clone().run_watch(shutdown.subscribe())));
+        tasks.push(tokio::spawn(invoker.triggers.clone().run_watch(shutdown.subscribe())));
+        if config.sources {
+            tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));
+        }
         if config.workers {
             tasks.push(tokio::spawn(worker::run(
                 invoker.clone(),
@@ -122,6 +125,10 @@ impl Node {
             token: config.api_token.clone(),
             max_event_size: config.max_event_size,
             max_code_size: config.max_code_size,
+            loopback: config.http_addr.ip().is_loopback(),
+            secrets: crate::api::Secrets {
+                overrides: config.secret_overrides.clone(),
+            },
         });
         let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
             format!(

@@ -220,8 +220,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send(true).unwrap();
         task.await.unwrap();
-        let events = mem.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
-        events
+        mem.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect()
     }
 
     #[tokio::test]

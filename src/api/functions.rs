@@ -38,7 +38,7 @@ pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiErro
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(Json(
-        json!({ "functions": fns.iter().map(|f| view(f)).collect::<Vec<_>>() }),
+        json!({ "functions": fns.iter().map(|(_, f)| view(f)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -182,10 +182,11 @@ async fn deploy_code(
         deployed_at: Utc::now(),
         revision: 0,
     };
+    let key = f.name.to_string();
     let f = s
         .invoker
         .registry
-        .put(f)
+        .put(&key, f)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     tracing::info!(function = %f.name, digest = %f.digest, kind = ?f.kind, "deployed");

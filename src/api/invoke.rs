@@ -14,8 +14,9 @@ use evoke_connectors::event::is_json_type;
 use serde_json::json;
 
 use super::{ApiError, ApiState, HDR_INVOCATION_ID, HDR_INVOCATION_TYPE};
-use crate::executor::{FunctionErrorKind, InvokeError};
+use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{EnqueueError, derived_invocation_id, new_invocation_id};
+use crate::registry::DeployedFunction;
 
 pub async fn invoke(
     State(s): State<Arc<ApiState>>,
@@ -43,20 +44,29 @@ pub async fn invoke(
         .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
 
     if asynchronous {
-        return match s.invoker.enqueue(&f, &event, &id).await {
-            Ok(()) => {
-                let mut resp = (StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response();
-                set_id(resp.headers_mut(), &id);
-                Ok(resp)
-            }
-            Err(e @ EnqueueError::TooLarge { .. }) => {
-                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", e.to_string()).with_invocation(&id))
-            }
-            Err(e) => Err(ApiError::unavailable(e.to_string()).with_invocation(&id)),
-        };
+        return accepted(&s, &f, &event, &id).await;
     }
+    respond(s.invoker.invoke_sync(&f, event, &id).await, &id)
+}
 
-    let run = s.invoker.invoke_sync(&f, event, &id).await;
+/// Queues an event and answers 202 `{"id"}` once JetStream has it.
+pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &str) -> Result<Response, ApiError> {
+    match s.invoker.enqueue(f, event, id).await {
+        Ok(_) => {
+            let mut resp = (StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response();
+            set_id(resp.headers_mut(), id);
+            Ok(resp)
+        }
+        Err(e @ EnqueueError::TooLarge { .. }) => {
+            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", e.to_string()).with_invocation(id))
+        }
+        Err(e) => Err(ApiError::unavailable(e.to_string()).with_invocation(id)),
+    }
+}
+
+/// Maps a sync run to the HTTP answer: the function's output (with its status
+/// and headers), or the error with its status.
+pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
     let start = if run.cold.is_some() { "cold" } else { "warm" };
     match run.result {
         Ok(out) => {
@@ -75,7 +85,7 @@ pub async fn invoke(
             if let Ok(v) = HeaderValue::from_str(ct) {
                 h.insert("content-type", v);
             }
-            set_id(h, &id);
+            set_id(h, id);
             h.insert("x-evoke-start", HeaderValue::from_static(start));
             Ok(resp)
         }
@@ -89,15 +99,15 @@ pub async fn invoke(
                 FunctionErrorKind::FuelExhausted => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionFuelExhausted"),
                 FunctionErrorKind::Error => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionError"),
             };
-            Err(ApiError::new(status, code, message).with_invocation(&id))
+            Err(ApiError::new(status, code, message).with_invocation(id))
         }
         Err(e @ InvokeError::Busy(_)) => {
             let mut e =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(&id);
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(id);
             e.retry_after = Some(1);
             Err(e)
         }
-        Err(InvokeError::System(m)) => Err(ApiError::unavailable(m).with_invocation(&id)),
+        Err(InvokeError::System(m)) => Err(ApiError::unavailable(m).with_invocation(id)),
     }
 }
 
@@ -107,8 +117,10 @@ fn set_id(h: &mut HeaderMap, id: &str) {
     }
 }
 
-/// Builds the event and its invocation id from an HTTP request.
-pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), ApiError> {
+/// Reads a CloudEvent from a request in structured mode
+/// (`application/cloudevents+json`) or binary mode (`ce-*` headers); `None`
+/// when the request is not a CloudEvent.
+pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -118,25 +130,34 @@ pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), 
         .as_deref()
         .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if essence.as_deref() == Some("application/cloudevents+json") {
-        let event = Event::from_json(&body).map_err(ce)?;
-        let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));
-        return Ok((event, id));
+        return Event::from_json(&body).map(Some).map_err(ce);
     }
-    if let Some(ce_id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) {
-        // Binary mode: attributes in ce-* headers, data in the body.
-        let mut obj = serde_json::Map::new();
-        for (k, v) in headers {
-            if let (Some(attr), Ok(v)) = (k.as_str().strip_prefix("ce-"), v.to_str()) {
-                obj.insert(attr.to_string(), json!(v));
-            }
+    let Some(ce_id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let mut obj = serde_json::Map::new();
+    for (k, v) in headers {
+        if let (Some(attr), Ok(v)) = (k.as_str().strip_prefix("ce-"), v.to_str()) {
+            obj.insert(attr.to_string(), json!(v));
         }
-        obj.insert("id".into(), json!(ce_id));
-        let mut event = Event::from_value(serde_json::Value::Object(obj)).map_err(ce)?;
-        event.datacontenttype = content_type;
-        event.data = body;
+    }
+    obj.insert("id".into(), json!(ce_id));
+    let mut event = Event::from_value(serde_json::Value::Object(obj)).map_err(ce)?;
+    event.datacontenttype = content_type;
+    event.data = body;
+    Ok(Some(event))
+}
+
+/// Builds the event and its invocation id from an invoke request.
+pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), ApiError> {
+    if let Some(event) = cloudevent(headers, body.clone())? {
         let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));
         return Ok((event, id));
     }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if content_type.as_deref().is_some_and(is_json_type)
         && !body.is_empty()
         && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)

@@ -3,8 +3,10 @@
 
 mod error;
 mod functions;
+mod hooks;
 mod invoke;
 mod ops;
+mod triggers;
 
 use std::sync::Arc;
 
@@ -33,6 +35,28 @@ pub struct ApiState {
     pub max_event_size: usize,
     /// Largest code accepted by deploy.
     pub max_code_size: usize,
+    /// Whether the API listens on loopback only (webhooks without auth are
+    /// refused otherwise).
+    pub loopback: bool,
+    /// Where webhook secrets come from.
+    pub secrets: Secrets,
+}
+
+/// Webhook secrets by environment variable name: this process's environment,
+/// unless overridden (tests, embedding).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub overrides: std::collections::HashMap<String, String>,
+}
+
+impl Secrets {
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+            .filter(|s| !s.is_empty())
+    }
 }
 
 impl ApiState {
@@ -62,10 +86,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/functions/{name}/dlq/{id}", get(ops::dlq_show))
         .route("/functions/{name}/logs", get(ops::logs))
         .route("/invocations/{id}", get(ops::invocation))
+        .route("/triggers", get(triggers::list))
+        .route(
+            "/triggers/{name}",
+            get(triggers::show).put(triggers::put).delete(triggers::remove),
+        )
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .nest("/v1", v1)
+        .route("/hooks/{trigger}", get(hooks::hook).post(hooks::hook).put(hooks::hook))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .with_state(state)

@@ -50,6 +50,8 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub functions: kv::Store,
     pub invocations: kv::Store,
+    pub triggers: kv::Store,
+    pub state: kv::Store,
     pub code: object_store::ObjectStore,
     pub url: String,
 }
@@ -99,12 +101,16 @@ impl Bus {
             .get_key_value(KV_INVOCATIONS)
             .await
             .map_err(setup_err(KV_INVOCATIONS))?;
+        let triggers = js.get_key_value(KV_TRIGGERS).await.map_err(setup_err(KV_TRIGGERS))?;
+        let state = js.get_key_value(KV_STATE).await.map_err(setup_err(KV_STATE))?;
         let code = js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?;
         Ok(Bus {
             client,
             js,
             functions,
             invocations,
+            triggers,
+            state,
             code,
             url: url.to_string(),
         })
@@ -209,6 +215,19 @@ async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
     })
     .await
     .map_err(setup_err(KV_INVOCATIONS))?;
+    for (bucket, description) in [
+        (KV_TRIGGERS, "evoke: triggers"),
+        (KV_STATE, "evoke: source cursors and last events"),
+    ] {
+        js.create_or_update_key_value(kv::Config {
+            bucket: bucket.into(),
+            description: description.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(setup_err(bucket))?;
+    }
     if js.get_object_store(OBJ_CODE).await.is_err() {
         match js
             .create_object_store(object_store::Config {

@@ -5,6 +5,9 @@ pub const STREAM_DLQ: &str = "EVOKE_DLQ";
 pub const STREAM_LOGS: &str = "EVOKE_LOGS";
 pub const KV_FUNCTIONS: &str = "EVOKE_FUNCTIONS";
 pub const KV_INVOCATIONS: &str = "EVOKE_INVOCATIONS";
+pub const KV_TRIGGERS: &str = "EVOKE_TRIGGERS";
+/// Small durable state of sources: cron cursors, last event per trigger.
+pub const KV_STATE: &str = "EVOKE_STATE";
 pub const OBJ_CODE: &str = "EVOKE_CODE";
 
 pub const SUBJECT_INVOKE: &str = "evoke.invoke";

@@ -102,7 +102,10 @@ impl Invoker {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("function `{name}` does not exist"))?;
                 let id = super::derived_invocation_id(name.as_str(), &event.id);
-                self.enqueue(&f, event, &id).await.map_err(|e| e.to_string())
+                self.enqueue(&f, event, &id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         }
     }

@@ -27,6 +27,7 @@ use crate::bus::{self, Bus};
 use crate::executor::{Executor, InvokeError, Run};
 use crate::observe::logs::{LogBatch, LogLine};
 use crate::observe::metrics::Metrics;
+use crate::registry::triggers::TriggerRegistry;
 use crate::registry::{DeployedFunction, Registry};
 use records::{Attempt, AttemptError, Mode, Record, Status};
 
@@ -43,6 +44,7 @@ pub enum EnqueueError {
 pub struct Invoker {
     pub bus: Bus,
     pub registry: Registry,
+    pub triggers: TriggerRegistry,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     /// This node's name, recorded in every attempt.
@@ -69,14 +71,17 @@ pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
 }
 
 impl Invoker {
-    pub fn new(bus: Bus, registry: Registry, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String) -> Invoker {
+    pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String) -> Invoker {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let registry = Registry::new(bus.functions.clone());
+        let triggers = TriggerRegistry::new(bus.triggers.clone());
         Invoker {
             bus,
             registry,
+            triggers,
             executor,
             metrics,
             node,
@@ -106,8 +111,9 @@ impl Invoker {
         run
     }
 
-    /// Queues an event for `f`; returns once JetStream has stored it.
-    pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<(), EnqueueError> {
+    /// Queues an event for `f`; returns once JetStream has stored it, with
+    /// whether JetStream already had it (same id within its duplicate window).
+    pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<bool, EnqueueError> {
         let payload = Bytes::from(event.to_json());
         let max = self.bus.max_payload().saturating_sub(4096);
         if payload.len() > max {
@@ -127,14 +133,14 @@ impl Invoker {
             .enqueue(f.name.as_str(), id, id, payload, &[])
             .await
             .map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
-        ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
+        let stored = ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         if let Some(record_ack) = record_ack
             && let Err(e) = record_ack.await
             && e.kind() != async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
         {
             tracing::warn!(invocation = id, error = %e, "invocation record not stored");
         }
-        Ok(())
+        Ok(stored.duplicate)
     }
 
     /// Reads an invocation record.

@@ -1,7 +1,8 @@
-//! Deployed functions: their specs, stored in KV bucket EVOKE_FUNCTIONS, and
-//! a live view of them that every node keeps by watching the bucket.
+//! Deployed functions and triggers: stored in KV buckets (EVOKE_FUNCTIONS,
+//! EVOKE_TRIGGERS), with a live view every node keeps by watching them.
 
 pub mod spec;
+pub mod triggers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -40,50 +42,87 @@ pub enum RegistryError {
     Corrupt { name: String, message: String },
 }
 
-/// The live set of functions, by name.
-pub type Functions = Arc<HashMap<String, Arc<DeployedFunction>>>;
-
-/// Reads and writes function specs, and keeps a watched local view.
-#[derive(Clone)]
-pub struct Registry {
-    kv: kv::Store,
-    view: watch::Sender<Functions>,
+/// What a [`Catalog`] holds: a JSON value stored under a name, tagged with
+/// the KV revision it was read at.
+pub trait Entry: Serialize + DeserializeOwned + Send + Sync + 'static {
+    fn revision(&self) -> u64;
+    fn set_revision(&mut self, revision: u64);
 }
 
-impl Registry {
-    pub fn new(kv: kv::Store) -> Registry {
-        Registry {
+impl Entry for DeployedFunction {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+}
+
+/// The live set of entries, by name.
+pub type View<T> = Arc<HashMap<String, Arc<T>>>;
+
+/// The live set of functions, by name.
+pub type Functions = View<DeployedFunction>;
+
+/// Function specs in KV bucket EVOKE_FUNCTIONS.
+pub type Registry = Catalog<DeployedFunction>;
+
+/// Named entries in one KV bucket, with a live local view that every node
+/// keeps by watching the bucket.
+pub struct Catalog<T> {
+    kv: kv::Store,
+    view: watch::Sender<View<T>>,
+}
+
+impl<T> Clone for Catalog<T> {
+    fn clone(&self) -> Self {
+        Catalog {
+            kv: self.kv.clone(),
+            view: self.view.clone(),
+        }
+    }
+}
+
+/// Names of functions and triggers: `^[a-z][a-z0-9-]{0,62}$` (also safe as
+/// KV keys and subject tokens).
+pub fn valid_name(name: &str) -> bool {
+    name.parse::<FunctionName>().is_ok()
+}
+
+impl<T: Entry> Catalog<T> {
+    pub fn new(kv: kv::Store) -> Catalog<T> {
+        Catalog {
             kv,
             view: watch::Sender::new(Arc::new(HashMap::new())),
         }
     }
 
     /// Subscribes to the live view (current value first).
-    pub fn subscribe(&self) -> watch::Receiver<Functions> {
+    pub fn subscribe(&self) -> watch::Receiver<View<T>> {
         self.view.subscribe()
     }
 
-    /// Stores a new version; returns it with its revision.
-    pub async fn put(&self, mut f: DeployedFunction) -> Result<Arc<DeployedFunction>, RegistryError> {
-        let value = serde_json::to_vec(&f).map_err(|e| RegistryError::Nats(e.to_string()))?;
+    /// Stores a new version under `name`; returns it with its revision.
+    pub async fn put(&self, name: &str, mut entry: T) -> Result<Arc<T>, RegistryError> {
+        let value = serde_json::to_vec(&entry).map_err(|e| RegistryError::Nats(e.to_string()))?;
         let revision = self
             .kv
-            .put(f.name.as_str(), Bytes::from(value))
+            .put(name, Bytes::from(value))
             .await
             .map_err(|e| RegistryError::Nats(e.to_string()))?;
-        f.revision = revision;
-        let f = Arc::new(f);
-        self.apply(f.name.as_str(), Some(f.clone()));
-        Ok(f)
+        entry.set_revision(revision);
+        let entry = Arc::new(entry);
+        self.apply(name, Some(entry.clone()));
+        Ok(entry)
     }
 
-    /// Looks a function up: the live view first, NATS if this node has not
-    /// seen it yet (it may have just been deployed through another node).
-    pub async fn get(&self, name: &str) -> Result<Option<Arc<DeployedFunction>>, RegistryError> {
+    /// Looks an entry up: the live view first, NATS if this node has not
+    /// seen it yet (it may have just been written through another node).
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<T>>, RegistryError> {
         if let Some(f) = self.view.borrow().get(name) {
             return Ok(Some(f.clone()));
         }
-        if name.parse::<FunctionName>().is_err() {
+        if !valid_name(name) {
             return Ok(None);
         }
         let entry = self
@@ -97,21 +136,21 @@ impl Registry {
         }
     }
 
-    /// All functions, sorted by name, read from NATS.
-    pub async fn list(&self) -> Result<Vec<Arc<DeployedFunction>>, RegistryError> {
+    /// All entries, sorted by name, read from NATS.
+    pub async fn list(&self) -> Result<Vec<(String, Arc<T>)>, RegistryError> {
         let mut keys = self.kv.keys().await.map_err(|e| RegistryError::Nats(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| RegistryError::Nats(e.to_string()))?;
             if let Some(f) = self.get(&key).await? {
-                out.push(f);
+                out.push((key, f));
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    /// Deletes a function; returns whether it existed.
+    /// Deletes an entry; returns whether it existed.
     pub async fn delete(&self, name: &str) -> Result<bool, RegistryError> {
         let existed = self.get(name).await?.is_some();
         if existed {
@@ -124,11 +163,11 @@ impl Registry {
         Ok(existed)
     }
 
-    fn apply(&self, name: &str, f: Option<Arc<DeployedFunction>>) {
+    fn apply(&self, name: &str, f: Option<Arc<T>>) {
         self.view.send_if_modified(|view| {
-            let current = view.get(name).map(|c| c.revision);
+            let current = view.get(name).map(|c| c.revision());
             match (&f, current) {
-                (Some(new), Some(rev)) if new.revision <= rev => false,
+                (Some(new), Some(rev)) if new.revision() <= rev => false,
                 (None, None) => false,
                 _ => {
                     let mut next = HashMap::clone(view);
@@ -150,7 +189,7 @@ impl Registry {
             let mut watch = match self.kv.watch_with_history(">").await {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch functions; retrying");
+                    tracing::warn!(error = %e, "cannot watch the registry; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                         _ = shutdown.recv() => return,
@@ -162,16 +201,16 @@ impl Registry {
                     entry = watch.next() => match entry {
                         Some(Ok(entry)) => {
                             if entry.operation == kv::Operation::Put {
-                                match decode(&entry.key, &entry.value, entry.revision) {
+                                match decode::<T>(&entry.key, &entry.value, entry.revision) {
                                     Ok(f) => self.apply(&entry.key, Some(Arc::new(f))),
-                                    Err(e) => tracing::error!(error = %e, "ignoring unreadable function spec"),
+                                    Err(e) => tracing::error!(error = %e, "ignoring an unreadable registry entry"),
                                 }
                             } else {
                                 self.apply(&entry.key, None);
                             }
                         }
                         Some(Err(e)) => {
-                            tracing::warn!(error = %e, "function watch failed; re-subscribing");
+                            tracing::warn!(error = %e, "registry watch failed; re-subscribing");
                             break;
                         }
                         None => break,
@@ -183,11 +222,11 @@ impl Registry {
     }
 }
 
-fn decode(name: &str, value: &[u8], revision: u64) -> Result<DeployedFunction, RegistryError> {
-    let mut f: DeployedFunction = serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
+fn decode<T: Entry>(name: &str, value: &[u8], revision: u64) -> Result<T, RegistryError> {
+    let mut f: T = serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
         name: name.to_string(),
         message: e.to_string(),
     })?;
-    f.revision = revision;
+    f.set_revision(revision);
     Ok(f)
 }

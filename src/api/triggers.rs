@@ -1,0 +1,161 @@
+//! `/v1/triggers`: create, update, list, show and delete triggers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use evoke_connectors::trigger::{SourceConfig, TriggerSpec, check_name};
+use evoke_connectors::webhook::Scheme;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState};
+use crate::registry::FieldError;
+use crate::registry::triggers::StoredTrigger;
+
+/// The state key with a trigger's last event.
+pub fn last_event_key(name: &str, kind: &str) -> String {
+    match kind {
+        "cron" => evoke_connectors::cron::cursor_key(name),
+        _ => format!("hook.{name}"),
+    }
+}
+
+async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
+    let (state, kind, function) = match t.parsed() {
+        Ok(spec) => ("active", spec.source.kind(), spec.function),
+        Err(e) => {
+            return json!({ "name": t.name, "state": "invalid", "error": e, "spec": t.spec, "revision": t.revision });
+        }
+    };
+    let last = match s.invoker.bus.state.get(last_event_key(&t.name, kind)).await {
+        Ok(Some(v)) => {
+            let text = String::from_utf8_lossy(&v).into_owned();
+            serde_json::from_str::<Value>(&text).unwrap_or(json!({ "time": text }))
+        }
+        _ => Value::Null,
+    };
+    let mut v = json!({
+        "name": t.name, "kind": kind, "function": function, "state": state,
+        "last_event": last, "spec": t.spec, "updated_at": t.updated_at, "revision": t.revision,
+    });
+    if kind == "webhook" {
+        v["path"] = json!(format!("/hooks/{}", t.name));
+    }
+    v
+}
+
+pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let all = s
+        .invoker
+        .triggers
+        .list()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let mut out = Vec::new();
+    for (_, t) in all {
+        out.push(view(&s, &t).await);
+    }
+    Ok(Json(json!({ "triggers": out })))
+}
+
+pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let t = s
+        .invoker
+        .triggers
+        .get(&name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("trigger", &name))?;
+    Ok(Json(view(&s, &t).await))
+}
+
+/// Validates a trigger for this server: the table itself, the function it
+/// targets, and webhook auth against where the server listens.
+pub async fn validate(s: &ApiState, name: &str, body: &Value) -> Result<TriggerSpec, Vec<FieldError>> {
+    let field = |f: &str, m: String| FieldError {
+        field: f.to_string(),
+        message: m,
+    };
+    let mut errors = Vec::new();
+    if let Err(m) = check_name(name) {
+        errors.push(field("name", m));
+    }
+    let spec = match TriggerSpec::parse(body) {
+        Ok(spec) => Some(spec),
+        Err(problems) => {
+            errors.extend(problems.into_iter().map(|(f, m)| field(&f, m)));
+            None
+        }
+    };
+    if let Some(spec) = &spec {
+        match s.invoker.registry.get(&spec.function).await {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push(field(
+                "function",
+                format!("function `{}` does not exist; deploy it first", spec.function),
+            )),
+            Err(e) => errors.push(field("function", e.to_string())),
+        }
+        if let SourceConfig::Webhook(w) = &spec.source
+            && w.auth.scheme == Scheme::None
+            && !s.loopback
+        {
+            errors.push(field(
+                "auth.scheme",
+                "`none` is only allowed when evoke listens on loopback".into(),
+            ));
+        }
+    }
+    match spec {
+        Some(spec) if errors.is_empty() => Ok(spec),
+        _ => Err(errors),
+    }
+}
+
+pub async fn put(
+    State(s): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("InvalidTrigger", format!("the body is not a JSON object: {e}")))?;
+    let spec = validate(&s, &name, &value).await.map_err(|errors| {
+        let mut e = ApiError::invalid(errors);
+        e.code = "InvalidTrigger";
+        e
+    })?;
+    let existed = s.invoker.triggers.get(&name).await.ok().flatten().is_some();
+    let stored = StoredTrigger {
+        name: name.clone(),
+        spec: spec.to_value(),
+        updated_at: Utc::now(),
+        revision: 0,
+    };
+    let stored = s
+        .invoker
+        .triggers
+        .put(&name, stored)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(trigger = %name, kind = spec.source.kind(), function = %spec.function, "trigger saved");
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(view(&s, &stored).await)))
+}
+
+pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let existed = s
+        .invoker
+        .triggers
+        .delete(&name)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !existed {
+        return Err(ApiError::not_found("trigger", &name));
+    }
+    for kind in ["cron", "webhook"] {
+        let _ = s.invoker.bus.state.delete(last_event_key(&name, kind)).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

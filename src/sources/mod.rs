@@ -1,0 +1,147 @@
+//! Running event sources on a node: the NATS-backed sink and state store
+//! every connector publishes through, and the manager that starts, restarts
+//! and stops sources as triggers change in KV (live, without a restart).
+//!
+//! Webhooks are served by the API (`/hooks/<trigger>`, see `api::hooks`);
+//! cron triggers run here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use evoke_connectors::Event;
+use evoke_connectors::source::{Published, Sink, SinkError, StateStore};
+use evoke_connectors::trigger::SourceConfig;
+use tokio::sync::{broadcast, watch};
+
+use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
+
+/// Publishes source events onto the target function's queue.
+pub struct NatsSink {
+    invoker: Arc<Invoker>,
+}
+
+impl NatsSink {
+    pub fn new(invoker: Arc<Invoker>) -> NatsSink {
+        NatsSink { invoker }
+    }
+}
+
+impl Sink for NatsSink {
+    async fn publish(&self, function: &str, event: &Event, dedupe_id: &str) -> Result<Published, SinkError> {
+        let f = match self.invoker.registry.get(function).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(SinkError::Rejected(format!("function `{function}` does not exist"))),
+            Err(e) => return Err(SinkError::Unavailable(e.to_string())),
+        };
+        let id = derived_invocation_id(function, dedupe_id);
+        match self.invoker.enqueue(&f, event, &id).await {
+            Ok(false) => Ok(Published::Stored),
+            Ok(true) => Ok(Published::Duplicate),
+            Err(e @ EnqueueError::TooLarge { .. }) => Err(SinkError::Rejected(e.to_string())),
+            Err(e) => Err(SinkError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Source state in KV bucket EVOKE_STATE.
+pub struct KvState {
+    kv: async_nats::jetstream::kv::Store,
+}
+
+impl KvState {
+    pub fn new(kv: async_nats::jetstream::kv::Store) -> KvState {
+        KvState { kv }
+    }
+}
+
+impl StateStore for KvState {
+    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+        let v = self.kv.get(key).await.map_err(|e| e.to_string())?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    async fn save(&self, key: &str, value: &str) -> Result<(), String> {
+        self.kv
+            .put(key, Bytes::from(value.to_string()))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A running source task; aborted when dropped without a graceful stop.
+struct Running {
+    revision: u64,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Keeps one task per cron trigger running, following the trigger registry.
+pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
+    let sink = Arc::new(NatsSink::new(invoker.clone()));
+    let state = Arc::new(KvState::new(invoker.bus.state.clone()));
+    let mut triggers = invoker.triggers.subscribe();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        let current = triggers.borrow_and_update().clone();
+        running.retain(|name, r| {
+            let keep = current.get(name).is_some_and(|t| t.revision == r.revision);
+            if !keep {
+                let _ = r.stop.send(true);
+            }
+            keep
+        });
+        for (name, stored) in current.iter() {
+            if running.contains_key(name) {
+                continue;
+            }
+            let spec = match stored.parsed() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(trigger = %name, error = %e, "stored trigger is invalid; not running it");
+                    continue;
+                }
+            };
+            let SourceConfig::Cron(config) = spec.source else {
+                continue;
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(evoke_connectors::cron::run(
+                name.clone(),
+                spec.function.clone(),
+                config,
+                sink.clone(),
+                state.clone(),
+                stop_rx,
+            ));
+            tracing::info!(trigger = %name, function = %spec.function, "cron trigger started");
+            running.insert(
+                name.clone(),
+                Running {
+                    revision: stored.revision,
+                    stop,
+                    task: Some(task),
+                },
+            );
+        }
+        tokio::select! {
+            changed = triggers.changed() => if changed.is_err() { break },
+            _ = shutdown.recv() => break,
+        }
+    }
+    for (_, mut r) in running {
+        let _ = r.stop.send(true);
+        if let Some(t) = r.task.take() {
+            let _ = t.await;
+        }
+    }
+}
