@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP API (`/v1`, `/healthz`, `/metrics`).
 //! - [`sources`]: event sources running on a node (cron), over the connectors crate.
 //! - [`observe`]: function logs and Prometheus metrics.
+//! - [`manifest`]: `evoke.toml`, functions and triggers as code.
 //! - [`node`]: wires the above into one running node.
 //! - [`cli`]: the `evoke` command (client commands and `up`/`serve`).
 //! - [`units`]: sizes and durations as users write them.
@@ -20,6 +21,7 @@ pub mod bus;
 pub mod cli;
 pub mod executor;
 pub mod invoker;
+pub mod manifest;
 pub mod node;
 pub mod observe;
 pub mod registry;

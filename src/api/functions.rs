@@ -70,10 +70,13 @@ pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) ->
 pub async fn deploy(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    Query(query): Query<Vec<(String, String)>>,
+    Query(mut query): Query<Vec<(String, String)>>,
     req: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = parse_name(&name)?;
+    // `dry_run=true` validates the code and spec without storing anything.
+    let dry_run = query.iter().any(|(k, v)| k == "dry_run" && v != "false");
+    query.retain(|(k, _)| k != "dry_run");
     let content_type = req
         .headers()
         .get("content-type")
@@ -135,7 +138,7 @@ pub async fn deploy(
             })?;
         (spec, body)
     };
-    deploy_code(&s, name, spec, code).await
+    deploy_code(&s, name, spec, code, dry_run).await
 }
 
 async fn deploy_code(
@@ -143,6 +146,7 @@ async fn deploy_code(
     name: FunctionName,
     spec: FunctionSpec,
     code: Bytes,
+    dry_run: bool,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if code.is_empty() {
         return Err(ApiError::bad_request(
@@ -163,6 +167,9 @@ async fn deploy_code(
         .check_code(code.clone())
         .await
         .map_err(|e| ApiError::bad_request("InvalidCode", e.to_string()))?;
+    if dry_run {
+        return Ok((StatusCode::OK, Json(json!({ "dry_run": true, "name": name, "kind": kind, "digest": digest }))));
+    }
     let object = digest.trim_start_matches("sha256:").to_string();
     let store = &s.invoker.bus.code;
     if store.info(&object).await.is_err() {

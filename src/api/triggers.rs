@@ -73,7 +73,7 @@ pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> R
 
 /// Validates a trigger for this server: the table itself, the function it
 /// targets, and webhook auth against where the server listens.
-pub async fn validate(s: &ApiState, name: &str, body: &Value) -> Result<TriggerSpec, Vec<FieldError>> {
+pub async fn validate(s: &ApiState, name: &str, body: &Value, dry_run: bool) -> Result<TriggerSpec, Vec<FieldError>> {
     let field = |f: &str, m: String| FieldError {
         field: f.to_string(),
         message: m,
@@ -92,6 +92,8 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value) -> Result<TriggerS
     if let Some(spec) = &spec {
         match s.invoker.registry.get(&spec.function).await {
             Ok(Some(_)) => {}
+            // A dry run may come before the function is deployed (apply).
+            Ok(None) if dry_run => {}
             Ok(None) => errors.push(field(
                 "function",
                 format!("function `{}` does not exist; deploy it first", spec.function),
@@ -114,18 +116,28 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value) -> Result<TriggerS
     }
 }
 
+#[derive(serde::Deserialize)]
+pub struct PutQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub async fn put(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PutQuery>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("InvalidTrigger", format!("the body is not a JSON object: {e}")))?;
-    let spec = validate(&s, &name, &value).await.map_err(|errors| {
+    let spec = validate(&s, &name, &value, q.dry_run).await.map_err(|errors| {
         let mut e = ApiError::invalid(errors);
         e.code = "InvalidTrigger";
         e
     })?;
+    if q.dry_run {
+        return Ok((StatusCode::OK, Json(json!({ "dry_run": true, "name": name, "spec": spec.to_value() }))));
+    }
     let existed = s.invoker.triggers.get(&name).await.ok().flatten().is_some();
     let stored = StoredTrigger {
         name: name.clone(),

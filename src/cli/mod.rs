@@ -1,6 +1,7 @@
 //! The `evoke` command: `up`/`serve` start a node; every other command talks
 //! to a node's HTTP API.
 
+mod apply;
 pub mod client;
 pub mod nats;
 mod output;
@@ -53,6 +54,37 @@ pub enum Command {
     Dlq(DlqCmd),
     /// Print a function's logs.
     Logs(LogsArgs),
+    /// List, show or remove triggers (lists when no subcommand is given).
+    Triggers {
+        #[command(subcommand)]
+        cmd: Option<TriggersCmd>,
+    },
+    /// Make the server match a manifest: create, update and (with --prune)
+    /// delete functions and triggers, printing what changed.
+    Apply(ApplyArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TriggersCmd {
+    /// List triggers with their state and last event.
+    Ls,
+    /// Show one trigger.
+    Show { name: String },
+    /// Remove a trigger.
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The manifest.
+    #[arg(short = 'f', long = "file", default_value = "evoke.toml")]
+    pub file: PathBuf,
+    /// Also delete functions and triggers the manifest does not have.
+    #[arg(long)]
+    pub prune: bool,
+    /// Validate and print the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -233,5 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Functions { cmd } => output::functions(&client, cmd.unwrap_or(FunctionsCmd::Ls), cli.json).await,
         Command::Dlq(cmd) => output::dlq(&client, cmd, cli.json).await,
         Command::Logs(args) => output::logs(&client, args, cli.json).await,
+        Command::Triggers { cmd } => output::triggers(&client, cmd.unwrap_or(TriggersCmd::Ls), cli.json).await,
+        Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json).await.map(|_| ()),
     }
 }

@@ -324,3 +324,46 @@ pub async fn logs(client: &Client, a: LogsArgs, json: bool) -> anyhow::Result<()
     }
     Ok(())
 }
+
+pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> anyhow::Result<()> {
+    use super::TriggersCmd;
+    match cmd {
+        TriggersCmd::Ls => {
+            let v = client.json(client.request(Method::GET, "/v1/triggers")).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let all = v["triggers"].as_array().cloned().unwrap_or_default();
+            if all.is_empty() {
+                println!("no triggers; add some with `evoke apply -f evoke.toml`");
+                return Ok(());
+            }
+            println!("{:<20} {:<8} {:<20} {:<8} LAST EVENT", "NAME", "KIND", "FUNCTION", "STATE");
+            for t in all {
+                let last = &t["last_event"];
+                let last = last["time"].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<20} {:<8} {:<20} {:<8} {last}",
+                    t["name"].as_str().unwrap_or(""),
+                    t["kind"].as_str().unwrap_or("?"),
+                    t["function"].as_str().unwrap_or("?"),
+                    t["state"].as_str().unwrap_or("")
+                );
+            }
+        }
+        TriggersCmd::Show { name } => {
+            let v = client.json(client.request(Method::GET, &format!("/v1/triggers/{name}"))).await?;
+            print_json(&v);
+        }
+        TriggersCmd::Rm { name } => {
+            client.send(client.request(Method::DELETE, &format!("/v1/triggers/{name}"))).await?;
+            if json {
+                print_json(&serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed trigger {name}");
+            }
+        }
+    }
+    Ok(())
+}

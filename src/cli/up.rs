@@ -74,6 +74,14 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
     let node = Node::start(config).await?;
+    let manifest = std::path::Path::new("evoke.toml");
+    if managed && manifest.exists() {
+        eprintln!("evoke: applying ./evoke.toml");
+        let client = super::client::Client::new(&format!("http://{}", node.addr), args.api_token.clone());
+        if let Err(e) = super::apply::apply(&client, manifest, false, false, false).await {
+            eprintln!("evoke: ./evoke.toml was not applied: {e:#}\nevoke: fix it and run `evoke apply -f evoke.toml`");
+        }
+    }
     eprintln!(
         "evoke: serving the API on http://{} (NATS {nats_url}); Ctrl-C to stop",
         node.addr

@@ -1,0 +1,192 @@
+//! `evoke.toml`: functions and triggers as code.
+//!
+//! ```toml
+//! [functions.hello]
+//! code = "examples/hello.wasm"   # relative to the manifest
+//! memory = "64Mi"
+//! timeout = "5s"
+//!
+//! [triggers.tick]
+//! function = "hello"
+//! kind = "cron"
+//! schedule = "*/2 * * * * *"
+//! timezone = "Asia/Shanghai"
+//! ```
+//!
+//! Parsing reports every problem at once, each with its path
+//! (`triggers.tick.schedule: ...`); a manifest with any problem is applied
+//! not at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use evoke_connectors::trigger::{TriggerSpec, check_name};
+use serde_json::Value;
+
+use crate::registry::{FieldError, FunctionName, FunctionSpec};
+
+/// One function of a manifest, with its code read from disk.
+#[derive(Debug, Clone)]
+pub struct ManifestFunction {
+    pub code_path: PathBuf,
+    pub code: Vec<u8>,
+    pub spec: FunctionSpec,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    pub functions: BTreeMap<String, ManifestFunction>,
+    pub triggers: BTreeMap<String, TriggerSpec>,
+}
+
+fn problem(path: String, message: impl Into<String>) -> FieldError {
+    FieldError { field: path, message: message.into() }
+}
+
+fn under(prefix: &str, field: &str) -> String {
+    if field.is_empty() { prefix.to_string() } else { format!("{prefix}.{field}") }
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, Vec<FieldError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![problem(path.display().to_string(), format!("cannot read: {e}"))])?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Manifest::parse(&text, &base)
+    }
+
+    /// Parses manifest text; code paths are relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Manifest, Vec<FieldError>> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            vec![problem("evoke.toml".into(), format!("not valid TOML: {}", e.to_string().trim()))]
+        })?;
+        let root = serde_json::to_value(&table).map_err(|e| vec![problem("evoke.toml".into(), e.to_string())])?;
+        let mut errors = Vec::new();
+        let mut manifest = Manifest::default();
+        let Value::Object(root) = root else { return Err(vec![problem("evoke.toml".into(), "must be a table")]) };
+        for (key, value) in &root {
+            match key.as_str() {
+                "functions" => manifest.read_functions(value, base, &mut errors),
+                "triggers" => manifest.read_triggers(value, &mut errors),
+                other => errors.push(problem(other.to_string(), "unknown section; use [functions.<name>] and [triggers.<name>]")),
+            }
+        }
+        if errors.is_empty() { Ok(manifest) } else { Err(errors) }
+    }
+
+    fn read_functions(&mut self, value: &Value, base: &Path, errors: &mut Vec<FieldError>) {
+        let Value::Object(fns) = value else {
+            errors.push(problem("functions".into(), "must be a table of [functions.<name>]"));
+            return;
+        };
+        for (name, body) in fns {
+            let path = format!("functions.{name}");
+            if let Err(m) = name.parse::<FunctionName>() {
+                errors.push(problem(path.clone(), m));
+            }
+            let Value::Object(fields) = body else {
+                errors.push(problem(path, "must be a table"));
+                continue;
+            };
+            let mut fields = fields.clone();
+            let code = match fields.remove("code") {
+                Some(Value::String(c)) => Some(base.join(c)),
+                Some(_) => {
+                    errors.push(problem(under(&path, "code"), "must be the path of a .wasm file"));
+                    None
+                }
+                None => {
+                    errors.push(problem(under(&path, "code"), "is required: the path of the .wasm file"));
+                    None
+                }
+            };
+            let spec = FunctionSpec::from_json(&Value::Object(fields)).map_err(|e| {
+                errors.extend(e.into_iter().map(|f| problem(under(&path, &f.field), f.message)));
+            });
+            let bytes = code.as_ref().and_then(|c| match std::fs::read(c) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    errors.push(problem(under(&path, "code"), format!("cannot read {}: {e}", c.display())));
+                    None
+                }
+            });
+            if let (Some(code_path), Some(code), Ok(spec)) = (code, bytes, spec) {
+                self.functions.insert(name.clone(), ManifestFunction { code_path, code, spec });
+            }
+        }
+    }
+
+    fn read_triggers(&mut self, value: &Value, errors: &mut Vec<FieldError>) {
+        let Value::Object(triggers) = value else {
+            errors.push(problem("triggers".into(), "must be a table of [triggers.<name>]"));
+            return;
+        };
+        for (name, body) in triggers {
+            let path = format!("triggers.{name}");
+            if let Err(m) = check_name(name) {
+                errors.push(problem(path.clone(), m));
+            }
+            match TriggerSpec::parse(body) {
+                Ok(t) => {
+                    self.triggers.insert(name.clone(), t);
+                }
+                Err(problems) => errors.extend(problems.into_iter().map(|(f, m)| problem(under(&path, &f), m))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let text = r#"
+            [functions.hello]
+            code = "missing.wasm"
+            memory = "lots"
+
+            [functions.Bad]
+            code = "x.wasm"
+
+            [triggers.tick]
+            function = "hello"
+            kind = "cron"
+            schedule = "99 * * * *"
+            timezone = "Asia/Shanghai"
+
+            [triggers.gh]
+            function = "hello"
+            kind = "webhook"
+            auth = { scheme = "github" }
+
+            [extra]
+        "#;
+        let errors = Manifest::parse(text, Path::new("/nonexistent")).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        for p in ["functions.hello.code", "functions.hello.memory", "functions.Bad", "triggers.tick.schedule", "triggers.gh.auth.secret_env", "extra"] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn a_good_manifest_parses() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"\0asm").unwrap();
+        let text = r#"
+            [functions.hello]
+            code = "f.wasm"
+            timeout = "5s"
+            [triggers.tick]
+            function = "hello"
+            kind = "cron"
+            schedule = "@every 10s"
+        "#;
+        let m = Manifest::parse(text, dir.path()).unwrap();
+        assert_eq!(m.functions["hello"].spec.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(m.triggers["tick"].function, "hello");
+        assert!(Manifest::parse("not toml [", dir.path()).unwrap_err()[0].message.contains("TOML"));
+    }
+}
