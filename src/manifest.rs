@@ -40,11 +40,18 @@ pub struct Manifest {
 }
 
 fn problem(path: String, message: impl Into<String>) -> FieldError {
-    FieldError { field: path, message: message.into() }
+    FieldError {
+        field: path,
+        message: message.into(),
+    }
 }
 
 fn under(prefix: &str, field: &str) -> String {
-    if field.is_empty() { prefix.to_string() } else { format!("{prefix}.{field}") }
+    if field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
 }
 
 impl Manifest {
@@ -59,17 +66,25 @@ impl Manifest {
     /// Parses manifest text; code paths are relative to `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Manifest, Vec<FieldError>> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
-            vec![problem("evoke.toml".into(), format!("not valid TOML: {}", e.to_string().trim()))]
+            vec![problem(
+                "evoke.toml".into(),
+                format!("not valid TOML: {}", e.to_string().trim()),
+            )]
         })?;
         let root = serde_json::to_value(&table).map_err(|e| vec![problem("evoke.toml".into(), e.to_string())])?;
         let mut errors = Vec::new();
         let mut manifest = Manifest::default();
-        let Value::Object(root) = root else { return Err(vec![problem("evoke.toml".into(), "must be a table")]) };
+        let Value::Object(root) = root else {
+            return Err(vec![problem("evoke.toml".into(), "must be a table")]);
+        };
         for (key, value) in &root {
             match key.as_str() {
                 "functions" => manifest.read_functions(value, base, &mut errors),
                 "triggers" => manifest.read_triggers(value, &mut errors),
-                other => errors.push(problem(other.to_string(), "unknown section; use [functions.<name>] and [triggers.<name>]")),
+                other => errors.push(problem(
+                    other.to_string(),
+                    "unknown section; use [functions.<name>] and [triggers.<name>]",
+                )),
             }
         }
         if errors.is_empty() { Ok(manifest) } else { Err(errors) }
@@ -107,12 +122,16 @@ impl Manifest {
             let bytes = code.as_ref().and_then(|c| match std::fs::read(c) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    errors.push(problem(under(&path, "code"), format!("cannot read {}: {e}", c.display())));
+                    errors.push(problem(
+                        under(&path, "code"),
+                        format!("cannot read {}: {e}", c.display()),
+                    ));
                     None
                 }
             });
             if let (Some(code_path), Some(code), Ok(spec)) = (code, bytes, spec) {
-                self.functions.insert(name.clone(), ManifestFunction { code_path, code, spec });
+                self.functions
+                    .insert(name.clone(), ManifestFunction { code_path, code, spec });
             }
         }
     }
@@ -166,7 +185,14 @@ mod tests {
         "#;
         let errors = Manifest::parse(text, Path::new("/nonexistent")).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        for p in ["functions.hello.code", "functions.hello.memory", "functions.Bad", "triggers.tick.schedule", "triggers.gh.auth.secret_env", "extra"] {
+        for p in [
+            "functions.hello.code",
+            "functions.hello.memory",
+            "functions.Bad",
+            "triggers.tick.schedule",
+            "triggers.gh.auth.secret_env",
+            "extra",
+        ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
     }
@@ -187,6 +213,10 @@ mod tests {
         let m = Manifest::parse(text, dir.path()).unwrap();
         assert_eq!(m.functions["hello"].spec.timeout, std::time::Duration::from_secs(5));
         assert_eq!(m.triggers["tick"].function, "hello");
-        assert!(Manifest::parse("not toml [", dir.path()).unwrap_err()[0].message.contains("TOML"));
+        assert!(
+            Manifest::parse("not toml [", dir.path()).unwrap_err()[0]
+                .message
+                .contains("TOML")
+        );
     }
 }

@@ -421,7 +421,10 @@ mod tests {
         let secret = b"It's a Secret to Everybody".to_vec();
         let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         let h = headers(&[("X-Hub-Signature-256", sig)]);
-        assert_eq!(github().verify(&h, b"Hello, World!", std::slice::from_ref(&secret), 0), Ok(()));
+        assert_eq!(
+            github().verify(&h, b"Hello, World!", std::slice::from_ref(&secret), 0),
+            Ok(())
+        );
         assert_eq!(
             github().verify(&h, b"Hello, World?", std::slice::from_ref(&secret), 0),
             Err(AuthError::Mismatch)

@@ -168,7 +168,10 @@ async fn deploy_code(
         .await
         .map_err(|e| ApiError::bad_request("InvalidCode", e.to_string()))?;
     if dry_run {
-        return Ok((StatusCode::OK, Json(json!({ "dry_run": true, "name": name, "kind": kind, "digest": digest }))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "dry_run": true, "name": name, "kind": kind, "digest": digest })),
+        ));
     }
     let object = digest.trim_start_matches("sha256:").to_string();
     let store = &s.invoker.bus.code;

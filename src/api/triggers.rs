@@ -136,7 +136,10 @@ pub async fn put(
         e
     })?;
     if q.dry_run {
-        return Ok((StatusCode::OK, Json(json!({ "dry_run": true, "name": name, "spec": spec.to_value() }))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "dry_run": true, "name": name, "spec": spec.to_value() })),
+        ));
     }
     let existed = s.invoker.triggers.get(&name).await.ok().flatten().is_some();
     let stored = StoredTrigger {

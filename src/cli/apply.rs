@@ -35,12 +35,22 @@ pub struct Change {
 }
 
 /// Applies a manifest; returns the changes (also printed unless `quiet`).
-pub async fn apply(client: &Client, path: &Path, prune: bool, dry_run: bool, json: bool) -> anyhow::Result<Vec<Change>> {
+pub async fn apply(
+    client: &Client,
+    path: &Path,
+    prune: bool,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<Vec<Change>> {
     let manifest = match Manifest::load(path) {
         Ok(m) => m,
         Err(errors) => {
             let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message)).collect();
-            bail!("{} is invalid, nothing was applied:\n{}", path.display(), lines.join("\n"));
+            bail!(
+                "{} is invalid, nothing was applied:\n{}",
+                path.display(),
+                lines.join("\n")
+            );
         }
     };
     let functions = list(client, "/v1/functions", "functions").await?;
@@ -63,7 +73,14 @@ pub async fn apply(client: &Client, path: &Path, prune: bool, dry_run: bool, jso
             }
         }
         let req = deploy_request(client, name, &spec, &f.code, false);
-        plan.push((Change { kind: "function", name: name.clone(), action }, Some(req)));
+        plan.push((
+            Change {
+                kind: "function",
+                name: name.clone(),
+                action,
+            },
+            Some(req),
+        ));
     }
     for (name, t) in &manifest.triggers {
         if !manifest.functions.contains_key(&t.function) && !functions.contains_key(&t.function) {
@@ -88,20 +105,45 @@ pub async fn apply(client: &Client, path: &Path, prune: bool, dry_run: bool, jso
             }
         }
         let req = client.request(Method::PUT, &format!("/v1/triggers/{name}")).json(&body);
-        plan.push((Change { kind: "trigger", name: name.clone(), action }, Some(req)));
+        plan.push((
+            Change {
+                kind: "trigger",
+                name: name.clone(),
+                action,
+            },
+            Some(req),
+        ));
     }
     if prune {
         for name in triggers.keys().filter(|n| !manifest.triggers.contains_key(*n)) {
             let req = client.request(Method::DELETE, &format!("/v1/triggers/{name}"));
-            plan.push((Change { kind: "trigger", name: name.clone(), action: Action::Deleted }, Some(req)));
+            plan.push((
+                Change {
+                    kind: "trigger",
+                    name: name.clone(),
+                    action: Action::Deleted,
+                },
+                Some(req),
+            ));
         }
         for name in functions.keys().filter(|n| !manifest.functions.contains_key(*n)) {
             let req = client.request(Method::DELETE, &format!("/v1/functions/{name}"));
-            plan.push((Change { kind: "function", name: name.clone(), action: Action::Deleted }, Some(req)));
+            plan.push((
+                Change {
+                    kind: "function",
+                    name: name.clone(),
+                    action: Action::Deleted,
+                },
+                Some(req),
+            ));
         }
     }
     if !problems.is_empty() {
-        bail!("the server refused parts of {}, nothing was applied:\n{}", path.display(), problems.join("\n"));
+        bail!(
+            "the server refused parts of {}, nothing was applied:\n{}",
+            path.display(),
+            problems.join("\n")
+        );
     }
 
     let mut changes = Vec::new();
@@ -110,10 +152,9 @@ pub async fn apply(client: &Client, path: &Path, prune: bool, dry_run: bool, jso
             && !dry_run
             && let Some(req) = req
         {
-            client
-                .send(req)
-                .await
-                .map_err(|e| anyhow::anyhow!("{} {}: {e} (changes before it were applied)", change.kind, change.name))?;
+            client.send(req).await.map_err(|e| {
+                anyhow::anyhow!("{} {}: {e} (changes before it were applied)", change.kind, change.name)
+            })?;
         }
         if !json {
             let mark = match change.action {
@@ -122,14 +163,24 @@ pub async fn apply(client: &Client, path: &Path, prune: bool, dry_run: bool, jso
                 Action::Unchanged => "=",
                 Action::Deleted => "-",
             };
-            let verb = serde_json::to_value(change.action)?.as_str().unwrap_or_default().to_string();
-            let note = if dry_run && change.action != Action::Unchanged { " (dry run)" } else { "" };
+            let verb = serde_json::to_value(change.action)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let note = if dry_run && change.action != Action::Unchanged {
+                " (dry run)"
+            } else {
+                ""
+            };
             println!("{mark} {} {}: {verb}{note}", change.kind, change.name);
         }
         changes.push(change);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "dry_run": dry_run, "changes": changes }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "dry_run": dry_run, "changes": changes }))?
+        );
     } else {
         let count = |a: Action| changes.iter().filter(|c| c.action == a).count();
         println!(
@@ -147,7 +198,9 @@ fn deploy_request(client: &Client, name: &str, spec: &Value, code: &[u8], dry_ru
     let form = reqwest::multipart::Form::new()
         .text("spec", spec.to_string())
         .part("code", reqwest::multipart::Part::bytes(code.to_vec()));
-    let mut req = client.request(Method::PUT, &format!("/v1/functions/{name}")).multipart(form);
+    let mut req = client
+        .request(Method::PUT, &format!("/v1/functions/{name}"))
+        .multipart(form);
     if dry_run {
         req = req.query(&[("dry_run", "true")]);
     }

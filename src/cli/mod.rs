@@ -266,6 +266,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => output::dlq(&client, cmd, cli.json).await,
         Command::Logs(args) => output::logs(&client, args, cli.json).await,
         Command::Triggers { cmd } => output::triggers(&client, cmd.unwrap_or(TriggersCmd::Ls), cli.json).await,
-        Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json).await.map(|_| ()),
+        Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json)
+            .await
+            .map(|_| ()),
     }
 }

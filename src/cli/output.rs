@@ -339,7 +339,10 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
                 println!("no triggers; add some with `evoke apply -f evoke.toml`");
                 return Ok(());
             }
-            println!("{:<20} {:<8} {:<20} {:<8} LAST EVENT", "NAME", "KIND", "FUNCTION", "STATE");
+            println!(
+                "{:<20} {:<8} {:<20} {:<8} LAST EVENT",
+                "NAME", "KIND", "FUNCTION", "STATE"
+            );
             for t in all {
                 let last = &t["last_event"];
                 let last = last["time"].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
@@ -353,11 +356,15 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
             }
         }
         TriggersCmd::Show { name } => {
-            let v = client.json(client.request(Method::GET, &format!("/v1/triggers/{name}"))).await?;
+            let v = client
+                .json(client.request(Method::GET, &format!("/v1/triggers/{name}")))
+                .await?;
             print_json(&v);
         }
         TriggersCmd::Rm { name } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/triggers/{name}"))).await?;
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/triggers/{name}")))
+                .await?;
             if json {
                 print_json(&serde_json::json!({ "removed": name }));
             } else {

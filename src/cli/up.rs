@@ -74,6 +74,11 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
     let node = Node::start(config).await?;
+    // Listen for Ctrl-C from here on, so an interrupt during start-up still
+    // stops cleanly.
+    let interrupted = tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
     let manifest = std::path::Path::new("evoke.toml");
     if managed && manifest.exists() {
         eprintln!("evoke: applying ./evoke.toml");
@@ -86,7 +91,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
         "evoke: serving the API on http://{} (NATS {nats_url}); Ctrl-C to stop",
         node.addr
     );
-    tokio::signal::ctrl_c().await.ok();
+    let _ = interrupted.await;
     eprintln!("evoke: stopping (letting running invocations finish)...");
     node.stop().await;
     Ok(())

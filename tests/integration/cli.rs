@@ -3,6 +3,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::common::{Nats, TestNode};
@@ -136,4 +137,128 @@ fn help_explains_the_commands() {
     for cmd in ["up", "deploy", "invoke", "invocations", "functions", "dlq", "logs"] {
         assert!(text.contains(cmd), "{cmd} missing from --help");
     }
+}
+
+#[tokio::test]
+async fn apply_creates_updates_prunes_and_refuses_bad_manifests_whole() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let server = node.base.clone();
+    let dir = tempfile::TempDir::new().unwrap();
+    let examples = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let good = write(
+        "evoke.toml",
+        format!(
+            r#"
+[functions.hello]
+code = "{examples}/hello.wasm"
+memory = "64Mi"
+timeout = "5s"
+
+[functions.counter]
+code = "{examples}/counter.wasm"
+
+[triggers.tick]
+function = "hello"
+kind = "cron"
+schedule = "0 0 1 1 *"
+timezone = "Asia/Shanghai"
+
+[triggers.gh]
+function = "hello"
+kind = "webhook"
+mode = "sync"
+auth = {{ scheme = "github", secret_env = "GH_SECRET" }}
+"#
+        ),
+    );
+    // Broken in three places, one of them only the server can see (the code).
+    let bad = write(
+        "bad.toml",
+        format!(
+            r#"
+[functions.hello]
+code = "{examples}/hello.wasm"
+memory = "64Xi"
+
+[functions.junk]
+code = "{examples}/../Cargo.toml"
+
+[triggers.tick]
+function = "hello"
+kind = "cron"
+schedule = "61 * * * *"
+"#
+        ),
+    );
+    let also_bad = write(
+        "code.toml",
+        format!(
+            "[functions.newfn]\ncode = \"{examples}/../Cargo.toml\"\n[functions.other]\ncode = \"{examples}/hello.wasm\"\n"
+        ),
+    );
+    let slim = write(
+        "slim.toml",
+        format!("[functions.hello]\ncode = \"{examples}/hello.wasm\"\nmemory = \"128Mi\"\ntimeout = \"5s\"\n"),
+    );
+
+    let s = server.clone();
+    let (first, second, rejected, rejected_remote) = tokio::task::spawn_blocking(move || {
+        let first = stdout(&evoke(&s, &["apply", "-f", &good]));
+        let second = stdout(&evoke(&s, &["apply", "-f", &good]));
+        let rejected = evoke(&s, &["apply", "-f", &bad]);
+        let rejected_remote = evoke(&s, &["apply", "-f", &also_bad]);
+        (first, second, rejected, rejected_remote)
+    })
+    .await
+    .unwrap();
+    for line in [
+        "+ function hello: created",
+        "+ function counter: created",
+        "+ trigger tick: created",
+        "+ trigger gh: created",
+    ] {
+        assert!(first.contains(line), "{line} in {first}");
+    }
+    assert!(
+        second.contains("0 created, 0 updated, 0 deleted, 4 unchanged"),
+        "{second}"
+    );
+
+    assert_eq!(rejected.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&rejected.stderr);
+    for path in ["functions.hello.memory", "triggers.tick.schedule"] {
+        assert!(err.contains(path), "{path} not listed: {err}");
+    }
+    let err = String::from_utf8_lossy(&rejected_remote.stderr);
+    assert_eq!(rejected_remote.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("functions.newfn") && err.contains("not WebAssembly"),
+        "{err}"
+    );
+    // Nothing of either bad manifest was applied.
+    assert_eq!(node.get("/v1/functions/other").await.0, StatusCode::NOT_FOUND);
+    let (_, hello) = node.get("/v1/functions/hello").await;
+    assert_eq!(hello["spec"]["memory"], "64Mi");
+
+    let s = server.clone();
+    let pruned = tokio::task::spawn_blocking(move || stdout(&evoke(&s, &["apply", "-f", &slim, "--prune"])))
+        .await
+        .unwrap();
+    for line in [
+        "~ function hello: updated",
+        "- trigger tick: deleted",
+        "- trigger gh: deleted",
+        "- function counter: deleted",
+    ] {
+        assert!(pruned.contains(line), "{line} in {pruned}");
+    }
+    let (_, list) = node.get("/v1/triggers").await;
+    assert_eq!(list["triggers"].as_array().unwrap().len(), 0);
+    node.stop().await;
 }

@@ -264,3 +264,40 @@ pub fn busy_module(ms: u64) -> Vec<u8> {
         "done",
     )
 }
+
+/// Events waiting on EVOKE_EVENTS for `function` (read without consuming;
+/// a work queue allows no second consumer, so messages are read by sequence).
+pub async fn queued_events(nats_url: &str, function: &str) -> Vec<evoke_connectors::Event> {
+    let client = async_nats::connect(nats_url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(evoke::bus::STREAM_EVENTS).await.expect("stream");
+    let (first, last) = {
+        let info = stream.info().await.expect("info");
+        (info.state.first_sequence, info.state.last_sequence)
+    };
+    let subject = evoke::bus::invoke_subject(function);
+    let mut out = Vec::new();
+    for seq in first..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str() == subject
+        {
+            out.push(evoke_connectors::Event::from_json(&m.payload).expect("event"));
+        }
+    }
+    out
+}
+
+impl TestNode {
+    /// Creates or updates a trigger; returns status and body.
+    pub async fn put_trigger(&self, name: &str, spec: serde_json::Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/triggers/{name}")))
+            .json(&spec)
+            .send()
+            .await
+            .expect("put trigger");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}

@@ -9,4 +9,5 @@ mod cli;
 mod resilience;
 mod sandbox;
 mod sync_invoke;
+mod triggers;
 mod up;

@@ -40,8 +40,16 @@ fn default_nats_is_usable() -> bool {
 #[test]
 fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
     let data = tempfile::TempDir::new().unwrap();
+    // `evoke up` applies ./evoke.toml when there is one.
+    let hello = format!("{}/examples/hello.wasm", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(
+        data.path().join("evoke.toml"),
+        format!("[functions.hello]\ncode = \"{hello}\"\n"),
+    )
+    .unwrap();
     let port = free_port().unwrap();
     let child = evoke()
+        .current_dir(data.path())
         .args(["up", "--http", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data.path())
         .stdout(Stdio::null())
@@ -53,6 +61,8 @@ fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
     while start.elapsed() < Duration::from_secs(30) {
         if let Ok(resp) = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
             && resp.status().is_success()
+            && reqwest::blocking::get(format!("http://127.0.0.1:{port}/v1/functions/hello"))
+                .is_ok_and(|r| r.status().is_success())
         {
             healthy = true;
             break;
@@ -62,7 +72,11 @@ fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(healthy, "evoke up never became healthy: {stderr}");
+    assert!(
+        healthy,
+        "evoke up never served the function from ./evoke.toml: {stderr}"
+    );
+    assert!(stderr.contains("applying ./evoke.toml"), "{stderr}");
     assert!(out.status.success(), "evoke up did not stop cleanly: {stderr}");
     if !default_nats_is_usable() {
         assert!(stderr.contains("started managed nats-server"), "{stderr}");
