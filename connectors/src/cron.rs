@@ -168,36 +168,8 @@ impl<S: Sink, St: StateStore> Firing<'_, S, St> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-
-    #[derive(Default)]
-    struct Memory {
-        events: Mutex<Vec<(String, Event)>>,
-        state: Mutex<std::collections::HashMap<String, String>>,
-    }
-
-    impl Sink for Memory {
-        async fn publish(&self, _: &str, event: &Event, id: &str) -> Result<Published, SinkError> {
-            let mut events = self.events.lock().unwrap();
-            if events.iter().any(|(d, _)| d == id) {
-                return Ok(Published::Duplicate);
-            }
-            events.push((id.to_string(), event.clone()));
-            Ok(Published::Stored)
-        }
-    }
-
-    impl StateStore for Memory {
-        async fn load(&self, key: &str) -> Result<Option<String>, String> {
-            Ok(self.state.lock().unwrap().get(key).cloned())
-        }
-        async fn save(&self, key: &str, value: &str) -> Result<(), String> {
-            self.state.lock().unwrap().insert(key.into(), value.into());
-            Ok(())
-        }
-    }
+    use crate::contract::{MemorySink, MemoryState, assert_valid_event};
 
     fn config(catch_up: CatchUp) -> CronConfig {
         CronConfig {
@@ -210,17 +182,18 @@ mod tests {
     }
 
     async fn catch_up_fires(mode: CatchUp) -> Vec<Event> {
-        let mem = Arc::new(Memory::default());
+        let sink = Arc::new(MemorySink::default());
+        let state = Arc::new(MemoryState::default());
         // The last tick fired ten minutes ago; nothing ran since.
         let last = Utc::now() - chrono::Duration::minutes(10);
         let last = DateTime::from_timestamp(last.timestamp() / 60 * 60, 0).unwrap();
-        mem.state.lock().unwrap().insert(cursor_key("t"), last.to_rfc3339());
+        state.save(&cursor_key("t"), &last.to_rfc3339()).await.unwrap();
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run("t".into(), "f".into(), config(mode), mem.clone(), mem.clone(), rx));
+        let task = tokio::spawn(run("t".into(), "f".into(), config(mode), sink.clone(), state, rx));
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send(true).unwrap();
         task.await.unwrap();
-        mem.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect()
+        sink.events()
     }
 
     #[tokio::test]
@@ -236,6 +209,47 @@ mod tests {
                 .all(|w| w[1] - w[0] == chrono::Duration::minutes(1)),
             "{scheduled:?}"
         );
+        all.iter().for_each(assert_valid_event);
+    }
+
+    /// The source contract: events valid, the cursor advances only after the
+    /// sink stored the tick, an outage loses nothing, and stop is prompt.
+    #[tokio::test]
+    async fn cron_meets_the_source_contract() {
+        let mut c = config(CatchUp::None);
+        c.schedule = "@every 1s".into();
+        let sink = Arc::new(MemorySink::failing(4));
+        let state = Arc::new(MemoryState::default());
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run("t".into(), "f".into(), c, sink.clone(), state.clone(), rx));
+        // The sink refuses the first tick 4 times (1.5 s of backoff).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        if sink.events().is_empty() {
+            assert!(
+                state.load(&cursor_key("t")).await.unwrap().is_none(),
+                "cursor advanced before the event was stored"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("stops promptly")
+            .unwrap();
+        let events = sink.events();
+        assert!(
+            events.len() >= 3,
+            "ticks during and after the outage were all stored: {}",
+            events.len()
+        );
+        let times: Vec<_> = events.iter().map(|e| e.time.unwrap()).collect();
+        assert!(
+            times.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)),
+            "no tick lost: {times:?}"
+        );
+        events.iter().for_each(assert_valid_event);
+        let cursor = state.load(&cursor_key("t")).await.unwrap().unwrap();
+        assert_eq!(DateTime::parse_from_rfc3339(&cursor).unwrap(), *times.last().unwrap());
     }
 
     #[test]
@@ -251,5 +265,6 @@ mod tests {
         assert_eq!(e.ty, "evoke.cron.tick");
         assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
         assert_eq!(dedupe_id("tick", &tick), "cron.tick.1795680000000");
+        assert_valid_event(&e);
     }
 }

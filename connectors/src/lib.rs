@@ -11,10 +11,12 @@
 //! - [`filter`]: which events reach the function.
 //! - [`webhook`]: webhook authentication and request-to-event mapping.
 //! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
+//! - [`contract`]: the compliance checks every source's tests run.
 //! - [`units`]: sizes and durations as users write them.
 //!
 //! Nothing here touches wasmtime or the invoker: sources only publish.
 
+pub mod contract;
 pub mod cron;
 pub mod event;
 pub mod filter;

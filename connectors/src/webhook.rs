@@ -548,5 +548,7 @@ mod tests {
         assert_eq!(e.subject.as_deref(), Some("refs/heads/main"));
         let plain = wrap("hook", Scheme::None, &headers(&[]), None, Bytes::new(), "f-1".into());
         assert_eq!((plain.id.as_str(), plain.ty.as_str()), ("f-1", "evoke.webhook.hook"));
+        crate::contract::assert_valid_event(&e);
+        crate::contract::assert_valid_event(&plain);
     }
 }

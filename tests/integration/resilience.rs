@@ -64,3 +64,37 @@ async fn nats_restart_under_load_loses_no_accepted_event() {
     }
     node.stop().await;
 }
+
+#[tokio::test]
+async fn cron_ticks_during_a_nats_outage_are_stored_once_it_is_back() {
+    let mut nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.workers = false;
+    let node = TestNode::with_config(c, dir).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let spec = serde_json::json!({"function":"hello","kind":"cron","schedule":"* * * * * *"});
+    assert_eq!(node.put_trigger("beat", spec).await.0, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.server.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    nats.restart();
+    // Ticks that came due while NATS was away are published once it is back.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = crate::common::queued_events(&nats.url(), "hello").await;
+        let newest = events.iter().filter_map(|e| e.time).max();
+        if newest.is_some_and(|t| t > chrono::Utc::now() - chrono::Duration::seconds(2)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut times: Vec<_> = events.iter().map(|e| e.time.unwrap()).collect();
+    times.sort();
+    assert!(times.len() >= 5, "{times:?}");
+    assert!(
+        times.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)),
+        "a tick went missing across the outage: {times:?}"
+    );
+    node.stop().await;
+}
