@@ -15,7 +15,10 @@ struct Hello;
 impl Function for Hello {
     fn handle(event: Event) -> Result<Output, String> {
         let input = if event.data.is_empty() {
-            Input { name: None, status: None }
+            Input {
+                name: None,
+                status: None,
+            }
         } else {
             event.json::<Input>()?
         };
