@@ -102,9 +102,12 @@ pub struct ServeArgs {
     /// Bearer token required on /v1 (required to listen beyond loopback).
     #[arg(long, env = "EVOKE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Do not run async workers on this node (API only).
+    /// Do not run async workers on this node.
     #[arg(long)]
     pub no_workers: bool,
+    /// Do not run event sources (cron triggers) on this node.
+    #[arg(long)]
+    pub no_sources: bool,
     /// Instance pool size of this node.
     #[arg(long, default_value_t = 1000)]
     pub pool_instances: u32,

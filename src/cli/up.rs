@@ -71,6 +71,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(args.http, &nats_url, args.data_dir.clone());
     config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
     config.workers = !args.no_workers;
+    config.sources = !args.no_sources;
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
     let node = Node::start(config).await?;
