@@ -121,6 +121,16 @@ fn set_id(h: &mut HeaderMap, id: &str) {
 /// (`application/cloudevents+json`) or binary mode (`ce-*` headers); `None`
 /// when the request is not a CloudEvent.
 pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
+    let mut event = match parse_cloudevent(headers, body)? {
+        Some(e) => e,
+        None => return Ok(None),
+    };
+    // `time` is optional in CloudEvents; evoke records when it received it.
+    event.time.get_or_insert_with(chrono::Utc::now);
+    Ok(Some(event))
+}
+
+fn parse_cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())

@@ -299,3 +299,88 @@ async fn a_trigger_changed_live_takes_effect_without_restart() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn webhooks_keep_cloudevent_attributes_and_enforce_limits() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = config(&nats.url(), &dir);
+    c.workers = false; // keep events on the queue to read them back
+    c.secret_overrides = [("HOOK_TOKEN".to_string(), "t0ken".to_string())].into();
+    let node = TestNode::with_config(c, dir).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let spec = json!({"function":"hello","kind":"webhook","methods":["POST","PUT"],"max_body":"1Ki",
+        "auth":{"scheme":"bearer","secret_env":"HOOK_TOKEN"}});
+    assert_eq!(node.put_trigger("ce", spec).await.0, StatusCode::CREATED);
+    let post = |body: String, ct: &'static str| {
+        node.http
+            .post(node.url("/hooks/ce"))
+            .bearer_auth("t0ken")
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let ce = json!({"specversion":"1.0","id":"abc-1","source":"/sensor/7","type":"reading.taken",
+        "subject":"room-3","datacontenttype":"application/json","data":{"c":21},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"});
+    let resp = post(ce.to_string(), "application/cloudevents+json").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let events = queued_events(&nats.url(), "hello").await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
+        ("abc-1", "/sensor/7", "reading.taken")
+    );
+    assert_eq!(e.subject.as_deref(), Some("room-3"));
+    assert_eq!(
+        e.extensions["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(e.extensions["evoketrigger"], "ce");
+    evoke_connectors::contract::assert_valid_event(e);
+
+    let big = post("x".repeat(2048), "text/plain").await.unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let get = node
+        .http
+        .get(node.url("/hooks/ce"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let wrong = node
+        .http
+        .post(node.url("/hooks/ce"))
+        .bearer_auth("nope")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        queued_events(&nats.url(), "hello").await.len(),
+        1,
+        "refused requests publish nothing"
+    );
+    node.stop().await;
+
+    // Beyond loopback, a webhook must authenticate.
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = config(&nats.url(), &dir);
+    c.http_addr = "0.0.0.0:0".parse().unwrap();
+    c.api_token = Some("api".into());
+    let open = TestNode::with_config(c, dir).await;
+    let resp = open
+        .http
+        .put(open.url("/v1/triggers/open"))
+        .bearer_auth("api")
+        .json(&json!({"function":"hello","kind":"webhook"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["details"][0]["field"], "auth.scheme", "{v}");
+    open.stop().await;
+}
