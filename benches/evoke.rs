@@ -109,12 +109,49 @@ async fn main() -> anyhow::Result<()> {
         "msg/s",
     );
 
+    // The same HTTP load against a bare axum handler that publishes to
+    // JetStream and awaits the ack: what HTTP itself costs on this machine.
+    let js_axum = js.clone();
+    let app = axum::Router::new().route(
+        "/publish",
+        axum::routing::post(move |b: Bytes| {
+            let js = js_axum.clone();
+            async move {
+                match js.publish("raw.b", b).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => axum::http::StatusCode::ACCEPTED,
+                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    },
+                    Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let publish_url = format!("http://{}/publish", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        inflight.push(http.post(&publish_url).body(body.clone()).send());
+        if inflight.len() >= 64 {
+            let r = inflight.next().await.expect("in flight")?;
+            anyhow::ensure!(r.status() == 202, "bare publish: {}", r.status());
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        anyhow::ensure!(r?.status() == 202);
+    }
+    let axum_ingest = n as f64 / start.elapsed().as_secs_f64();
+    row("ingest: axum+JetStream handler vs async invoke", axum_ingest, evoke_ingest, "msg/s");
+
     // 2. Throughput: raw consume+ack vs evoke end-to-end (queued events run
     //    by a no-op component, 64 instances).
     let raw_stream = js.get_stream("RAW").await?;
     let consumer = raw_stream
         .create_consumer(pull::Config {
             durable_name: Some("raw".into()),
+            filter_subject: "raw.a".into(),
             ..Default::default()
         })
         .await?;
