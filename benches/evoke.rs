@@ -143,7 +143,12 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r?.status() == 202);
     }
     let axum_ingest = n as f64 / start.elapsed().as_secs_f64();
-    row("ingest: axum+JetStream handler vs async invoke", axum_ingest, evoke_ingest, "msg/s");
+    row(
+        "ingest: axum+JetStream handler vs async invoke",
+        axum_ingest,
+        evoke_ingest,
+        "msg/s",
+    );
 
     // 2. Throughput: raw consume+ack vs evoke end-to-end (queued events run
     //    by a no-op component, 64 instances).

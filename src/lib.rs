@@ -8,6 +8,7 @@
 //! - [`invoker`]: sync runs, the async queue, retries, DLQ, destinations, records.
 //! - [`api`]: the HTTP API (`/v1`, `/healthz`, `/metrics`).
 //! - [`sources`]: event sources running on a node (cron), over the connectors crate.
+//! - [`supervise`]: one task per named spec, following a watched registry.
 //! - [`observe`]: function logs and Prometheus metrics.
 //! - [`manifest`]: `evoke.toml`, functions and triggers as code.
 //! - [`node`]: wires the above into one running node.
@@ -26,4 +27,5 @@ pub mod node;
 pub mod observe;
 pub mod registry;
 pub mod sources;
+pub mod supervise;
 pub use evoke_connectors::units;

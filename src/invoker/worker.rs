@@ -31,6 +31,7 @@ use super::{Invoker, attempt_of, finish, retry};
 use crate::bus;
 use crate::executor::InvokeError;
 use crate::registry::{DeployedFunction, Functions};
+use crate::supervise::{Supervised, reconcile, stop_all};
 
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -42,34 +43,15 @@ pub async fn run(
     mut functions: watch::Receiver<Functions>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
-    let mut running: HashMap<String, Consumer> = HashMap::new();
+    let mut running: HashMap<String, Supervised> = HashMap::new();
     loop {
         let current = functions.borrow_and_update().clone();
-        running.retain(|name, c| {
-            let keep = current.get(name).is_some_and(|f| f.revision == c.revision);
-            if !keep {
-                // Stops pulling; in-flight events finish in the background.
-                let _ = c.stop.send(true);
-                c.task.take();
-            }
-            keep
-        });
-        for (name, f) in current.iter() {
-            if running.contains_key(name) {
-                continue;
-            }
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(consume(invoker.clone(), f.clone(), stop_rx));
-            running.insert(
-                name.clone(),
-                Consumer {
-                    revision: f.revision,
-                    stop: stop_tx,
-                    task: Some(task),
-                },
-            );
-        }
         let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
+        for (name, revision) in reconcile(&mut running, &live) {
+            let Some(f) = current.get(&name) else { continue };
+            let (invoker, f) = (invoker.clone(), f.clone());
+            running.insert(name, Supervised::spawn(revision, |stop| consume(invoker, f, stop)));
+        }
         invoker.executor.retain(&live);
         for f in current.values() {
             if f.spec.reserved > 0 {
@@ -87,28 +69,7 @@ pub async fn run(
             _ = shutdown.recv() => break,
         }
     }
-    for (_, mut c) in running {
-        let _ = c.stop.send(true);
-        if let Some(task) = c.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-/// A running consumer task. Dropped without a graceful stop (the node was
-/// killed), it aborts the task: nothing more is acknowledged.
-struct Consumer {
-    revision: u64,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
+    stop_all(running).await;
 }
 
 async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watch::Receiver<bool>) {

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use evoke_connectors::Event;
 use evoke_connectors::source::{Published, Sink, SinkError, StateStore};
 use evoke_connectors::trigger::SourceConfig;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
+use crate::supervise::{Supervised, reconcile, stop_all};
 
 /// Publishes source events onto the target function's queue.
 pub struct NatsSink {
@@ -70,40 +71,17 @@ impl StateStore for KvState {
     }
 }
 
-/// A running source task; aborted when dropped without a graceful stop.
-struct Running {
-    revision: u64,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-}
-
 /// Keeps one task per cron trigger running, following the trigger registry.
 pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
     let sink = Arc::new(NatsSink::new(invoker.clone()));
     let state = Arc::new(KvState::new(invoker.bus.state.clone()));
     let mut triggers = invoker.triggers.subscribe();
-    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut running: HashMap<String, Supervised> = HashMap::new();
     loop {
         let current = triggers.borrow_and_update().clone();
-        running.retain(|name, r| {
-            let keep = current.get(name).is_some_and(|t| t.revision == r.revision);
-            if !keep {
-                let _ = r.stop.send(true);
-            }
-            keep
-        });
-        for (name, stored) in current.iter() {
-            if running.contains_key(name) {
-                continue;
-            }
+        let desired: HashMap<String, u64> = current.iter().map(|(n, t)| (n.clone(), t.revision)).collect();
+        for (name, revision) in reconcile(&mut running, &desired) {
+            let Some(stored) = current.get(&name) else { continue };
             let spec = match stored.parsed() {
                 Ok(s) => s,
                 Err(e) => {
@@ -114,23 +92,13 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
             let SourceConfig::Cron(config) = spec.source else {
                 continue;
             };
-            let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(evoke_connectors::cron::run(
-                name.clone(),
-                spec.function.clone(),
-                config,
-                sink.clone(),
-                state.clone(),
-                stop_rx,
-            ));
             tracing::info!(trigger = %name, function = %spec.function, "cron trigger started");
+            let (sink, state, trigger) = (sink.clone(), state.clone(), name.clone());
             running.insert(
-                name.clone(),
-                Running {
-                    revision: stored.revision,
-                    stop,
-                    task: Some(task),
-                },
+                name,
+                Supervised::spawn(revision, |stop| {
+                    evoke_connectors::cron::run(trigger, spec.function, config, sink, state, stop)
+                }),
             );
         }
         tokio::select! {
@@ -138,10 +106,5 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
             _ = shutdown.recv() => break,
         }
     }
-    for (_, mut r) in running {
-        let _ = r.stop.send(true);
-        if let Some(t) = r.task.take() {
-            let _ = t.await;
-        }
-    }
+    stop_all(running).await;
 }
