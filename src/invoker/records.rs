@@ -168,6 +168,25 @@ impl Record {
         }
     }
 
+    /// Adds the attempts JetStream made that left no trace: the worker
+    /// received the event (delivery `n`) but died before writing anything.
+    /// Every delivery before this one is one attempt.
+    pub fn account_for_deliveries(&mut self, delivered: u64) {
+        while (self.attempts.len() as u64) < delivered.saturating_sub(1) {
+            self.attempts.push(Attempt {
+                number: self.attempts.len() as u32 + 1,
+                started_at: self.updated_at,
+                duration_ms: None,
+                start: None,
+                cold_start: None,
+                error: Some(AttemptError::system(
+                    "attempt lost: a node received the event but stopped before finishing it",
+                )),
+                node: "unknown".into(),
+            });
+        }
+    }
+
     pub fn to_bytes(&self) -> bytes::Bytes {
         bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
@@ -193,5 +212,11 @@ mod tests {
         r.close_lost_attempts();
         assert_eq!(r.system_failures(), 1);
         assert_eq!(r.function_failures(), 0);
+        // Third delivery, one attempt on record: one more was lost silently.
+        r.account_for_deliveries(3);
+        assert_eq!(r.attempts.len(), 2);
+        assert_eq!(r.system_failures(), 2);
+        r.account_for_deliveries(3);
+        assert_eq!(r.attempts.len(), 2, "idempotent");
     }
 }

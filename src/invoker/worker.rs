@@ -33,6 +33,9 @@ use crate::executor::InvokeError;
 use crate::registry::{DeployedFunction, Functions};
 use crate::supervise::{Supervised, reconcile, stop_all};
 
+/// How long an invocation runs before its record says `running`.
+pub const RUNNING_AFTER: Duration = Duration::from_millis(100);
+
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
@@ -218,6 +221,9 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued)
     };
     record.close_lost_attempts();
+    // A redrive clears the attempts and starts a new message, so deliveries
+    // and attempts count from the same start.
+    record.account_for_deliveries(delivered as u64);
 
     if age > f.spec.max_event_age {
         let reason = format!(
@@ -247,8 +253,6 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         error: None,
         node: invoker.node.clone(),
     });
-    invoker.put_record(&record).await;
-
     let run = {
         let invoke = invoker.executor.invoke(f, &event, Duration::from_secs(600));
         tokio::pin!(invoke);
@@ -256,9 +260,19 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         // runs out, so a slow function is not redelivered elsewhere.
         let every = invoker.ack_wait / 3;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Most invocations end within milliseconds: only a slower one gets
+        // a `running` record (one publish fewer per event). A node dying
+        // before that is still accounted for by the delivery count.
+        let running_after = tokio::time::sleep(RUNNING_AFTER);
+        tokio::pin!(running_after);
+        let mut running_written = false;
         loop {
             tokio::select! {
                 run = &mut invoke => break run,
+                _ = &mut running_after, if !running_written => {
+                    running_written = true;
+                    invoker.put_record(&record).await;
+                }
                 _ = progress.tick() => {
                     if let Err(e) = msg.ack_with(AckKind::Progress).await {
                         tracing::debug!(invocation = %id, error = %e, "progress ack failed");
