@@ -94,6 +94,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone());
         invoker.ack_wait = config.ack_wait;
+        invoker.runs_locally = config.workers;
         let invoker = Arc::new(invoker);
         let (shutdown, _) = broadcast::channel(1);
         let mut tasks = Vec::new();
@@ -104,6 +105,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));
         }
         if config.workers {
+            tasks.push(tokio::spawn(invoker.clone().serve_relayed(shutdown.subscribe())));
             tasks.push(tokio::spawn(worker::run(
                 invoker.clone(),
                 registry.subscribe(),

@@ -116,7 +116,7 @@ pub async fn hook(
     remember(&s, &trigger, &id);
     match config.mode {
         Mode::Async => accepted(&s, &f, &event, &id).await,
-        Mode::Sync => respond(s.invoker.invoke_sync(&f, event, &id).await, &id),
+        Mode::Sync => respond(s.invoker.run_sync(&f, event, &id).await, &id),
     }
 }
 

@@ -46,7 +46,7 @@ pub async fn invoke(
     if asynchronous {
         return accepted(&s, &f, &event, &id).await;
     }
-    respond(s.invoker.invoke_sync(&f, event, &id).await, &id)
+    respond(s.invoker.run_sync(&f, event, &id).await, &id)
 }
 
 /// Queues an event and answers 202 `{"id"}` once JetStream has it.

@@ -43,3 +43,13 @@ pub fn logs_subject(function: &str) -> String {
 pub fn consumer_name(function: &str) -> String {
     format!("fn-{function}")
 }
+
+/// Sync invocations relayed to a worker node (request/reply).
+pub const SUBJECT_SYNC: &str = "evoke.sync";
+/// Queue group of the nodes serving relayed sync invocations.
+pub const SYNC_QUEUE: &str = "evoke-sync";
+
+/// Where sync invocations of `function` are relayed.
+pub fn sync_subject(function: &str) -> String {
+    format!("{SUBJECT_SYNC}.{function}")
+}

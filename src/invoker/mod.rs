@@ -11,6 +11,7 @@
 pub mod destinations;
 pub mod dlq;
 pub mod records;
+pub mod relay;
 pub mod retry;
 pub mod worker;
 
@@ -52,6 +53,9 @@ pub struct Invoker {
     /// How long JetStream waits for an ack before redelivering an event to
     /// another worker (progress acks are sent at a third of it).
     pub ack_wait: Duration,
+    /// Whether sync invocations run on this node (it has workers) or are
+    /// relayed to a worker node over NATS.
+    pub runs_locally: bool,
     pub(crate) http: reqwest::Client,
 }
 
@@ -86,7 +90,18 @@ impl Invoker {
             metrics,
             node,
             ack_wait: worker::ACK_WAIT,
+            runs_locally: true,
             http,
+        }
+    }
+
+    /// Runs an event now, with no retry (the caller retries): on this node,
+    /// or on a worker node when this one runs none.
+    pub async fn run_sync(&self, f: &Arc<DeployedFunction>, event: Event, id: &str) -> Run {
+        if self.runs_locally {
+            self.invoke_sync(f, event, id).await
+        } else {
+            self.invoke_relayed(f, &event, id).await
         }
     }
 

@@ -1,0 +1,188 @@
+//! Sync invocations through another node: a node that runs no workers
+//! (`evoke serve --no-workers`) relays sync invocations over NATS
+//! request/reply to the worker nodes, which share the queue group
+//! `evoke-sync`. The worker runs the event at once (no queue, no retry) and
+//! keeps the record and logs; the caller gets the output or the error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use evoke_connectors::Event;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::Invoker;
+use crate::bus;
+use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, Output, Run};
+use crate::registry::DeployedFunction;
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    id: String,
+    event: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Output {
+        body_base64: String,
+        content_type: Option<String>,
+        status: Option<u16>,
+        headers: Vec<(String, String)>,
+    },
+    FunctionError {
+        kind: FunctionErrorKind,
+        message: String,
+    },
+    SystemError {
+        message: String,
+    },
+    Busy {
+        max_instances: u32,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reply {
+    outcome: Outcome,
+    cold: Option<ColdStart>,
+    duration_us: u64,
+}
+
+/// A run that failed before the function started.
+fn system_run(message: impl Into<String>) -> Run {
+    Run {
+        result: Err(InvokeError::System(message.into())),
+        logs: vec![],
+        cold: None,
+        duration: Duration::ZERO,
+    }
+}
+
+fn to_reply(run: &Run) -> Reply {
+    let outcome = match &run.result {
+        Ok(o) => Outcome::Output {
+            body_base64: BASE64.encode(&o.body),
+            content_type: o.content_type.clone(),
+            status: o.status,
+            headers: o.headers.clone(),
+        },
+        Err(InvokeError::Function { kind, message }) => Outcome::FunctionError {
+            kind: *kind,
+            message: message.clone(),
+        },
+        Err(InvokeError::System(m)) => Outcome::SystemError { message: m.clone() },
+        Err(InvokeError::Busy(n)) => Outcome::Busy { max_instances: *n },
+    };
+    Reply {
+        outcome,
+        cold: run.cold.clone(),
+        duration_us: run.duration.as_micros() as u64,
+    }
+}
+
+fn from_reply(reply: Reply) -> Run {
+    let result = match reply.outcome {
+        Outcome::Output {
+            body_base64,
+            content_type,
+            status,
+            headers,
+        } => match BASE64.decode(body_base64) {
+            Ok(body) => Ok(Output {
+                body: Bytes::from(body),
+                content_type,
+                status,
+                headers,
+            }),
+            Err(e) => Err(InvokeError::System(format!("the worker's reply is corrupt: {e}"))),
+        },
+        Outcome::FunctionError { kind, message } => Err(InvokeError::Function { kind, message }),
+        Outcome::SystemError { message } => Err(InvokeError::System(message)),
+        Outcome::Busy { max_instances } => Err(InvokeError::Busy(max_instances)),
+    };
+    Run {
+        result,
+        logs: vec![],
+        cold: reply.cold,
+        duration: Duration::from_micros(reply.duration_us),
+    }
+}
+
+impl Invoker {
+    /// Runs a sync invocation on some worker node and returns its run.
+    pub async fn invoke_relayed(&self, f: &DeployedFunction, event: &Event, id: &str) -> Run {
+        let system = system_run;
+        let request = Request {
+            id: id.to_string(),
+            event: event.to_value(),
+        };
+        let Ok(payload) = serde_json::to_vec(&request) else {
+            return system("cannot encode the event".into());
+        };
+        // The worker bounds the run by the function's timeout; allow for the
+        // trip and a cold start on top.
+        let wait = f.spec.timeout + Duration::from_secs(10);
+        let sent = self
+            .bus
+            .client
+            .request(bus::sync_subject(f.name.as_str()), Bytes::from(payload));
+        match tokio::time::timeout(wait, sent).await {
+            Err(_) => system(format!(
+                "no worker answered within {}",
+                crate::units::format_duration(wait)
+            )),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                system("no worker node is running: start one with `evoke serve` (without --no-workers)".into())
+            }
+            Ok(Err(e)) => system(format!("cannot relay to a worker: {e}")),
+            Ok(Ok(msg)) => match serde_json::from_slice::<Reply>(&msg.payload) {
+                Ok(reply) => from_reply(reply),
+                Err(e) => system(format!("the worker's reply is unreadable: {e}")),
+            },
+        }
+    }
+
+    /// Serves relayed sync invocations until shutdown (worker nodes).
+    pub async fn serve_relayed(self: Arc<Self>, mut shutdown: broadcast::Receiver<()>) {
+        let subject = format!("{}.*", bus::SUBJECT_SYNC);
+        let mut sub = match self.bus.client.queue_subscribe(subject, bus::SYNC_QUEUE.into()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve relayed sync invocations");
+                return;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                m = sub.next() => match m { Some(m) => m, None => return },
+                _ = shutdown.recv() => return,
+            };
+            let invoker = self.clone();
+            tokio::spawn(async move {
+                let Some(reply_to) = msg.reply.clone() else { return };
+                let function = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+                let run = match serde_json::from_slice::<Request>(&msg.payload) {
+                    Err(e) => system_run(format!("unreadable relayed request: {e}")),
+                    Ok(req) => match (invoker.registry.get(&function).await, Event::from_value(req.event)) {
+                        (Ok(Some(f)), Ok(event)) => invoker.invoke_sync(&f, event, &req.id).await,
+                        (Ok(None), _) => system_run(format!("function `{function}` does not exist on this node")),
+                        (Err(e), _) => system_run(e.to_string()),
+                        (_, Err(e)) => system_run(e.to_string()),
+                    },
+                };
+                let Ok(bytes) = serde_json::to_vec(&to_reply(&run)) else {
+                    return;
+                };
+                if let Err(e) = invoker.bus.client.publish(reply_to, Bytes::from(bytes)).await {
+                    tracing::warn!(error = %e, "cannot answer a relayed sync invocation");
+                }
+            });
+        }
+    }
+}
