@@ -309,15 +309,24 @@ async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
     let resp = api.invoke("hello", "{}").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let v: Value = resp.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("no worker node"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("no worker node"),
+        "{v}"
+    );
 
     let worker = TestNode::start(&nats.url()).await;
     let resp = api.invoke("hello", r#"{"name":"relay","status":202}"#).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED, "the function's own status comes back");
+    assert_eq!(
+        resp.status(),
+        StatusCode::ACCEPTED,
+        "the function's own status comes back"
+    );
     assert_eq!(resp.headers()["x-greeted"], "relay");
     let id = resp.headers()["x-evoke-invocation-id"].to_str().unwrap().to_string();
     assert_eq!(resp.text().await.unwrap(), "Hello, relay!");
-    let rec = api.wait_record(&id, Duration::from_secs(5), |r| r["status"] == "succeeded").await;
+    let rec = api
+        .wait_record(&id, Duration::from_secs(5), |r| r["status"] == "succeeded")
+        .await;
     let node = worker.node.as_ref().unwrap().invoker.node.clone();
     assert_eq!(rec["attempts"][0]["node"], node.as_str(), "ran on the worker node");
 
