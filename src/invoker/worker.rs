@@ -240,7 +240,9 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
     let fn_attempt = record.function_failures() + 1;
     event
         .extensions
-        .insert(evoke_connectors::event::EXT_ATTEMPT.into(), fn_attempt.to_string());
+        // Every attempt counts here, lost and system-error ones too, so a
+        // function can tell any redelivery from the first delivery.
+        .insert(evoke_connectors::event::EXT_ATTEMPT.into(), number.to_string());
     let started_at = Utc::now();
     record.status = Status::Running;
     record.updated_at = started_at;
