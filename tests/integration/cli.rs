@@ -208,12 +208,13 @@ schedule = "61 * * * *"
     );
 
     let s = server.clone();
-    let (first, second, rejected, rejected_remote) = tokio::task::spawn_blocking(move || {
+    let (first, second, rejected, rejected_remote, listed) = tokio::task::spawn_blocking(move || {
         let first = stdout(&evoke(&s, &["apply", "-f", &good]));
         let second = stdout(&evoke(&s, &["apply", "-f", &good]));
+        let listed = stdout(&evoke(&s, &["triggers"]));
         let rejected = evoke(&s, &["apply", "-f", &bad]);
         let rejected_remote = evoke(&s, &["apply", "-f", &also_bad]);
-        (first, second, rejected, rejected_remote)
+        (first, second, rejected, rejected_remote, listed)
     })
     .await
     .unwrap();
