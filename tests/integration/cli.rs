@@ -230,6 +230,10 @@ schedule = "61 * * * *"
         second.contains("0 created, 0 updated, 0 deleted, 4 unchanged"),
         "{second}"
     );
+    let rows: Vec<Vec<&str>> = listed.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!(rows[0][..4], ["gh", "webhook", "hello", "active"], "{listed}");
+    assert_eq!(rows[1][..4], ["tick", "cron", "hello", "active"], "{listed}");
 
     assert_eq!(rejected.status.code(), Some(1));
     let err = String::from_utf8_lossy(&rejected.stderr);
