@@ -105,7 +105,8 @@ impl Node {
             tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));
         }
         if config.workers {
-            tasks.push(tokio::spawn(invoker.clone().serve_relayed(shutdown.subscribe())));
+            let relay = invoker.relay_subscription().await.map_err(anyhow::Error::msg)?;
+            tasks.push(tokio::spawn(invoker.clone().serve_relayed(relay, shutdown.subscribe())));
             tasks.push(tokio::spawn(worker::run(
                 invoker.clone(),
                 registry.subscribe(),

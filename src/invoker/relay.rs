@@ -148,16 +148,26 @@ impl Invoker {
         }
     }
 
-    /// Serves relayed sync invocations until shutdown (worker nodes).
-    pub async fn serve_relayed(self: Arc<Self>, mut shutdown: broadcast::Receiver<()>) {
+    /// Joins the queue group of worker nodes; once this returns, relayed
+    /// invocations can reach this node.
+    pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, String> {
         let subject = format!("{}.*", bus::SUBJECT_SYNC);
-        let mut sub = match self.bus.client.queue_subscribe(subject, bus::SYNC_QUEUE.into()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serve relayed sync invocations");
-                return;
-            }
-        };
+        let sub = self
+            .bus
+            .client
+            .queue_subscribe(subject, bus::SYNC_QUEUE.into())
+            .await
+            .map_err(|e| format!("cannot serve relayed sync invocations: {e}"))?;
+        self.bus.client.flush().await.map_err(|e| e.to_string())?;
+        Ok(sub)
+    }
+
+    /// Serves relayed sync invocations until shutdown (worker nodes).
+    pub async fn serve_relayed(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        mut shutdown: broadcast::Receiver<()>,
+    ) {
         loop {
             let msg = tokio::select! {
                 m = sub.next() => match m { Some(m) => m, None => return },
