@@ -75,10 +75,22 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
     let node = Node::start(config).await?;
-    // Listen for Ctrl-C from here on, so an interrupt during start-up still
-    // stops cleanly.
+    // Listen for Ctrl-C and SIGTERM from here on, so a stop during start-up
+    // still stops cleanly (and takes the managed nats-server with it).
     let interrupted = tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
     });
     let manifest = std::path::Path::new("evoke.toml");
     if managed && manifest.exists() {
