@@ -224,7 +224,9 @@ fn unknown_or_missing(message: &str) -> Option<String> {
     Some(message[start..end].to_string())
 }
 
-fn valid_name(s: &str) -> bool {
+/// The rule for function and trigger names: `^[a-z][a-z0-9-]{0,62}$` (also
+/// safe as NATS KV keys and subject tokens).
+pub fn valid_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.as_bytes()[0].is_ascii_lowercase()
         && s.bytes()

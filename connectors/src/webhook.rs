@@ -341,7 +341,8 @@ fn verify_mac<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool
     mac.verify_slice(sig).is_ok()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without leaking where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -108,7 +108,7 @@ async fn auth(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> R
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        let ok = given.is_some_and(|g| evoke_connectors::webhook::constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -118,8 +118,4 @@ async fn auth(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> R
         }
     }
     Ok(next.run(req).await)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

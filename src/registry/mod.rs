@@ -83,11 +83,7 @@ impl<T> Clone for Catalog<T> {
     }
 }
 
-/// Names of functions and triggers: `^[a-z][a-z0-9-]{0,62}$` (also safe as
-/// KV keys and subject tokens).
-pub fn valid_name(name: &str) -> bool {
-    name.parse::<FunctionName>().is_ok()
-}
+pub use evoke_connectors::trigger::valid_name;
 
 impl<T: Entry> Catalog<T> {
     pub fn new(kv: kv::Store) -> Catalog<T> {

@@ -28,11 +28,7 @@ impl FromStr for FunctionName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = (1..=63).contains(&s.len())
-            && s.as_bytes()[0].is_ascii_lowercase()
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
+        if evoke_connectors::trigger::valid_name(s) {
             Ok(FunctionName(s.to_string()))
         } else {
             Err(format!(
