@@ -127,9 +127,10 @@ impl Bus {
             .collect()
     }
 
-    /// The largest message the server accepts.
-    pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+    /// The largest payload evoke publishes: the server's limit less room for
+    /// headers.
+    pub fn max_message(&self) -> usize {
+        self.client.server_info().max_payload.saturating_sub(4096)
     }
 
     /// Publishes an event for `function` onto EVOKE_EVENTS. The returned

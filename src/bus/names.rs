@@ -34,6 +34,12 @@ pub fn dlq_filter(function: &str) -> String {
     format!("{SUBJECT_DLQ}.{function}.*")
 }
 
+/// The KV subject of an invocation's record in EVOKE_INVOCATIONS (records
+/// are written with plain publishes so they can be pipelined).
+pub fn invocation_record_subject(id: &str) -> String {
+    format!("$KV.{KV_INVOCATIONS}.{id}")
+}
+
 /// Where `function`'s logs go.
 pub fn logs_subject(function: &str) -> String {
     format!("{SUBJECT_LOGS}.{function}")

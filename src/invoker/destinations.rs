@@ -2,8 +2,6 @@
 //! its attempts) as a CloudEvent, sent to a NATS subject, an HTTP endpoint,
 //! or another function's queue.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use evoke_connectors::Event;
@@ -51,17 +49,9 @@ impl Invoker {
     /// Delivers to a destination, retrying briefly; the error says where it
     /// failed.
     pub async fn deliver(&self, dest: &Destination, event: &Event) -> Result<(), String> {
-        let mut last = String::new();
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-            }
-            match self.deliver_once(dest, event).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(format!("destination {dest} failed: {last}"))
+        super::retry::with_pauses(&super::retry::DESTINATION_PAUSES, || self.deliver_once(dest, event))
+            .await
+            .map_err(|last| format!("destination {dest} failed: {last}"))
     }
 
     async fn deliver_once(&self, dest: &Destination, event: &Event) -> Result<(), String> {

@@ -48,7 +48,7 @@ impl Invoker {
         let msg_id = format!("{}.{}.{}", entry.id, redrives, entry.attempts.len());
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         let mut payload = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-        let max = self.bus.max_payload().saturating_sub(4096);
+        let max = self.bus.max_message();
         if payload.len() > max {
             // Keep the event; trim what makes it too big (the error history).
             let mut slim = entry.clone();

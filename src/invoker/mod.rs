@@ -18,7 +18,7 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
 use chrono::Utc;
 use evoke_connectors::Event;
@@ -130,7 +130,7 @@ impl Invoker {
     /// whether JetStream already had it (same id within its duplicate window).
     pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<bool, EnqueueError> {
         let payload = Bytes::from(event.to_json());
-        let max = self.bus.max_payload().saturating_sub(4096);
+        let max = self.bus.max_message();
         if payload.len() > max {
             return Err(EnqueueError::TooLarge {
                 size: payload.len(),
@@ -142,7 +142,7 @@ impl Invoker {
         // awaited together: one round trip, not two. The record is only
         // created, never overwritten: a duplicate of an event already run
         // must not turn its record back to `queued`.
-        let record_ack = self.create_record_pending(&record).await;
+        let record_ack = self.publish_record_logged(&record, true).await;
         let ack = self
             .bus
             .enqueue(f.name.as_str(), id, id, payload, &[])
@@ -151,7 +151,7 @@ impl Invoker {
         let stored = ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         if let Some(record_ack) = record_ack
             && let Err(e) = record_ack.await
-            && e.kind() != async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+            && e.kind() != PublishErrorKind::WrongLastSequence
         {
             tracing::warn!(invocation = id, error = %e, "invocation record not stored");
         }
@@ -172,27 +172,29 @@ impl Invoker {
         }
     }
 
-    async fn create_record_pending(&self, record: &Record) -> Option<async_nats::jetstream::context::PublishAckFuture> {
-        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-        match self
-            .bus
-            .js
-            .publish_with_headers(subject, headers, record.to_bytes())
-            .await
-        {
-            Ok(ack) => Some(ack),
-            Err(e) => {
-                tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
-                None
-            }
+    /// Publishes a record and returns the pending ack. `create_only` makes
+    /// JetStream refuse it when the record already exists.
+    async fn publish_record(
+        &self,
+        record: &Record,
+        create_only: bool,
+    ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+        let subject = bus::invocation_record_subject(&record.id);
+        if create_only {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            self.bus
+                .js
+                .publish_with_headers(subject, headers, record.to_bytes())
+                .await
+        } else {
+            self.bus.js.publish(subject, record.to_bytes()).await
         }
     }
 
-    async fn put_record_pending(&self, record: &Record) -> Option<async_nats::jetstream::context::PublishAckFuture> {
-        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
-        match self.bus.js.publish(subject, record.to_bytes()).await {
+    /// Like `publish_record`, logging a failed publish instead of returning it.
+    async fn publish_record_logged(&self, record: &Record, create_only: bool) -> Option<PublishAckFuture> {
+        match self.publish_record(record, create_only).await {
             Ok(ack) => Some(ack),
             Err(e) => {
                 tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
@@ -206,7 +208,7 @@ impl Invoker {
     /// record never lands before an earlier one; a failed ack is logged.
     /// Records are informational: losing one loses no event.
     pub async fn put_record(&self, record: &Record) {
-        if let Some(ack) = self.put_record_pending(record).await {
+        if let Some(ack) = self.publish_record_logged(record, false).await {
             let id = record.id.clone();
             tokio::spawn(async move {
                 if let Err(e) = ack.await {
@@ -219,13 +221,7 @@ impl Invoker {
     /// Stores a record and waits for JetStream (used where retry bookkeeping
     /// depends on it).
     pub async fn put_record_acked(&self, record: &Record) -> Result<(), String> {
-        let subject = format!("$KV.{}.{}", bus::KV_INVOCATIONS, record.id);
-        let ack = self
-            .bus
-            .js
-            .publish(subject, record.to_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        let ack = self.publish_record(record, false).await.map_err(|e| e.to_string())?;
         ack.await.map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -233,17 +229,9 @@ impl Invoker {
     /// a NATS hiccup for a few seconds. Called before the event is acked, so
     /// a record is never left behind its event.
     pub async fn put_record_durable(&self, record: &Record) {
-        let mut last = String::new();
-        for attempt in 0..6u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(250) * 2u32.pow(attempt.min(4))).await;
-            }
-            match self.put_record_acked(record).await {
-                Ok(()) => return,
-                Err(e) => last = e,
-            }
+        if let Err(last) = retry::with_pauses(&retry::RECORD_PAUSES, || self.put_record_acked(record)).await {
+            tracing::error!(invocation = %record.id, error = %last, "invocation record not stored; its status is stale");
         }
-        tracing::error!(invocation = %record.id, error = %last, "invocation record not stored; its status is stale");
     }
 
     /// Publishes an invocation's log lines (pipelined, one message).
