@@ -155,9 +155,13 @@ impl Record {
             .count() as u32
     }
 
-    /// Marks attempts that started but never finished (the node died, or the
-    /// ack deadline passed) as system errors.
-    pub fn close_lost_attempts(&mut self) {
+    /// Before delivery number `delivered` runs: marks attempts that started
+    /// but never finished (the node died, or the ack deadline passed) as
+    /// system errors, and adds the attempts that left no trace at all (a
+    /// node received the event but died before writing anything; every
+    /// earlier delivery is one attempt). A redrive clears the attempts and
+    /// starts a new message, so both count from the same start.
+    pub fn account_for_lost_attempts(&mut self, delivered: u64) {
         for a in &mut self.attempts {
             if a.error.is_none() && a.duration_ms.is_none() {
                 a.error = Some(AttemptError::system(format!(
@@ -166,12 +170,6 @@ impl Record {
                 )));
             }
         }
-    }
-
-    /// Adds the attempts JetStream made that left no trace: the worker
-    /// received the event (delivery `n`) but died before writing anything.
-    /// Every delivery before this one is one attempt.
-    pub fn account_for_deliveries(&mut self, delivered: u64) {
         while (self.attempts.len() as u64) < delivered.saturating_sub(1) {
             self.attempts.push(Attempt {
                 number: self.attempts.len() as u32 + 1,
@@ -209,14 +207,16 @@ mod tests {
             node: "n1".into(),
         });
         assert_eq!(r.system_failures(), 0);
-        r.close_lost_attempts();
+        // Second delivery: the one attempt on record never finished.
+        r.account_for_lost_attempts(2);
+        assert_eq!(r.attempts.len(), 1);
         assert_eq!(r.system_failures(), 1);
         assert_eq!(r.function_failures(), 0);
         // Third delivery, one attempt on record: one more was lost silently.
-        r.account_for_deliveries(3);
+        r.account_for_lost_attempts(3);
         assert_eq!(r.attempts.len(), 2);
         assert_eq!(r.system_failures(), 2);
-        r.account_for_deliveries(3);
+        r.account_for_lost_attempts(3);
         assert_eq!(r.attempts.len(), 2, "idempotent");
     }
 }

@@ -220,10 +220,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
     } else {
         Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued)
     };
-    record.close_lost_attempts();
-    // A redrive clears the attempts and starts a new message, so deliveries
-    // and attempts count from the same start.
-    record.account_for_deliveries(delivered as u64);
+    record.account_for_lost_attempts(delivered as u64);
 
     if age > f.spec.max_event_age {
         let reason = format!(
@@ -298,8 +295,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
                 let dest_event = super::destinations::destination_event(&record, &event, Some(output), None);
                 if let Err(e) = invoker.deliver(dest, &dest_event).await {
                     // The function ran; keep its result rather than lose it.
-                    let mut entry = dead_letter_entry(f, &record, &event, e);
-                    entry.event = event.to_value();
+                    let entry = dead_letter_entry(f, &record, &event, e);
                     settle_dead(invoker, f, &msg, &mut record, entry, None).await;
                     return;
                 }
