@@ -66,7 +66,12 @@ impl Executor {
         let t = Instant::now();
         let instance = match pre.instantiate_async(&mut store).await {
             Ok(i) => i,
-            Err(e) => return Err((classify(&mut store, e, f), drain(&mut store, &stdout, &stderr))),
+            Err(e) => {
+                return Err((
+                    classify(&mut store, e, f),
+                    drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]),
+                ));
+            }
         };
         let handle_fn = match instance
             .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, handle)
@@ -94,7 +99,7 @@ impl Executor {
             match init_fn.call_async(&mut store, ()).await {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
-                    let logs = drain(&mut store, &stdout, &stderr);
+                    let logs = drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]);
                     return Err((
                         InvokeError::Function {
                             kind: FunctionErrorKind::Error,
@@ -103,7 +108,12 @@ impl Executor {
                         logs,
                     ));
                 }
-                Err(e) => return Err((classify(&mut store, e, f), drain(&mut store, &stdout, &stderr))),
+                Err(e) => {
+                    return Err((
+                        classify(&mut store, e, f),
+                        drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]),
+                    ));
+                }
             }
         }
         let init_us = t.elapsed().as_micros() as u64;
@@ -137,7 +147,7 @@ impl Executor {
         let f = &loaded.function;
         start_clock(&mut warm.store, deadline);
         let result = warm.handle.call_async(&mut warm.store, (to_guest(event),)).await;
-        let logs = drain(&mut warm.store, &warm.stdout, &warm.stderr);
+        let logs = drain(&mut warm.store, &[("stdout", &warm.stdout), ("stderr", &warm.stderr)]);
         let result = match result {
             Ok((Ok(out),)) => {
                 if out.body.len() > self.config.max_output {
@@ -189,7 +199,7 @@ impl Executor {
             .stderr(stderr.clone());
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
         let mut instantiate_us = 0;
-        let (exit, logs) = match &loaded.prepared {
+        let (exit, all_logs) = match &loaded.prepared {
             Prepared::Command { pre } => {
                 let state = ComponentState {
                     wasi: builder.build(),
@@ -208,7 +218,7 @@ impl Executor {
                     },
                     Err(e) => Err(classify(&mut store, e, f)),
                 };
-                (exit, store.data_mut().sandbox.logs.take())
+                (exit, drain(&mut store, &[("stderr", &stderr)]))
             }
             Prepared::Module { pre } => {
                 let mut store = self.new_store(
@@ -231,15 +241,10 @@ impl Executor {
                     },
                     Err(e) => Err(classify(&mut store, e, f)),
                 };
-                (exit, store.data_mut().sandbox.logs.take())
+                (exit, drain(&mut store, &[("stderr", &stderr)]))
             }
             Prepared::Component { .. } => (Err(InvokeError::System("not a command".into())), vec![]),
         };
-        let mut buffer = crate::observe::logs::LogBuffer::new(self.config.log_cap);
-        let (err_bytes, err_dropped) = stderr.take();
-        buffer.push_text(LogLevel::Info, "stderr", &err_bytes, err_dropped);
-        let mut all_logs = logs;
-        all_logs.extend(buffer.take());
         let (out, out_dropped) = stdout.take();
         let result = match exit {
             Ok(0) if out_dropped > 0 || out.len() > self.config.max_output => Err(InvokeError::Function {
@@ -272,12 +277,12 @@ impl Executor {
 }
 
 /// Takes an invocation's logs: host `log` lines plus captured stdio.
-fn drain(store: &mut Store<ComponentState>, stdout: &CappedPipe, stderr: &CappedPipe) -> Vec<LogLine> {
-    let logs = &mut store.data_mut().sandbox.logs;
-    let (out, out_dropped) = stdout.take();
-    logs.push_text(LogLevel::Info, "stdout", &out, out_dropped);
-    let (err, err_dropped) = stderr.take();
-    logs.push_text(LogLevel::Info, "stderr", &err, err_dropped);
+fn drain<T: HasSandbox>(store: &mut Store<T>, pipes: &[(&str, &CappedPipe)]) -> Vec<LogLine> {
+    let logs = &mut store.data_mut().sandbox().logs;
+    for (stream, pipe) in pipes {
+        let (bytes, dropped) = pipe.take();
+        logs.push_text(LogLevel::Info, stream, &bytes, dropped);
+    }
     logs.take()
 }
 
