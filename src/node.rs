@@ -37,6 +37,13 @@ pub struct NodeConfig {
     pub fuel: bool,
     /// Webhook secrets by name, consulted before the environment.
     pub secret_overrides: std::collections::HashMap<String, String>,
+    /// Bearer token for `/metrics`. Without it, `/metrics` needs the API
+    /// token when the node listens beyond loopback, and is open otherwise.
+    pub metrics_token: Option<String>,
+    /// Let HTTP destinations reach link-local addresses (cloud metadata).
+    pub allow_link_local_destinations: bool,
+    /// How often queue and DLQ depths are read for `/metrics`.
+    pub depth_refresh: Duration,
 }
 
 impl NodeConfig {
@@ -55,6 +62,9 @@ impl NodeConfig {
             ack_wait: crate::invoker::worker::ACK_WAIT,
             fuel: false,
             secret_overrides: Default::default(),
+            metrics_token: None,
+            allow_link_local_destinations: false,
+            depth_refresh: crate::observe::metrics::DEPTH_REFRESH,
         }
     }
 }
@@ -95,6 +105,9 @@ impl Node {
         let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone());
         invoker.ack_wait = config.ack_wait;
         invoker.runs_locally = config.workers;
+        if config.allow_link_local_destinations {
+            invoker.allow_link_local_destinations();
+        }
         let invoker = Arc::new(invoker);
         let (shutdown, _) = broadcast::channel(1);
         let mut tasks = Vec::new();
@@ -113,6 +126,13 @@ impl Node {
                 shutdown.subscribe(),
             )));
         }
+        tasks.push(tokio::spawn(crate::observe::metrics::refresh_depths(
+            invoker.bus.clone(),
+            registry.clone(),
+            invoker.metrics.clone(),
+            config.depth_refresh,
+            shutdown.subscribe(),
+        )));
         let mut reaper_stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -123,12 +143,17 @@ impl Node {
                 }
             }
         }));
+        let loopback = config.http_addr.ip().is_loopback();
         let state = Arc::new(ApiState {
             invoker: invoker.clone(),
             token: config.api_token.clone(),
+            metrics_token: config
+                .metrics_token
+                .clone()
+                .or_else(|| (!loopback).then(|| config.api_token.clone()).flatten()),
             max_event_size: config.max_event_size,
             max_code_size: config.max_code_size,
-            loopback: config.http_addr.ip().is_loopback(),
+            loopback,
             secrets: crate::api::Secrets {
                 overrides: config.secret_overrides.clone(),
             },

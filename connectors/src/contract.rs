@@ -36,14 +36,30 @@ pub fn assert_valid_event(e: &Event) {
 pub struct MemorySink {
     pub down: Mutex<u32>,
     pub stored: Mutex<Vec<(String, String, Event)>>,
+    /// Set: every publish is refused for good with this reason.
+    pub rejecting: Mutex<Option<String>>,
+    /// Parks that fail (unavailable) before one succeeds.
+    pub park_down: Mutex<u32>,
+    /// Parked events: (dedupe id, reason).
+    pub parked: Mutex<Vec<(String, String)>>,
 }
 
 impl MemorySink {
     pub fn failing(times: u32) -> MemorySink {
         MemorySink {
             down: Mutex::new(times),
-            stored: Mutex::new(Vec::new()),
+            ..Default::default()
         }
+    }
+
+    /// Refuses every publish from now on, as a queue does for an event that
+    /// can never be stored.
+    pub fn reject(&self, reason: &str) {
+        *self.rejecting.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+    }
+
+    pub fn parked(&self) -> Vec<(String, String)> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -65,12 +81,30 @@ impl Sink for MemorySink {
                 return Err(SinkError::Unavailable("NATS is down (test)".into()));
             }
         }
+        if let Some(reason) = self.rejecting.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(SinkError::Rejected(reason));
+        }
         let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
         if stored.iter().any(|(id, _, _)| id == dedupe_id) {
             return Ok(Published::Duplicate);
         }
         stored.push((dedupe_id.to_string(), function.to_string(), event.clone()));
         Ok(Published::Stored)
+    }
+
+    async fn park(&self, _function: &str, _event: &Event, dedupe_id: &str, reason: &str) -> Result<(), SinkError> {
+        {
+            let mut down = self.park_down.lock().unwrap_or_else(|p| p.into_inner());
+            if *down > 0 {
+                *down -= 1;
+                return Err(SinkError::Unavailable("NATS is down (test)".into()));
+            }
+        }
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dedupe_id.to_string(), reason.to_string()));
+        Ok(())
     }
 }
 

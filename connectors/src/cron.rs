@@ -4,7 +4,10 @@
 //! `cron.<trigger>.<scheduled unix ms>`, so however many nodes fire it,
 //! JetStream keeps one. After the event is stored, the scheduled time is saved
 //! as the trigger's cursor; on start, ticks between the cursor and now were
-//! missed while no node ran, and `catch_up` says what to do about them.
+//! missed while no node ran, and `catch_up` says what to do about them
+//! (computed from now backwards, so a long outage costs nothing extra).
+//! A tick the queue refuses for good (its function is gone) is parked in the
+//! dead-letter queue before the cursor moves past it: no tick is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::event::Event;
 use crate::schedule::Tick;
-use crate::source::{Published, Sink, SinkError, StateStore, publish_until_stored};
+use crate::source::{Delivered, Published, Sink, StateStore, deliver};
 use crate::trigger::{CatchUp, CronConfig};
 
 /// The state key holding a trigger's last fired tick.
@@ -84,17 +87,26 @@ pub async fn run<S: Sink, St: StateStore>(
         key: &key,
     };
     if let Some(last) = last.filter(|l| *l < now) {
-        let missed = match config.catch_up {
-            CatchUp::None => vec![],
-            CatchUp::Last => schedule.ticks_between(last, now, 1),
-            CatchUp::All => schedule.ticks_between(last, now, config.catch_up_max as usize),
+        let (missed, more) = match config.catch_up {
+            CatchUp::None => (vec![], false),
+            CatchUp::Last => schedule.latest_ticks(last, now, 1),
+            CatchUp::All => schedule.latest_ticks(last, now, config.catch_up_max as usize),
         };
-        if !missed.is_empty() {
+        if let Some(first) = missed.first() {
             tracing::info!(
                 trigger,
                 missed = missed.len(),
                 "catching up on ticks missed while no node ran"
             );
+            if more {
+                tracing::warn!(
+                    trigger,
+                    from = %last,
+                    until = %first.at,
+                    catch_up_max = config.catch_up_max,
+                    "skipping older missed ticks: catch-up fires only the newest"
+                );
+            }
         }
         for tick in missed {
             if !firing.fire(&tick, &mut stop).await {
@@ -140,7 +152,7 @@ impl<S: Sink, St: StateStore> Firing<'_, S, St> {
         let stopped = async {
             let _ = stop.wait_for(|s| *s).await;
         };
-        match publish_until_stored(
+        match deliver(
             self.sink,
             self.function,
             &event,
@@ -150,12 +162,14 @@ impl<S: Sink, St: StateStore> Firing<'_, S, St> {
         .await
         {
             None => return false,
-            Some(Ok(Published::Stored)) => tracing::debug!(trigger = self.trigger, at = %tick.at, "fired"),
-            Some(Ok(Published::Duplicate)) => {
+            Some(Delivered::Queued(Published::Stored)) => {
+                tracing::debug!(trigger = self.trigger, at = %tick.at, "fired")
+            }
+            Some(Delivered::Queued(Published::Duplicate)) => {
                 tracing::debug!(trigger = self.trigger, at = %tick.at, "fired by another node")
             }
-            Some(Err(SinkError::Rejected(e))) | Some(Err(SinkError::Unavailable(e))) => {
-                tracing::error!(trigger = self.trigger, at = %tick.at, error = %e, "tick not delivered");
+            Some(Delivered::Parked(reason)) => {
+                tracing::error!(trigger = self.trigger, at = %tick.at, %reason, "tick refused by the queue; parked in the dead-letter queue");
             }
         }
         let at = tick.at.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -250,6 +264,41 @@ mod tests {
         events.iter().for_each(assert_valid_event);
         let cursor = state.load(&cursor_key("t")).await.unwrap().unwrap();
         assert_eq!(DateTime::parse_from_rfc3339(&cursor).unwrap(), *times.last().unwrap());
+    }
+
+    /// A tick the queue refuses (its function was deleted) is parked with
+    /// its reason before the cursor moves on; none is dropped.
+    #[tokio::test]
+    async fn refused_ticks_are_parked_before_the_cursor_moves() {
+        let mut c = config(CatchUp::None);
+        c.schedule = "@every 1s".into();
+        let sink = Arc::new(MemorySink::default());
+        sink.reject("function `f` does not exist");
+        let state = Arc::new(MemoryState::default());
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run("t".into(), "f".into(), c, sink.clone(), state.clone(), rx));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        let parked = sink.parked();
+        assert!(parked.len() >= 2, "{parked:?}");
+        assert!(parked.iter().all(|(_, reason)| reason.contains("does not exist")));
+        assert!(sink.events().is_empty());
+        let cursor = state.load(&cursor_key("t")).await.unwrap().unwrap();
+        let last_parked = parked
+            .last()
+            .unwrap()
+            .0
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+        assert_eq!(
+            DateTime::parse_from_rfc3339(&cursor).unwrap().timestamp_millis(),
+            last_parked,
+            "the cursor stands at the last parked tick"
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ use std::time::Duration;
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
+/// The longest `@every` interval.
+pub const MAX_EVERY: Duration = Duration::from_secs(366 * 86400);
+
 /// When a trigger fires.
 #[derive(Debug, Clone)]
 pub enum Schedule {
@@ -47,8 +50,8 @@ impl Schedule {
         let line = line.trim();
         if let Some(every) = line.strip_prefix("@every") {
             let d = humantime_like(every.trim())?;
-            if d < Duration::from_secs(1) {
-                return Err("`@every` needs at least 1s".into());
+            if d < Duration::from_secs(1) || d > MAX_EVERY {
+                return Err("`@every` takes 1s to 366d".into());
             }
             return Ok(Schedule::Every(d));
         }
@@ -86,7 +89,7 @@ impl Schedule {
             Schedule::Every(d) => {
                 let step = d.as_millis() as i64;
                 let now = after.timestamp_millis();
-                let next = (now.div_euclid(step) + 1) * step;
+                let next = now.div_euclid(step).checked_add(1)?.checked_mul(step)?;
                 Some(Tick {
                     at: DateTime::from_timestamp_millis(next)?,
                     shifted_by_dst: false,
@@ -101,20 +104,7 @@ impl Schedule {
                     .map(|t| t.naive_utc())
                     .take(10_000)
                 {
-                    let tick = match tz.from_local_datetime(&naive) {
-                        LocalResult::Single(t) => Tick {
-                            at: t.with_timezone(&Utc),
-                            shifted_by_dst: false,
-                        },
-                        LocalResult::Ambiguous(first, _) => Tick {
-                            at: first.with_timezone(&Utc),
-                            shifted_by_dst: false,
-                        },
-                        LocalResult::None => Tick {
-                            at: gap_end(tz, naive)?,
-                            shifted_by_dst: true,
-                        },
-                    };
+                    let tick = to_instant(tz, naive)?;
                     if tick.at > after {
                         return Some(tick);
                     }
@@ -122,6 +112,65 @@ impl Schedule {
                 None
             }
         }
+    }
+
+    /// The newest ticks in `(after, until]`, at most `max`, oldest first,
+    /// and whether older ones in the range were left out. Computed from
+    /// `until` backwards, so a gap of years costs `max` steps, not one step
+    /// per missed tick.
+    pub fn latest_ticks(&self, after: DateTime<Utc>, until: DateTime<Utc>, max: usize) -> (Vec<Tick>, bool) {
+        if max == 0 || until <= after {
+            return (Vec::new(), false);
+        }
+        let mut out: Vec<Tick> = Vec::new();
+        let mut more = false;
+        match self {
+            Schedule::Every(d) => {
+                let step = d.as_millis() as i64;
+                let first = after.timestamp_millis().div_euclid(step).saturating_add(1);
+                let last = until.timestamp_millis().div_euclid(step);
+                let count = last.saturating_sub(first).saturating_add(1).max(0);
+                more = count > max as i64;
+                let from = last.saturating_sub(max as i64 - 1).max(first);
+                for n in from..=last {
+                    if let Some(at) = n.checked_mul(step).and_then(DateTime::from_timestamp_millis) {
+                        out.push(Tick {
+                            at,
+                            shifted_by_dst: false,
+                        });
+                    }
+                }
+            }
+            Schedule::Cron { expr, tz } => {
+                // Walk back from `until` in local wall-clock time. A tick one
+                // second past `until` bounds the walk (cron's iterator yields
+                // times strictly before its start when run backwards).
+                let local_until = (until + chrono::Duration::seconds(1)).with_timezone(tz).naive_local();
+                for naive in expr
+                    .after(&Utc.from_utc_datetime(&local_until))
+                    .rev()
+                    .map(|t| t.naive_utc())
+                {
+                    let Some(tick) = to_instant(tz, naive) else { continue };
+                    if tick.at > until {
+                        continue;
+                    }
+                    if tick.at <= after {
+                        break;
+                    }
+                    if out.last().is_some_and(|t| t.at == tick.at) {
+                        continue;
+                    }
+                    if out.len() == max {
+                        more = true;
+                        break;
+                    }
+                    out.push(tick);
+                }
+                out.reverse();
+            }
+        }
+        (out, more)
     }
 
     /// Ticks in `(after, until]`, oldest first, at most `max` (the newest
@@ -143,6 +192,24 @@ impl Schedule {
     }
 }
 
+/// The instant of a local wall-clock time, by the DST rules above.
+fn to_instant(tz: &Tz, naive: NaiveDateTime) -> Option<Tick> {
+    Some(match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Tick {
+            at: t.with_timezone(&Utc),
+            shifted_by_dst: false,
+        },
+        LocalResult::Ambiguous(first, _) => Tick {
+            at: first.with_timezone(&Utc),
+            shifted_by_dst: false,
+        },
+        LocalResult::None => Tick {
+            at: gap_end(tz, naive)?,
+            shifted_by_dst: true,
+        },
+    })
+}
+
 /// The first valid instant after a local time that does not exist.
 fn gap_end(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
     let mut probe = naive;
@@ -161,14 +228,16 @@ fn humantime_like(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`@every {s}`: write e.g. @every 30s, @every 5m or @every 2h"))?;
-    let secs = match unit.trim() {
-        "s" | "sec" => n,
-        "m" | "min" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit = match unit.trim() {
+        "s" | "sec" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
         other => return Err(format!("`@every {s}`: unknown unit `{other}`; use s, m, h or d")),
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`@every {s}` is too long"))
 }
 
 /// Maps a Unix weekday field (0–7, 0 and 7 = Sunday) to the cron crate's
@@ -306,6 +375,70 @@ mod tests {
         let ticks = s.ticks_between(utc("2026-11-26T00:00:00Z"), utc("2026-11-26T00:01:00Z"), 2);
         let at: Vec<_> = ticks.iter().map(|t| t.at).collect();
         assert_eq!(at, [utc("2026-11-26T00:00:50Z"), utc("2026-11-26T00:01:00Z")]);
+    }
+
+    #[test]
+    fn latest_ticks_are_computed_backwards_and_match_a_forward_walk() {
+        for (line, tz) in [
+            ("@every 10s", "UTC"),
+            ("*/7 * * * *", "UTC"),
+            ("30 2 * * *", "Europe/Berlin"),
+            ("* 2 * * *", "Europe/Berlin"),
+            ("0 0 * * 5-7", "Asia/Shanghai"),
+        ] {
+            let s = Schedule::parse(line, tz).unwrap();
+            for (from, to) in [
+                ("2026-03-28T12:00:00Z", "2026-03-30T12:00:00Z"),
+                ("2026-10-24T12:00:00Z", "2026-10-26T12:00:00Z"),
+                ("2026-11-26T00:00:00Z", "2026-11-26T00:01:00Z"),
+            ] {
+                for max in [1, 3, 1000] {
+                    let forward = s.ticks_between(utc(from), utc(to), max);
+                    let (backward, more) = s.latest_ticks(utc(from), utc(to), max);
+                    assert_eq!(backward, forward, "{line} {tz} {from}..{to} max {max}");
+                    let all = s.ticks_between(utc(from), utc(to), usize::MAX);
+                    assert_eq!(more, all.len() > max, "{line} {from} max {max}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_years_long_gap_costs_max_steps() {
+        let s = Schedule::parse("@every 1s", "UTC").unwrap();
+        let (ticks, more) = s.latest_ticks(utc("1970-01-01T00:00:00Z"), utc("2026-11-26T00:00:00Z"), 2);
+        assert!(more);
+        assert_eq!(
+            ticks.iter().map(|t| t.at).collect::<Vec<_>>(),
+            [utc("2026-11-25T23:59:59Z"), utc("2026-11-26T00:00:00Z")]
+        );
+        let s = Schedule::parse("* * * * * *", "Europe/Berlin").unwrap();
+        let start = std::time::Instant::now();
+        let (ticks, more) = s.latest_ticks(utc("2000-01-01T00:00:00Z"), utc("2026-11-26T00:00:00Z"), 1);
+        assert!(more && ticks.len() == 1 && ticks[0].at == utc("2026-11-26T00:00:00Z"));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "walked the gap");
+    }
+
+    #[test]
+    fn hostile_every_intervals_are_refused_not_overflowed() {
+        for line in [
+            "@every 18446744073709551615d",
+            "@every 18446744073709551615s",
+            "@every 9223372036854775807h",
+            "@every 367d",
+            "@every 0s",
+            "@every -1s",
+            "@every ",
+            "@every d",
+        ] {
+            assert!(Schedule::parse(line, "UTC").is_err(), "{line}");
+        }
+        let s = Schedule::parse("@every 366d", "UTC").unwrap();
+        assert!(
+            s.next_after(DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1))
+                .is_none()
+        );
+        assert!(s.next_after(DateTime::<Utc>::MIN_UTC).is_some());
     }
 
     #[test]

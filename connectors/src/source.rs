@@ -43,6 +43,66 @@ pub trait Sink: Send + Sync + 'static {
         event: &Event,
         dedupe_id: &str,
     ) -> impl Future<Output = Result<Published, SinkError>> + Send;
+
+    /// Parks an event the queue refused for good ([`SinkError::Rejected`]:
+    /// its function is missing, it is too large) in the dead-letter queue
+    /// with `reason`, and counts it; resolves once that is stored. Only
+    /// [`SinkError::Unavailable`] comes back: parking never refuses.
+    fn park(
+        &self,
+        function: &str,
+        event: &Event,
+        dedupe_id: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Where an event ended up once a source may acknowledge upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// On the function's queue (or already there).
+    Queued(Published),
+    /// Refused by the queue for good, and parked in the dead-letter queue
+    /// with this reason.
+    Parked(String),
+}
+
+/// The one rule for every source: returns only once the event is stored on
+/// the queue or, refused for good, parked in the dead-letter queue; retries
+/// (with backoff) while JetStream is away. `None` when `stop` came first:
+/// the caller must not acknowledge upstream. Nothing a source acks is
+/// ever silently dropped.
+pub async fn deliver<S: Sink>(
+    sink: &S,
+    function: &str,
+    event: &Event,
+    dedupe_id: &str,
+    stop: impl Future<Output = ()>,
+) -> Option<Delivered> {
+    tokio::pin!(stop);
+    let reason = match publish_until_stored(sink, function, event, dedupe_id, &mut stop).await? {
+        Ok(p) => return Some(Delivered::Queued(p)),
+        Err(SinkError::Rejected(reason) | SinkError::Unavailable(reason)) => reason,
+    };
+    tracing::warn!(function, event = %event.id, %reason, "the queue refused the event; parking it in the dead-letter queue");
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let parked = tokio::select! {
+            r = sink.park(function, event, dedupe_id, &reason) => r,
+            _ = &mut stop => return None,
+        };
+        match parked {
+            Ok(()) => return Some(Delivered::Parked(reason)),
+            Err(e) => {
+                tracing::warn!(function, event = %event.id, error = %e, "event not parked yet; retrying in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut stop => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// Small durable state of sources (cursors, last fire times), kept in NATS KV.
@@ -104,6 +164,9 @@ mod tests {
             self.stored.lock().unwrap().push(event.id.clone());
             Ok(Published::Stored)
         }
+        async fn park(&self, _: &str, _: &Event, _: &str, _: &str) -> Result<(), SinkError> {
+            unreachable!("never rejects")
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -116,6 +179,18 @@ mod tests {
         let r = publish_until_stored(&sink, "f", &e, "e1", std::future::pending()).await;
         assert_eq!(r, Some(Ok(Published::Stored)));
         assert_eq!(*sink.stored.lock().unwrap(), ["e1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_events_are_parked_never_dropped() {
+        let sink = crate::contract::MemorySink::default();
+        sink.reject("too large");
+        *sink.park_down.lock().unwrap() = 3;
+        let e = Event::new("e1", "/t", "t");
+        let r = deliver(&sink, "f", &e, "e1", std::future::pending()).await;
+        assert_eq!(r, Some(Delivered::Parked("too large".into())));
+        assert!(sink.events().is_empty());
+        assert_eq!(sink.parked(), [("e1".to_string(), "too large".to_string())]);
     }
 
     #[tokio::test(start_paused = true)]

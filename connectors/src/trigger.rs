@@ -114,6 +114,9 @@ fn default_catch_up_max() -> u32 {
     100
 }
 
+/// The most missed ticks `catch_up = "all"` may fire after an outage.
+pub const CATCH_UP_MAX_LIMIT: u32 = 1000;
+
 impl CronConfig {
     pub fn parsed(&self) -> Result<Schedule, String> {
         Schedule::parse(&self.schedule, &self.timezone)
@@ -241,8 +244,11 @@ fn check_source(source: &SourceConfig) -> Vec<Problem> {
                 let field = if e.contains("IANA") { "timezone" } else { "schedule" };
                 p.push((field.into(), e));
             }
-            if c.catch_up_max == 0 {
-                p.push(("catch_up_max".into(), "must be at least 1".into()));
+            if c.catch_up_max == 0 || c.catch_up_max > CATCH_UP_MAX_LIMIT {
+                p.push((
+                    "catch_up_max".into(),
+                    format!("is out of range 1..{CATCH_UP_MAX_LIMIT}"),
+                ));
             }
         }
         SourceConfig::Webhook(w) => {
@@ -256,6 +262,15 @@ fn check_source(source: &SourceConfig) -> Vec<Problem> {
             }
             if w.max_body.0 == 0 || w.max_body > ByteSize::mib(64) {
                 p.push(("max_body".into(), "is out of range 1..64Mi".into()));
+            }
+            if w.auth.scheme.signs_body() && w.methods.iter().any(|m| m == "GET") {
+                p.push((
+                    "methods".into(),
+                    format!(
+                        "GET cannot be used with auth scheme `{}`: its signature covers only the body, not the query string a GET carries",
+                        format!("{:?}", w.auth.scheme).to_lowercase()
+                    ),
+                ));
             }
             for (field, message) in w.auth.check() {
                 p.push((format!("auth.{field}"), message));
@@ -317,6 +332,13 @@ mod tests {
             .map(|(f, _)| f)
             .collect();
         assert_eq!(fields, ["methods", "auth.secret_env"]);
+        let v = json!({"function":"f","kind":"webhook","methods":["POST","GET"],
+            "auth":{"scheme":"hmac","secret_env":"K","header":"X-Sig"}});
+        let problems = TriggerSpec::parse(&v).unwrap_err();
+        assert_eq!(problems[0].0, "methods");
+        assert!(problems[0].1.contains("query string"), "{problems:?}");
+        let v = json!({"function":"f","kind":"webhook","methods":["GET"],"auth":{"scheme":"bearer","secret_env":"K"}});
+        assert!(TriggerSpec::parse(&v).is_ok(), "bearer tokens do not sign the body");
         let v = json!({"function":"f","kind":"kafka"});
         assert!(TriggerSpec::parse(&v).unwrap_err()[0].1.contains("not a source kind"));
         let v = json!({"function":"f","kind":"webhook","auth":{"scheme":"magic"}});

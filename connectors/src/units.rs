@@ -124,6 +124,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_numbers_are_refused_not_overflowed() {
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "-1Mi",
+            "18446744073709551616",
+            "18446744073709551615Gi",
+            "18446744073709551615Mi",
+            "9223372036854775808Ki",
+            "1.5Gi",
+        ] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?}");
+        }
+        assert_eq!("18446744073709551615".parse::<ByteSize>().unwrap().0, u64::MAX);
+        for bad in [
+            "",
+            "-5s",
+            "18446744073709551616s",
+            "18446744073709551615h",
+            "9223372036854775807d",
+            "99999999999999999999999999ms",
+            "5 parsecs",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));

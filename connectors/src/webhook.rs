@@ -62,6 +62,23 @@ impl SecretEnv {
             SecretEnv::Many(v) => v.iter().map(String::as_str).collect(),
         }
     }
+
+    /// The secrets these variables hold: each value may list several,
+    /// comma-separated (rotation). Empty entries (`"s1,"`, `","`, an empty
+    /// or unset variable) are dropped: an empty key would let anyone sign.
+    pub fn resolve(&self, lookup: impl Fn(&str) -> Option<String>) -> Vec<Vec<u8>> {
+        self.names()
+            .into_iter()
+            .filter_map(lookup)
+            .flat_map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.as_bytes().to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 /// A webhook trigger's `auth` table.
@@ -129,6 +146,14 @@ pub enum AuthError {
 }
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+impl Scheme {
+    /// Whether the scheme signs the request body (and only the body): such a
+    /// signature says nothing about a query string.
+    pub fn signs_body(self) -> bool {
+        matches!(self, Scheme::Hmac | Scheme::Github | Scheme::Stripe)
+    }
+}
 
 impl AuthConfig {
     /// Problems with the table, as (field, message), all at once.
@@ -203,6 +228,9 @@ impl AuthConfig {
         if self.scheme == Scheme::None {
             return Ok(());
         }
+        // Empty keys never verify anything, whoever passed them in.
+        let secrets: Vec<Vec<u8>> = secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let secrets = secrets.as_slice();
         if secrets.is_empty() {
             return Err(AuthError::NoSecret(self.secret_env.names().join(" or ")));
         }
@@ -275,8 +303,10 @@ impl AuthConfig {
             reason: "the timestamp is not Unix seconds".into(),
         })?;
         let tolerance = self.tolerance();
-        let age = now - ts;
-        if age.abs() > tolerance {
+        // Timestamps come from the sender: no arithmetic on them may
+        // overflow, whatever they hold.
+        let age = now.saturating_sub(ts);
+        if age.unsigned_abs() > tolerance.unsigned_abs() {
             return Err(AuthError::Stale { age, tolerance });
         }
         Ok(())
@@ -289,8 +319,8 @@ fn parse_secs(s: &str) -> Option<i64> {
     let n: i64 = n.parse().ok()?;
     match unit {
         "" | "s" => Some(n),
-        "m" => Some(n * 60),
-        "h" => Some(n * 3600),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
         _ => None,
     }
 }
@@ -512,6 +542,81 @@ mod tests {
         assert_eq!(cfg.verify(&ok, b"", &[b"tok".to_vec()], 0), Ok(()));
         assert_eq!(cfg.verify(&ok, b"", &[b"other".to_vec()], 0), Err(AuthError::Mismatch));
         assert_eq!(cfg.verify(&ok, b"", &[], 0), Err(AuthError::NoSecret("T".into())));
+    }
+
+    #[test]
+    fn empty_secrets_never_sign() {
+        let env = SecretEnv::Many(vec!["A".into(), "B".into(), "C".into()]);
+        let lookup = |n: &str| match n {
+            "A" => Some("s1, ,".to_string()),
+            "B" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(env.resolve(lookup), vec![b"s1".to_vec()]);
+        assert!(SecretEnv::One("X".into()).resolve(|_| Some(",,".into())).is_empty());
+        // An HMAC made with the empty key is refused even if an empty key is
+        // passed in: the request is treated as having no secret at all.
+        let cfg = github();
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(b"").unwrap();
+        mac.update(b"body");
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let h = headers(&[("X-Hub-Signature-256", &sig)]);
+        assert_eq!(
+            cfg.verify(&h, b"body", &[Vec::new()], 0),
+            Err(AuthError::NoSecret("GH".into()))
+        );
+        assert_eq!(
+            cfg.verify(&h, b"body", &[Vec::new(), b"real".to_vec()], 0),
+            Err(AuthError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn hostile_timestamps_and_tolerances_do_not_overflow() {
+        let cfg = AuthConfig {
+            scheme: Scheme::Hmac,
+            secret_env: SecretEnv::One("K".into()),
+            header: Some("X-Sig".into()),
+            timestamp_header: Some("X-Ts".into()),
+            ..Default::default()
+        };
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string(), "-1".into(), "0".into()] {
+            let h = headers(&[("x-sig", "00"), ("x-ts", &ts)]);
+            for now in [i64::MIN, -1, 0, 1_700_000_000, i64::MAX] {
+                assert!(
+                    matches!(
+                        cfg.verify(&h, b"b", &[b"k".to_vec()], now),
+                        Err(AuthError::Stale { .. } | AuthError::Mismatch)
+                    ),
+                    "ts {ts} now {now}"
+                );
+            }
+        }
+        for ts in ["", "-", "99999999999999999999999", "1e9", " "] {
+            let h = headers(&[("x-sig", "00"), ("x-ts", ts)]);
+            assert!(
+                matches!(
+                    cfg.verify(&h, b"b", &[b"k".to_vec()], 0),
+                    Err(AuthError::Malformed { .. })
+                ),
+                "{ts:?}"
+            );
+        }
+        for t in [
+            "9223372036854775807h",
+            "9223372036854775807m",
+            "18446744073709551615",
+            "-5s",
+            "",
+            "5x",
+        ] {
+            assert!(parse_secs(t).is_none(), "{t}");
+            let c = AuthConfig {
+                tolerance: Some(t.into()),
+                ..cfg.clone()
+            };
+            assert_eq!(c.check().len(), 1, "{t} is refused by check");
+        }
     }
 
     #[test]

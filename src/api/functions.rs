@@ -19,6 +19,14 @@ fn view(f: &DeployedFunction) -> Value {
     v
 }
 
+fn code_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "CodeTooLarge",
+        format!("the code is larger than this server's limit of {limit} bytes"),
+    )
+}
+
 fn parse_name(name: &str) -> Result<FunctionName, ApiError> {
     name.parse().map_err(|m: String| {
         let mut e = ApiError::bad_request("InvalidName", m.clone());
@@ -83,12 +91,29 @@ pub async fn deploy(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    // Whether the user chose max_instances (a default is fitted to the pool).
+    let mut explicit_max = query.iter().any(|(k, _)| k == "max_instances");
     let (spec, code) = if content_type.starts_with("multipart/form-data") {
         if !query.is_empty() {
             return Err(ApiError::bad_request(
                 "InvalidRequest",
                 "with multipart, put settings in the `spec` part, not the query",
             ));
+        }
+        // The whole form is bounded by the code limit plus room for the
+        // spec, decided before it is read into memory.
+        let limit = s.max_code_size.saturating_add(super::MAX_JSON_BODY);
+        let (parts, body) = req.into_parts();
+        let limited = axum::body::Body::new(http_body_util::Limited::new(body, limit));
+        let req = Request::from_parts(parts, limited);
+        if req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > limit as u64)
+        {
+            return Err(code_too_large(s.max_code_size));
         }
         let mut multipart = Multipart::from_request(req, &())
             .await
@@ -101,14 +126,18 @@ pub async fn deploy(
             .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?
         {
             let part = field.name().unwrap_or("").to_string();
-            let bytes = field
-                .bytes()
-                .await
-                .map_err(|e| ApiError::bad_request("InvalidRequest", e.body_text()))?;
+            let bytes = field.bytes().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    code_too_large(s.max_code_size)
+                } else {
+                    ApiError::bad_request("InvalidRequest", e.body_text())
+                }
+            })?;
             match part.as_str() {
                 "spec" => {
                     let value: Value = serde_json::from_slice(&bytes)
                         .map_err(|e| ApiError::bad_request("InvalidSpec", format!("the spec part is not JSON: {e}")))?;
+                    explicit_max = value.get("max_instances").is_some();
                     spec = Some(FunctionSpec::from_json(&value).map_err(ApiError::invalid)?);
                 }
                 "code" => code = Some(bytes),
@@ -124,35 +153,38 @@ pub async fn deploy(
         (spec.unwrap_or_default(), code)
     } else {
         let spec = FunctionSpec::from_query(&query).map_err(ApiError::invalid)?;
-        let body = axum::body::to_bytes(req.into_body(), s.max_code_size)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "CodeTooLarge",
-                    format!(
-                        "the code is larger than this server's limit of {} bytes",
-                        s.max_code_size
-                    ),
-                )
-            })?;
+        let body = super::read_body(req, s.max_code_size, "CodeTooLarge", "code").await?;
         (spec, body)
     };
-    deploy_code(&s, name, spec, code, dry_run).await
+    deploy_code(&s, name, spec, code, dry_run, explicit_max).await
 }
 
 async fn deploy_code(
     s: &ApiState,
     name: FunctionName,
-    spec: FunctionSpec,
+    mut spec: FunctionSpec,
     code: Bytes,
     dry_run: bool,
+    explicit_max: bool,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if code.is_empty() {
         return Err(ApiError::bad_request(
             "InvalidCode",
             "the code is empty; send the .wasm file as the body",
         ));
+    }
+    let pool = s.invoker.executor.pool_instances();
+    if !explicit_max && spec.max_instances > pool {
+        spec.max_instances = pool.max(spec.reserved).max(1);
+    }
+    if spec.max_instances > pool {
+        return Err(ApiError::invalid(vec![crate::registry::FieldError {
+            field: "max_instances".into(),
+            message: format!(
+                "{} is more than this node's instance pool of {pool}; lower it, or start nodes with a larger --pool-instances",
+                spec.max_instances
+            ),
+        }]));
     }
     if spec.fuel.is_some() && !s.invoker.executor.meters_fuel() {
         return Err(ApiError::invalid(vec![crate::registry::FieldError {

@@ -40,11 +40,24 @@ pub async fn hook(
         return Err(not_found());
     };
     let method = req.method().clone();
-    if !config.methods.iter().any(|m| m.as_str() == method.as_str()) {
+    // A GET carries its data in the query string, which body signatures do
+    // not cover: signed schemes take only requests with a body (triggers
+    // saved before this rule existed are held to it here).
+    let allowed = |m: &str| m == method.as_str() && !(m == "GET" && config.auth.scheme.signs_body());
+    if !config.methods.iter().any(|m| allowed(m)) {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("this webhook accepts {}", config.methods.join(", ")),
+            format!(
+                "this webhook accepts {}",
+                config
+                    .methods
+                    .iter()
+                    .filter(|m| allowed(m) || *m != "GET")
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     if config.auth.scheme == webhook::Scheme::None && !s.loopback {
@@ -56,28 +69,19 @@ pub async fn hook(
     }
     let headers = req.headers().clone();
     let query = req.uri().query().map(str::to_string);
-    let limit = config.max_body.0 as usize;
-    let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "EventTooLarge",
-            format!("the body is larger than this webhook's limit of {limit} bytes"),
-        )
-    })?;
+    let limit = usize::try_from(config.max_body.0).unwrap_or(usize::MAX);
+    let body = super::read_body(req, limit, "EventTooLarge", "webhook body").await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let secrets: Vec<Vec<u8>> = config
-        .auth
-        .secret_env
-        .names()
-        .iter()
-        .filter_map(|n| s.secrets.get(n))
-        .flat_map(|v| v.split(',').map(|p| p.trim().as_bytes().to_vec()).collect::<Vec<_>>())
-        .collect();
+    let secrets = config.auth.secret_env.resolve(|n| s.secrets.get(n));
     if let Err(e) = config.auth.verify(&header, &body, &secrets, Utc::now().timestamp()) {
         tracing::info!(trigger, error = %e, "webhook request refused");
         return Err(match e {
+            // The node is misconfigured, not the sender: a 5xx, which
+            // senders (GitHub, Stripe) retry once it is fixed.
             AuthError::NoSecret(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "SecretNotConfigured", e.to_string())
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SecretNotConfigured", e.to_string());
+                e.retry_after = Some(60);
+                e
             }
             _ => ApiError::new(StatusCode::UNAUTHORIZED, "InvalidSignature", e.to_string()),
         });

@@ -13,7 +13,7 @@ use evoke_connectors::Event;
 use evoke_connectors::event::is_json_type;
 use serde_json::json;
 
-use super::{ApiError, ApiState, HDR_INVOCATION_ID, HDR_INVOCATION_TYPE};
+use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_ID, HDR_INVOCATION_TYPE, read_body};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{EnqueueError, derived_invocation_id, new_invocation_id};
 use crate::registry::DeployedFunction;
@@ -27,21 +27,15 @@ pub async fn invoke(
     let refused = new_invocation_id();
     let f = s.function(&name).await.map_err(|e| e.with_invocation(&refused))?;
     let headers = req.headers().clone();
-    let body = axum::body::to_bytes(req.into_body(), s.max_event_size)
+    let body = read_body(req, s.max_event_size, "EventTooLarge", "event")
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "EventTooLarge",
-                format!("the event is larger than the limit of {} bytes", s.max_event_size),
-            )
-            .with_invocation(&refused)
-        })?;
-    let (event, id) = build_event(&headers, body).map_err(|e| e.with_invocation(&refused))?;
+        .map_err(|e| e.with_invocation(&refused))?;
     let asynchronous = headers
         .get(HDR_INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
+    let (event, id) =
+        build_event(&headers, body, f.name.as_str(), asynchronous).map_err(|e| e.with_invocation(&refused))?;
 
     if asynchronous {
         return accepted(&s, &f, &event, &id).await;
@@ -49,12 +43,24 @@ pub async fn invoke(
     respond(s.invoker.run_sync(&f, event, &id).await, &id)
 }
 
-/// Queues an event and answers 202 `{"id"}` once JetStream has it.
+/// Queues an event and answers 202 `{"id"}` once JetStream has it. When
+/// JetStream already had it (the same event for the same function, within
+/// its duplicate window), the answer says so: `"duplicate": true` and
+/// `X-Evoke-Duplicate: true`, with the id of the invocation already queued.
 pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &str) -> Result<Response, ApiError> {
     match s.invoker.enqueue(f, event, id).await {
-        Ok(_) => {
-            let mut resp = (StatusCode::ACCEPTED, Json(json!({ "id": id }))).into_response();
+        Ok(duplicate) => {
+            let body = if duplicate {
+                json!({ "id": id, "duplicate": true })
+            } else {
+                json!({ "id": id })
+            };
+            let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
             set_id(resp.headers_mut(), id);
+            if duplicate {
+                resp.headers_mut()
+                    .insert(HDR_DUPLICATE, HeaderValue::from_static("true"));
+            }
             Ok(resp)
         }
         Err(e @ EnqueueError::TooLarge { .. }) => {
@@ -63,6 +69,21 @@ pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &st
         Err(e) => Err(ApiError::unavailable(e.to_string()).with_invocation(id)),
     }
 }
+
+/// Response headers a function may not set: they describe the connection or
+/// the framing of this response, which only the server decides.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Maps a sync run to the HTTP answer: the function's output (with its status
 /// and headers), or the error with its status.
@@ -77,7 +98,10 @@ pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
             let mut resp = (status, out.body).into_response();
             let h = resp.headers_mut();
             for (k, v) in &out.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+                    && !HOP_BY_HOP.contains(&k.as_str())
+                    && !k.as_str().starts_with("x-evoke-")
+                {
                     h.append(k, v);
                 }
             }
@@ -97,6 +121,7 @@ pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
                 FunctionErrorKind::OutputTooLarge => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionOutputTooLarge"),
                 FunctionErrorKind::ExitCode => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionExitCode"),
                 FunctionErrorKind::FuelExhausted => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionFuelExhausted"),
+                FunctionErrorKind::InvalidOutput => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionInvalidOutput"),
                 FunctionErrorKind::Error => (StatusCode::INTERNAL_SERVER_ERROR, "FunctionError"),
             };
             Err(ApiError::new(status, code, message).with_invocation(id))
@@ -104,6 +129,11 @@ pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
         Err(e @ InvokeError::Busy(_)) => {
             let mut e =
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", e.to_string()).with_invocation(id);
+            e.retry_after = Some(1);
+            Err(e)
+        }
+        Err(InvokeError::Capacity(m)) => {
+            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NodeAtCapacity", m).with_invocation(id);
             e.retry_after = Some(1);
             Err(e)
         }
@@ -158,10 +188,22 @@ fn parse_cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, A
     Ok(Some(event))
 }
 
-/// Builds the event and its invocation id from an invoke request.
-pub fn build_event(headers: &HeaderMap, body: Bytes) -> Result<(Event, String), ApiError> {
+/// Builds the event and its invocation id from an invoke request. An async
+/// CloudEvent's id derives from its `source` and `id` and the function, so
+/// the same event sent twice to one function is one invocation; a sync
+/// invocation always gets a new id (every call runs).
+pub fn build_event(
+    headers: &HeaderMap,
+    body: Bytes,
+    function: &str,
+    asynchronous: bool,
+) -> Result<(Event, String), ApiError> {
     if let Some(event) = cloudevent(headers, body.clone())? {
-        let id = derived_invocation_id("", &format!("{}\0{}", event.source, event.id));
+        let id = if asynchronous {
+            derived_invocation_id(function, &format!("{}\0{}", event.source, event.id))
+        } else {
+            new_invocation_id()
+        };
         return Ok((event, id));
     }
     let content_type = headers

@@ -26,11 +26,63 @@ use crate::registry::DeployedFunction;
 pub const HDR_INVOCATION_ID: &str = "x-evoke-invocation-id";
 /// Header selecting async invocation.
 pub const HDR_INVOCATION_TYPE: &str = "x-evoke-invocation-type";
+/// Header set to `true` on an async answer for an event already queued.
+pub const HDR_DUPLICATE: &str = "x-evoke-duplicate";
+
+/// The largest JSON body `/v1` reads (specs, triggers, redrive requests).
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Reads a request body of at most `limit` bytes. Too large is decided from
+/// `Content-Length` before anything is read, or while streaming, so an
+/// oversized body is never held in memory whole; it is answered 413 with
+/// `code` and the JSON error shape.
+pub async fn read_body(
+    req: axum::extract::Request,
+    limit: usize,
+    code: &'static str,
+    what: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code,
+            format!("the {what} is larger than this server's limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            ApiError::bad_request("InvalidRequest", format!("cannot read the {what}: {e}"))
+        }
+    })
+}
+
+/// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: axum::extract::Request,
+    code: &'static str,
+    what: &str,
+) -> Result<T, ApiError> {
+    let body = read_body(req, MAX_JSON_BODY, "BodyTooLarge", what).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(code, format!("the {what} is not valid JSON: {e}")))
+}
 
 /// Shared state of the API handlers.
 pub struct ApiState {
     pub invoker: Arc<Invoker>,
     pub token: Option<String>,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
     /// Largest event body accepted by invoke.
     pub max_event_size: usize,
     /// Largest code accepted by deploy.
@@ -97,25 +149,44 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest("/v1", v1)
         .route("/hooks/{trigger}", get(hooks::hook).post(hooks::hook).put(hooks::hook))
         .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
+        .route(
+            "/metrics",
+            get(ops::metrics).layer(middleware::from_fn_with_state(state.clone(), metrics_auth)),
+        )
         .with_state(state)
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`.
+fn bearer_ok(req: &Request, token: &str) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| evoke_connectors::webhook::constant_time_eq(g.as_bytes(), token.as_bytes()))
+}
+
 async fn auth(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Result<Response, ApiError> {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| evoke_connectors::webhook::constant_time_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "missing or wrong bearer token; set EVOKE_API_TOKEN to the server's token",
-            ));
-        }
+    if let Some(token) = &state.token
+        && !bearer_ok(&req, token)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong bearer token; set EVOKE_API_TOKEN to the server's token",
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+async fn metrics_auth(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(token) = &state.metrics_token
+        && !bearer_ok(&req, token)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "/metrics needs `Authorization: Bearer <token>`: the --metrics-token, or the API token when none is set",
+        ));
     }
     Ok(next.run(req).await)
 }

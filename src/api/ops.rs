@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
 use crate::bus;
+use crate::invoker::dlq::DlqError;
 use crate::observe::logs::LogBatch;
-use crate::observe::metrics::{FnLabel, StateLabel};
+use crate::observe::metrics::StateLabel;
 
 pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
     let nats = s.invoker.bus.client.connection_state();
@@ -29,8 +30,13 @@ pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
     (status, Json(json!({ "status": if ok { "ok" } else { "degraded" }, "nats": format!("{nats:?}").to_lowercase(), "node": s.invoker.node }))).into_response()
 }
 
+/// Prometheus text. Cheap to scrape: counters are kept in memory, instance
+/// counts are read from this node's executor, and the NATS-backed gauges
+/// (queue and DLQ depth) are refreshed in the background (see
+/// [`crate::observe::metrics::refresh_depths`]), never per scrape.
 pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     let inv = &s.invoker;
+    inv.metrics.instances.clear();
     for st in inv.executor.stats() {
         inv.metrics
             .instances
@@ -46,30 +52,6 @@ pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
                 state: "busy".into(),
             })
             .set(st.busy as i64);
-    }
-    if let Ok(depths) = inv.dlq_depths().await {
-        inv.metrics.dlq_depth.clear();
-        for (f, n) in depths {
-            inv.metrics
-                .dlq_depth
-                .get_or_create(&FnLabel { function: f })
-                .set(n as i64);
-        }
-    }
-    if let Ok(stream) = inv.bus.js.get_stream(bus::STREAM_EVENTS).await {
-        let names: Vec<String> = inv.registry.subscribe().borrow().keys().cloned().collect();
-        for name in names {
-            if let Ok(mut c) = stream
-                .get_consumer::<consumer::pull::Config>(&bus::consumer_name(&name))
-                .await
-                && let Ok(info) = c.info().await
-            {
-                inv.metrics
-                    .queue_pending
-                    .get_or_create(&FnLabel { function: name.clone() })
-                    .set(info.num_pending as i64);
-            }
-        }
     }
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
@@ -93,12 +75,34 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Checks a function name for the DLQ endpoints: dead letters outlive their
+/// function (a cron tick for a deleted function is parked there), so a
+/// missing function is only 404 when it has no dead letters either.
+async fn dlq_function(s: &ApiState, name: &str) -> Result<(), ApiError> {
+    match s.function(name).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.status == StatusCode::NOT_FOUND && crate::registry::valid_name(name) => {
+            let n: u64 = s
+                .invoker
+                .bus
+                .subject_counts(bus::STREAM_DLQ, &bus::dlq_filter(name))
+                .await
+                .map_err(ApiError::unavailable)?
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            if n > 0 { Ok(()) } else { Err(e) }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn dlq_list(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    s.function(&name).await?;
+    dlq_function(&s, &name).await?;
     let entries = s
         .invoker
         .dlq_list(&name, q.limit.unwrap_or(100))
@@ -111,7 +115,7 @@ pub async fn dlq_show(
     State(s): State<Arc<ApiState>>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    s.function(&name).await?;
+    dlq_function(&s, &name).await?;
     let entry = s
         .invoker
         .dlq_get(&name, &id)
@@ -133,15 +137,10 @@ pub struct RedriveRequest {
 pub async fn dlq_redrive(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    req: axum::extract::Request,
 ) -> Result<Json<Value>, ApiError> {
     s.function(&name).await?;
-    let req: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "InvalidRequest",
-            format!("send {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
-        )
-    })?;
+    let req: RedriveRequest = super::read_json(req, "InvalidRequest", "redrive request").await?;
     let ids = match (req.ids, req.all) {
         (Some(ids), false) if !ids.is_empty() => Some(ids),
         (None, true) => None,
@@ -152,12 +151,9 @@ pub async fn dlq_redrive(
             ));
         }
     };
-    let out = s.invoker.dlq_redrive(&name, ids).await.map_err(|e| {
-        if e.starts_with("no dead letter") {
-            ApiError::new(StatusCode::NOT_FOUND, "NotFound", e)
-        } else {
-            ApiError::unavailable(e)
-        }
+    let out = s.invoker.dlq_redrive(&name, ids).await.map_err(|e| match e {
+        DlqError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+        DlqError::Nats(m) => ApiError::unavailable(m),
     })?;
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
@@ -182,7 +178,11 @@ pub async fn logs(
         Some(since) => {
             let d = crate::units::parse_duration(since)
                 .map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
-            let start = time::OffsetDateTime::now_utc() - d;
+            // A window longer than the logs are kept reads them all.
+            let start = time::Duration::try_from(d)
+                .ok()
+                .and_then(|d| time::OffsetDateTime::now_utc().checked_sub(d))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
             DeliverPolicy::ByStartTime { start_time: start }
         }
         None => DeliverPolicy::All,

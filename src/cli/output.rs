@@ -343,7 +343,7 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
                 "{:<20} {:<8} {:<20} {:<8} LAST EVENT",
                 "NAME", "KIND", "FUNCTION", "STATE"
             );
-            for t in all {
+            for t in &all {
                 let last = &t["last_event"];
                 let last = last["time"].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
                 println!(
@@ -353,6 +353,13 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
                     t["function"].as_str().unwrap_or("?"),
                     t["state"].as_str().unwrap_or("")
                 );
+            }
+            // What is wrong with the triggers that are not active, on
+            // stderr so the table stays a table for scripts.
+            for t in &all {
+                if let Some(error) = t["error"].as_str() {
+                    eprintln!("{}: {error}", t["name"].as_str().unwrap_or("?"));
+                }
             }
         }
         TriggersCmd::Show { name } => {

@@ -74,6 +74,8 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.sources = !args.no_sources;
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
+    config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
+    config.allow_link_local_destinations = args.allow_link_local_destinations;
     let node = Node::start(config).await?;
     // Listen for Ctrl-C and SIGTERM from here on, so a stop during start-up
     // still stops cleanly (and takes the managed nats-server with it).

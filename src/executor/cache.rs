@@ -2,6 +2,14 @@
 //! engine's compatibility hash, so a restarted node loads machine code in
 //! microseconds instead of recompiling, and an upgraded wasmtime never loads
 //! stale artifacts.
+//!
+//! Loading compiled code is `unsafe` (it is machine code run as is), so the
+//! cache trusts only what this node wrote: every artifact ends with a keyed
+//! BLAKE3 tag over its kind, digest and bytes, under a random key kept beside
+//! the cache (mode 0600). A file planted or altered by anyone without the key
+//! is deleted instead of loaded. Digests are checked to be 64 hex digits
+//! before they become part of a path. Everything here blocks: call it from
+//! `spawn_blocking`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
@@ -10,10 +18,20 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::guest::GuestKind;
+use super::guest::{Compiled, GuestKind};
+
+const TAG_LEN: usize = 32;
 
 pub struct CodeCache {
     dir: PathBuf,
+    key: [u8; 32],
+}
+
+/// The hex part of a `sha256:<64 hex digits>` digest, or `None` when the
+/// string is anything else (it is never used to build a path then).
+pub fn digest_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
 }
 
 impl CodeCache {
@@ -22,63 +40,158 @@ impl CodeCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         let dir = root.join(format!("{:016x}", h.finish()));
         std::fs::create_dir_all(&dir)?;
-        Ok(CodeCache { dir })
+        let key = load_or_create_key(&root.join("cache.key"))?;
+        Ok(CodeCache { dir, key })
     }
 
-    fn path(&self, digest: &str, kind: GuestKind) -> PathBuf {
+    fn path(&self, hex: &str, kind: GuestKind) -> PathBuf {
         let ext = if kind.is_component() { "component" } else { "module" };
-        self.dir
-            .join(format!("{}.{ext}.cwasm", digest.trim_start_matches("sha256:")))
+        self.dir.join(format!("{hex}.{ext}.cwasm"))
     }
 
-    /// Loads a cached component, if present and loadable.
-    pub fn load_component(&self, engine: &Engine, digest: &str, kind: GuestKind) -> Option<Component> {
-        let path = self.path(digest, kind);
-        if !path.exists() {
-            return None;
+    fn tag(&self, kind: GuestKind, hex: &str, artifact: &[u8]) -> [u8; TAG_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(format!("{kind:?}\0{hex}\0").as_bytes());
+        h.update(artifact);
+        *h.finalize().as_bytes()
+    }
+
+    /// Loads cached compiled code of `kind`, if present, written by this
+    /// node (its tag verifies) and loadable.
+    pub fn load(&self, engine: &Engine, digest: &str, kind: GuestKind) -> Option<Compiled> {
+        let hex = digest_hex(digest)?;
+        let path = self.path(hex, kind);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read cached code");
+                return None;
+            }
+        };
+        let drop_file = |why: &str| {
+            tracing::warn!(path = %path.display(), "dropping cached code: {why}");
+            let _ = std::fs::remove_file(&path);
+            None
+        };
+        if bytes.len() < TAG_LEN {
+            return drop_file("too short to carry its tag");
         }
-        // SAFETY: the file was written by `store` below from
-        // `Component::serialize` on an engine with the same compatibility
-        // hash (the directory name), and the cache directory belongs to this
-        // node. wasmtime also checks the header before loading.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let (artifact, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+        let expected = self.tag(kind, hex, artifact);
+        // blake3's Hash compares in constant time.
+        if blake3::Hash::from_bytes(expected) != blake3::Hash::from_slice(tag).ok()? {
+            return drop_file("its tag does not verify (not written by this node)");
+        }
+        // SAFETY: the bytes were written by `store` below, from `serialize`
+        // on an engine with the same compatibility hash (the directory
+        // name), as the keyed tag just proved; wasmtime checks the header too.
+        let loaded = if kind.is_component() {
+            unsafe { Component::deserialize(engine, artifact) }.map(Compiled::Component)
+        } else {
+            unsafe { wasmtime::Module::deserialize(engine, artifact) }.map(Compiled::Module)
+        };
+        match loaded {
             Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "dropping unloadable cached code");
-                let _ = std::fs::remove_file(&path);
-                None
-            }
+            Err(e) => drop_file(&format!("unloadable: {e}")),
         }
     }
 
-    /// Loads a cached core module.
-    pub fn load_module(&self, engine: &Engine, digest: &str) -> Option<wasmtime::Module> {
-        let path = self.path(digest, GuestKind::WasiModule);
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: as for components above.
-        match unsafe { wasmtime::Module::deserialize_file(engine, &path) } {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "dropping unloadable cached code");
-                let _ = std::fs::remove_file(&path);
-                None
-            }
-        }
-    }
-
-    /// Stores compiled code atomically (write to a temp file, then rename),
-    /// so a crash never leaves a torn artifact.
-    pub fn store(&self, digest: &str, kind: GuestKind, bytes: &[u8]) {
-        let path = self.path(digest, kind);
+    /// Stores compiled code with its tag atomically (write to a temp file,
+    /// then rename), so a crash never leaves a torn artifact.
+    pub fn store(&self, digest: &str, kind: GuestKind, artifact: &[u8]) {
+        let Some(hex) = digest_hex(digest) else {
+            tracing::warn!(digest, "not caching code with a malformed digest");
+            return;
+        };
+        let path = self.path(hex, kind);
+        let tag = self.tag(kind, hex, artifact);
         let result = tempfile::NamedTempFile::new_in(&self.dir).and_then(|mut f| {
-            f.write_all(bytes)?;
+            f.write_all(artifact)?;
+            f.write_all(&tag)?;
             f.persist(&path).map_err(|e| e.error)?;
             Ok(())
         });
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled code");
         }
+    }
+}
+
+/// The node's cache key: 32 random bytes in a file only its owner can read,
+/// created on first use.
+fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    if let Ok(bytes) = std::fs::read(path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut f = tempfile::NamedTempFile::new_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(&key)?;
+    f.persist(path).map_err(|e| e.error)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        let good = format!("sha256:{}", "a1".repeat(32));
+        assert!(digest_hex(&good).is_some());
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:../../etc/passwd",
+            &format!("sha256:{}", "A1".repeat(32)),
+            &format!("sha256:{}/", "a1".repeat(32)),
+            &format!("sha256:{}", "a1".repeat(33)),
+            &format!("md5:{}", "a1".repeat(32)),
+        ] {
+            assert!(digest_hex(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_artifacts_this_node_wrote_are_loaded() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CodeCache::new(dir.path(), &engine).unwrap();
+        let module = wasmtime::Module::new(&engine, "(module (func (export \"_start\")))").unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        cache.store(&digest, GuestKind::WasiModule, &module.serialize().unwrap());
+        assert!(cache.load(&engine, &digest, GuestKind::WasiModule).is_some());
+        // A component of the same digest was never stored.
+        assert!(cache.load(&engine, &digest, GuestKind::Component).is_none());
+
+        // Another node's cache (another key) writing the same path: refused and removed.
+        let other_root = tempfile::tempdir().unwrap();
+        let other = CodeCache::new(other_root.path(), &engine).unwrap();
+        other.store(&digest, GuestKind::WasiModule, &module.serialize().unwrap());
+        let path = cache.path(digest_hex(&digest).unwrap(), GuestKind::WasiModule);
+        std::fs::copy(other.path(digest_hex(&digest).unwrap(), GuestKind::WasiModule), &path).unwrap();
+        assert!(cache.load(&engine, &digest, GuestKind::WasiModule).is_none());
+        assert!(!path.exists(), "a planted artifact is deleted");
+
+        // A flipped byte in our own artifact: refused.
+        cache.store(&digest, GuestKind::WasiModule, &module.serialize().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(cache.load(&engine, &digest, GuestKind::WasiModule).is_none());
+
+        // The key survives a restart of the node.
+        cache.store(&digest, GuestKind::WasiModule, &module.serialize().unwrap());
+        let again = CodeCache::new(dir.path(), &engine).unwrap();
+        assert!(again.load(&engine, &digest, GuestKind::WasiModule).is_some());
     }
 }

@@ -36,7 +36,7 @@ use wasmtime::{Engine, Store};
 use crate::observe::logs::LogLine;
 use crate::registry::DeployedFunction;
 use cache::CodeCache;
-use guest::{CodeError, Compiled, GuestKind, Prepared};
+use guest::{CodeError, GuestKind, Prepared};
 use pipes::CappedPipe;
 use sandbox::{ComponentState, ModuleState};
 
@@ -94,6 +94,9 @@ pub enum FunctionErrorKind {
     ExitCode,
     /// The guest used up its fuel (CPU) budget.
     FuelExhausted,
+    /// The guest returned something evoke cannot pass on (e.g. an HTTP
+    /// status outside 200-599).
+    InvalidOutput,
 }
 
 /// Why an invocation did not produce output.
@@ -109,6 +112,47 @@ pub enum InvokeError {
     /// Every instance this node may run for the function stayed busy.
     #[error("all {0} instances of the function are busy")]
     Busy(u32),
+    /// The node's instance pool is full (every slot used by running or
+    /// reserved instances): a system error, retried later, never the
+    /// function's fault.
+    #[error("{0}")]
+    Capacity(String),
+}
+
+/// The most bytes of a guest's error message kept (in records, dead letters
+/// and HTTP answers); longer messages are cut and marked.
+pub const MAX_ERROR_BYTES: usize = 8 << 10;
+
+/// Cuts `text` to at most `max` bytes (on a character boundary), saying how
+/// long it was.
+pub fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("... [truncated: {total} bytes in all]"));
+    text
+}
+
+impl InvokeError {
+    /// A function error with its message capped at [`MAX_ERROR_BYTES`].
+    pub fn function(kind: FunctionErrorKind, message: String) -> InvokeError {
+        InvokeError::Function {
+            kind,
+            message: cap_text(message, MAX_ERROR_BYTES),
+        }
+    }
+
+    /// Whether the failure is evoke's, not the function's (retried until
+    /// the event's max age, never counted against `retries`).
+    pub fn is_system(&self) -> bool {
+        !matches!(self, InvokeError::Function { .. })
+    }
 }
 
 /// Phases of a cold start, in microseconds.
@@ -152,6 +196,36 @@ struct Loaded {
     idle: Mutex<Vec<Warm>>,
     permits: Arc<Semaphore>,
     busy: AtomicU32,
+    /// Held while reserved instances are being created, so a burst of
+    /// registry changes prewarms once, not once per change.
+    prewarming: tokio::sync::Mutex<()>,
+}
+
+/// One running invocation in a function's `busy` count.
+struct Busy<'a>(&'a AtomicU32);
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a AtomicU32) -> Busy<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The error of a guest stopped at its deadline.
+fn timeout_error(timeout: Duration) -> InvokeError {
+    InvokeError::Function {
+        kind: FunctionErrorKind::Timeout,
+        message: format!(
+            "the function ran past its timeout of {}",
+            crate::units::format_duration(timeout)
+        ),
+    }
 }
 
 impl Loaded {
@@ -175,12 +249,18 @@ pub struct InstanceStats {
 
 pub struct Executor {
     engine: Engine,
-    cache: CodeCache,
+    cache: Arc<CodeCache>,
     component_linker: wasmtime::component::Linker<ComponentState>,
     module_linker: wasmtime::Linker<ModuleState>,
     code: Option<async_nats::jetstream::object_store::ObjectStore>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     config: ExecutorConfig,
+}
+
+/// Whether an error says the pooling allocator has no free slot.
+pub(crate) fn is_pool_full(e: &wasmtime::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some())
 }
 
 /// Hex sha256 digest of code, as `sha256:<hex>`.
@@ -196,7 +276,7 @@ impl Executor {
         code: Option<async_nats::jetstream::object_store::ObjectStore>,
     ) -> anyhow::Result<Executor> {
         let engine = engine::build(config.pool_instances, config.fuel).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let cache = CodeCache::new(&config.cache_dir, &engine)?;
+        let cache = Arc::new(CodeCache::new(&config.cache_dir, &engine)?);
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
@@ -236,13 +316,19 @@ impl Executor {
     pub async fn check_code(&self, code: Bytes) -> Result<(GuestKind, String), CodeError> {
         let engine = self.engine.clone();
         let digest = digest(&code);
-        let compiled = tokio::task::spawn_blocking(move || guest::compile(&engine, &code))
-            .await
-            .map_err(|e| CodeError::Invalid(format!("compiler crashed: {e}")))??;
+        let cache = self.cache.clone();
+        let digest_for_cache = digest.clone();
+        // Compiling and writing the cache both block: off the async runtime.
+        let compiled = tokio::task::spawn_blocking(move || {
+            let (kind, compiled) = guest::compile(&engine, &code)?;
+            if let Ok(bytes) = compiled.serialize() {
+                cache.store(&digest_for_cache, kind, &bytes);
+            }
+            Ok::<_, CodeError>((kind, compiled))
+        })
+        .await
+        .map_err(|e| CodeError::Invalid(format!("compiler crashed: {e}")))??;
         let (kind, compiled) = compiled;
-        if let Ok(bytes) = compiled.serialize() {
-            self.cache.store(&digest, kind, &bytes);
-        }
         guest::prepare(kind, compiled, &self.component_linker, &self.module_linker)?;
         Ok((kind, digest))
     }
@@ -251,35 +337,47 @@ impl Executor {
     /// slot when `max_instances` are busy.
     pub async fn invoke(&self, function: &Arc<DeployedFunction>, event: &Event, wait: Duration) -> Run {
         let started = Instant::now();
+        let failed = |e: InvokeError| Run {
+            result: Err(e),
+            logs: vec![],
+            cold: None,
+            duration: started.elapsed(),
+        };
         let (loaded, mut cold) = match self.loaded(function).await {
             Ok(x) => x,
-            Err(message) => {
-                return Run {
-                    result: Err(InvokeError::System(message)),
-                    logs: vec![],
-                    cold: None,
-                    duration: started.elapsed(),
-                };
-            }
+            Err(message) => return failed(InvokeError::System(message)),
         };
         let permit = match tokio::time::timeout(wait, loaded.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
-            _ => {
-                return Run {
-                    result: Err(InvokeError::Busy(loaded.function.spec.max_instances)),
-                    logs: vec![],
-                    cold: None,
-                    duration: started.elapsed(),
-                };
+            _ => return failed(InvokeError::Busy(loaded.function.spec.max_instances)),
+        };
+        // Counted down on drop, so a cancelled call (a sync client that went
+        // away) never leaves the count high.
+        let _busy = Busy::enter(&loaded.busy);
+        let timeout = loaded.function.spec.timeout;
+        let deadline = Instant::now() + timeout;
+        let run = async {
+            match &loaded.prepared {
+                Prepared::Component { .. } => self.run_component(&loaded, event, deadline).await,
+                Prepared::Command { .. } | Prepared::Module { .. } => self.run_command(&loaded, event, deadline).await,
             }
         };
-        loaded.busy.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + loaded.function.spec.timeout;
-        let (result, logs, instance_cold) = match &loaded.prepared {
-            Prepared::Component { .. } => self.run_component(&loaded, event, deadline).await,
-            Prepared::Command { .. } | Prepared::Module { .. } => self.run_command(&loaded, event, deadline).await,
+        // The epoch deadline stops guests running wasm code; this outer one
+        // stops guests waiting in a host call (a sleep, a blocking read). The
+        // instance is dropped with the future, so it is never reused.
+        let outer = tokio::time::Instant::from_std(deadline) + 2 * engine::EPOCH_TICK;
+        let (result, logs, instance_cold) = match tokio::time::timeout_at(outer, run).await {
+            Ok(r) => r,
+            Err(_) => (
+                Err(timeout_error(timeout)),
+                vec![LogLine::new(
+                    crate::observe::logs::LogLevel::Warn,
+                    "evoke",
+                    "the function was stopped at its timeout while waiting in a host call; its logs are lost".into(),
+                )],
+                None,
+            ),
         };
-        loaded.busy.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
         if let Some((instantiate_us, init_us)) = instance_cold {
             let c = cold.get_or_insert_with(ColdStart::default);
@@ -332,13 +430,11 @@ impl Executor {
         let kind = function.kind;
         let digest = function.digest.clone();
         let t = Instant::now();
-        let cached = if kind.is_component() {
-            self.cache
-                .load_component(&self.engine, &digest, kind)
-                .map(Compiled::Component)
-        } else {
-            self.cache.load_module(&self.engine, &digest).map(Compiled::Module)
-        };
+        let (cache, engine, key) = (self.cache.clone(), self.engine.clone(), digest.clone());
+        // Reading and deserializing compiled code blocks: off the runtime.
+        let cached = tokio::task::spawn_blocking(move || cache.load(&engine, &key, kind))
+            .await
+            .map_err(|e| format!("loading cached code crashed: {e}"))?;
         let compiled = match cached {
             Some(c) => {
                 phases.cached_code = true;
@@ -349,16 +445,21 @@ impl Executor {
                 let code = self.fetch(&digest).await?;
                 phases.fetch_us = t.elapsed().as_micros() as u64;
                 let t = Instant::now();
-                let engine = self.engine.clone();
-                let (found, compiled) = tokio::task::spawn_blocking(move || guest::compile(&engine, &code))
-                    .await
-                    .map_err(|e| format!("compiler crashed: {e}"))?
-                    .map_err(|e| format!("stored code for {digest} no longer compiles: {e}"))?;
+                let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), digest.clone());
+                let (found, compiled) = tokio::task::spawn_blocking(move || {
+                    let (found, compiled) = guest::compile(&engine, &code)?;
+                    if found == kind
+                        && let Ok(bytes) = compiled.serialize()
+                    {
+                        cache.store(&key, kind, &bytes);
+                    }
+                    Ok::<_, CodeError>((found, compiled))
+                })
+                .await
+                .map_err(|e| format!("compiler crashed: {e}"))?
+                .map_err(|e| format!("stored code for {digest} no longer compiles: {e}"))?;
                 if found != kind {
                     return Err(format!("stored code for {digest} is a {found:?}, not a {kind:?}"));
-                }
-                if let Ok(bytes) = compiled.serialize() {
-                    self.cache.store(&digest, kind, &bytes);
                 }
                 phases.compile_or_load_us = t.elapsed().as_micros() as u64;
                 compiled
@@ -372,6 +473,7 @@ impl Executor {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(function.spec.max_instances as usize)),
             busy: AtomicU32::new(0),
+            prewarming: tokio::sync::Mutex::new(()),
         };
         Ok((loaded, phases))
     }
@@ -381,7 +483,7 @@ impl Executor {
             .code
             .as_ref()
             .ok_or_else(|| format!("code {digest} is not cached and this node has no code store"))?;
-        let name = digest.trim_start_matches("sha256:");
+        let name = cache::digest_hex(digest).ok_or_else(|| format!("`{digest}` is not a sha256 digest"))?;
         let mut object = store
             .get(name)
             .await
@@ -398,6 +500,7 @@ impl Executor {
     }
 
     /// Keeps `reserved` instances of a component function warm on this node.
+    /// Concurrent calls for one function return at once: one prewarm runs.
     pub async fn prewarm(&self, function: &Arc<DeployedFunction>) -> Result<u32, String> {
         let want = function.spec.reserved as usize;
         if want == 0 {
@@ -407,12 +510,16 @@ impl Executor {
         if !matches!(loaded.prepared, Prepared::Component { .. }) {
             return Ok(0);
         }
+        let Ok(_one) = loaded.prewarming.try_lock() else {
+            return Ok(0);
+        };
         let mut made = 0;
         while loaded.idle().len() + (loaded.busy.load(Ordering::Relaxed) as usize) < want {
             let deadline = Instant::now() + function.spec.timeout;
-            let (warm, _, _) = self
-                .new_instance(&loaded, deadline)
+            let outer = tokio::time::Instant::from_std(deadline) + 2 * engine::EPOCH_TICK;
+            let (warm, _, _) = tokio::time::timeout_at(outer, self.new_instance(&loaded, deadline))
                 .await
+                .map_err(|_| timeout_error(function.spec.timeout).to_string())?
                 .map_err(|(e, _)| e.to_string())?;
             loaded.idle().push(warm);
             made += 1;
@@ -420,39 +527,103 @@ impl Executor {
         Ok(made)
     }
 
-    /// Drops idle instances past their function's idle timeout, keeping
-    /// `reserved` ones. Returns how many were dropped.
-    pub fn reap_idle(&self) -> usize {
-        let slots: Vec<Arc<Slot>> = self
-            .slots
+    fn loaded_functions(&self) -> Vec<Arc<Loaded>> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
-            .collect();
-        let mut dropped = 0;
-        for slot in slots {
-            let Some(loaded) = slot.cell.get() else { continue };
+            .filter_map(|slot| slot.cell.get().cloned())
+            .collect()
+    }
+
+    /// Drops idle instances past their function's idle timeout, keeping
+    /// `reserved` ones. Returns how many were dropped.
+    pub fn reap_idle(&self) -> usize {
+        let mut dropped = Vec::new();
+        for loaded in self.loaded_functions() {
             let spec = &loaded.function.spec;
             let mut idle = loaded.idle();
             let busy = loaded.busy.load(Ordering::Relaxed) as usize;
             // Oldest first: instances are pushed back at the end when used.
-            while let Some(oldest) = idle.first() {
-                let expired = oldest.last_used.elapsed() >= spec.idle_timeout;
-                if !expired || idle.len() + busy <= spec.reserved as usize {
-                    break;
-                }
-                idle.remove(0);
-                dropped += 1;
+            let mut expired = 0;
+            while expired < idle.len()
+                && idle[expired].last_used.elapsed() >= spec.idle_timeout
+                && idle.len() - expired + busy > spec.reserved as usize
+            {
+                expired += 1;
+            }
+            dropped.extend(idle.drain(..expired));
+        }
+        // Stores are dropped here, outside every lock: freeing an instance
+        // returns its memory to the pool, which takes time.
+        let n = dropped.len();
+        drop(dropped);
+        n
+    }
+
+    /// Frees pool slots for a function that could not get one: drops the
+    /// oldest idle instances of any function, those beyond `reserved` first.
+    /// Returns how many were dropped.
+    fn reclaim_idle(&self, wanted: usize) -> usize {
+        let mut candidates: Vec<(bool, Instant, Arc<Loaded>)> = Vec::new();
+        for loaded in self.loaded_functions() {
+            let idle = loaded.idle();
+            let reserved = loaded.function.spec.reserved as usize;
+            for (i, w) in idle.iter().enumerate() {
+                // Reserved instances are the newest `reserved` idle ones.
+                let is_reserved = idle.len() - i <= reserved;
+                candidates.push((is_reserved, w.last_used, loaded.clone()));
             }
         }
-        dropped
+        candidates.sort_by_key(|(reserved, used, _)| (*reserved, *used));
+        let mut dropped = Vec::new();
+        for (_, _, loaded) in candidates.into_iter().take(wanted) {
+            let mut idle = loaded.idle();
+            if !idle.is_empty() {
+                dropped.push(idle.remove(0));
+            }
+        }
+        let n = dropped.len();
+        drop(dropped);
+        if n > 0 {
+            tracing::info!(reclaimed = n, "instance pool full: dropped idle instances to make room");
+        }
+        n
+    }
+
+    /// After a failed instantiation or call: when the pool was full (no
+    /// instance slot, memory or stack; the guest never started), reclaims
+    /// idle instances of any function and says to try again (a few times at
+    /// most). Still failing, the error is classified as a capacity error.
+    pub(super) fn room_made<T>(&self, result: &Result<T, wasmtime::Error>, tries: &mut u32) -> bool {
+        match result {
+            Err(e) if is_pool_full(e) && *tries < 3 => {
+                *tries += 1;
+                self.reclaim_idle(4) > 0
+            }
+            _ => false,
+        }
     }
 
     /// Forgets functions that were deleted or replaced by a newer revision.
     pub fn retain(&self, live: &HashMap<String, u64>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|name, slot| live.get(name).is_some_and(|rev| *rev == slot.revision));
+        let removed: Vec<Arc<Slot>> = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = slots
+                .iter()
+                .filter(|(name, slot)| live.get(*name).is_none_or(|rev| *rev != slot.revision))
+                .map(|(name, _)| name.clone())
+                .collect();
+            gone.iter().filter_map(|name| slots.remove(name)).collect()
+        };
+        // Their instances are freed outside the lock.
+        drop(removed);
+    }
+
+    /// The size of the instance pool: no function may ask for more
+    /// concurrent instances than this.
+    pub fn pool_instances(&self) -> u32 {
+        self.config.pool_instances
     }
 
     /// Instance counts per function, for metrics and status.

@@ -18,6 +18,21 @@ use super::{Executor, FunctionErrorKind, InvokeError, Loaded, Output, Warm, bind
 use crate::observe::logs::{LogLevel, LogLine};
 use crate::registry::DeployedFunction;
 
+/// Evaluates an instantiation or call, and again while it failed for want
+/// of a pool slot that reclaiming idle instances freed (see
+/// [`Executor::room_made`]); a guest that never got a slot never started,
+/// so trying again is safe.
+macro_rules! with_room {
+    ($executor:expr, $attempt:expr) => {{
+        let mut result = $attempt;
+        let mut tries = 0;
+        while $executor.room_made(&result, &mut tries) {
+            result = $attempt;
+        }
+        result
+    }};
+}
+
 impl Executor {
     /// A store with the sandbox armed and the clock started.
     fn new_store<T: HasSandbox>(&self, data: T, deadline: Instant) -> Store<T> {
@@ -64,7 +79,8 @@ impl Executor {
             deadline,
         );
         let t = Instant::now();
-        let instance = match pre.instantiate_async(&mut store).await {
+        let instance = with_room!(self, pre.instantiate_async(&mut store).await);
+        let instance = match instance {
             Ok(i) => i,
             Err(e) => {
                 return Err((
@@ -96,15 +112,13 @@ impl Executor {
                     ));
                 }
             };
-            match init_fn.call_async(&mut store, ()).await {
+            let result = with_room!(self, init_fn.call_async(&mut store, ()).await);
+            match result {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
                     let logs = drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]);
                     return Err((
-                        InvokeError::Function {
-                            kind: FunctionErrorKind::Error,
-                            message: format!("init failed: {message}"),
-                        },
+                        InvokeError::function(FunctionErrorKind::Error, format!("init failed: {message}")),
                         logs,
                     ));
                 }
@@ -146,7 +160,7 @@ impl Executor {
         };
         let f = &loaded.function;
         start_clock(&mut warm.store, deadline);
-        let result = warm.handle.call_async(&mut warm.store, (to_guest(event),)).await;
+        let result = with_room!(self, warm.handle.call_async(&mut warm.store, (to_guest(event),)).await);
         let logs = drain(&mut warm.store, &[("stdout", &warm.stdout), ("stderr", &warm.stderr)]);
         let result = match result {
             Ok((Ok(out),)) => {
@@ -159,6 +173,11 @@ impl Executor {
                             self.config.max_output
                         ),
                     })
+                } else if let Some(status) = out.status.filter(|s| !(200..=599).contains(s)) {
+                    Err(InvokeError::Function {
+                        kind: FunctionErrorKind::InvalidOutput,
+                        message: format!("the function returned HTTP status {status}; a status must be 200-599"),
+                    })
                 } else {
                     Ok(Output {
                         body: Bytes::from(out.body),
@@ -168,10 +187,7 @@ impl Executor {
                     })
                 }
             }
-            Ok((Err(message),)) => Err(InvokeError::Function {
-                kind: FunctionErrorKind::Error,
-                message,
-            }),
+            Ok((Err(message),)) => Err(InvokeError::function(FunctionErrorKind::Error, message)),
             Err(e) => {
                 // A trapped instance is never reused: its memory may be
                 // half-updated.
@@ -208,10 +224,10 @@ impl Executor {
                 };
                 let mut store = self.new_store(state, deadline);
                 let t = Instant::now();
-                let instance = pre.instantiate_async(&mut store).await;
+                let instance = with_room!(self, pre.instantiate_async(&mut store).await);
                 instantiate_us = t.elapsed().as_micros() as u64;
                 let exit = match instance {
-                    Ok(cmd) => match cmd.wasi_cli_run().call_run(&mut store).await {
+                    Ok(cmd) => match with_room!(self, cmd.wasi_cli_run().call_run(&mut store).await) {
                         Ok(Ok(())) => Ok(0),
                         Ok(Err(())) => Ok(1),
                         Err(e) => exit_code(&mut store, e, f),
@@ -229,11 +245,11 @@ impl Executor {
                     deadline,
                 );
                 let t = Instant::now();
-                let instance = pre.instantiate_async(&mut store).await;
+                let instance = with_room!(self, pre.instantiate_async(&mut store).await);
                 instantiate_us = t.elapsed().as_micros() as u64;
                 let exit = match instance {
                     Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
-                        Ok(start) => match start.call_async(&mut store, ()).await {
+                        Ok(start) => match with_room!(self, start.call_async(&mut store, ()).await) {
                             Ok(()) => Ok(0),
                             Err(e) => exit_code(&mut store, e, f),
                         },
@@ -262,13 +278,13 @@ impl Executor {
                     .rev()
                     .find(|l| l.stream == "stderr")
                     .map(|l| l.message.clone());
-                Err(InvokeError::Function {
-                    kind: FunctionErrorKind::ExitCode,
-                    message: match last {
+                Err(InvokeError::function(
+                    FunctionErrorKind::ExitCode,
+                    match last {
                         Some(line) => format!("the command exited with code {code}: {line}"),
                         None => format!("the command exited with code {code}"),
                     },
-                })
+                ))
             }
             Err(e) => Err(e),
         };
@@ -288,6 +304,11 @@ fn drain<T: HasSandbox>(store: &mut Store<T>, pipes: &[(&str, &CappedPipe)]) -> 
 
 /// Classifies a failed call from the store's sandbox flags and the trap.
 fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &DeployedFunction) -> InvokeError {
+    if super::is_pool_full(&e) {
+        return InvokeError::Capacity(format!(
+            "this node's instance pool is full ({e}); the invocation is retried later (start nodes with a larger --pool, or lower max_instances)"
+        ));
+    }
     if let Some(wasmtime::Trap::OutOfFuel) = e.downcast_ref::<wasmtime::Trap>() {
         return InvokeError::Function {
             kind: FunctionErrorKind::FuelExhausted,
@@ -317,10 +338,7 @@ fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &Deploye
         Some(trap) => format!("the function trapped: {trap}"),
         None => format!("the function trapped: {}", e.root_cause()),
     };
-    InvokeError::Function {
-        kind: FunctionErrorKind::Trap,
-        message,
-    }
+    InvokeError::function(FunctionErrorKind::Trap, message)
 }
 
 /// Reads a WASI exit code out of a command's error, or classifies the trap.

@@ -1,6 +1,15 @@
 //! `on_success` / `on_failure` destinations: the result (or the failure with
-//! its attempts) as a CloudEvent, sent to a NATS subject, an HTTP endpoint,
+//! its attempts) as a CloudEvent, sent to a NATS subject (core publish, for
+//! subscribers), a JetStream stream (stored, ack awaited), an HTTP endpoint,
 //! or another function's queue.
+//!
+//! HTTP destinations never reach link-local addresses (where cloud metadata
+//! services live), whether written as an IP or resolved from a name, unless
+//! the node allows it; redirects are not followed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -58,26 +67,43 @@ impl Invoker {
         let body = Bytes::from(event.to_json());
         match dest {
             Destination::Nats(subject) => {
-                // Prefer JetStream (an ack means it is stored); fall back to
-                // core NATS when no stream captures the subject.
-                match self.bus.js.publish(subject.clone(), body.clone()).await {
-                    Ok(ack) => match ack.await {
-                        Ok(_) => Ok(()),
-                        Err(e) if super::no_responders(&e) => self.core_publish(subject, body).await,
-                        Err(e) => Err(e.to_string()),
-                    },
+                // A plain subject: whoever subscribes gets it. The flush
+                // waits for the server to have it, never for a reply.
+                let client = &self.bus.client;
+                client.publish(subject.clone(), body).await.map_err(|e| e.to_string())?;
+                client.flush().await.map_err(|e| e.to_string())
+            }
+            Destination::JetStream(subject) => {
+                let ack = self
+                    .bus
+                    .js
+                    .publish(subject.clone(), body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match ack.await {
+                    Ok(_) => Ok(()),
+                    Err(e) if super::no_responders(&e) => Err(format!(
+                        "no JetStream stream stores `{subject}`; create one, or use nats:{subject} to publish to subscribers"
+                    )),
                     Err(e) => Err(e.to_string()),
                 }
             }
             Destination::Http(url) => {
+                let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+                if !self.allow_link_local
+                    && let Some(ip) = literal_ip(&parsed)
+                    && link_local(ip)
+                {
+                    return Err(format!("{url} is a link-local address, which this node does not call"));
+                }
                 let resp = self
                     .http
-                    .post(url)
+                    .post(parsed)
                     .header("content-type", "application/cloudevents+json")
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| error_chain(&e))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {
@@ -99,13 +125,68 @@ impl Invoker {
             }
         }
     }
+}
 
-    async fn core_publish(&self, subject: &str, body: Bytes) -> Result<(), String> {
-        self.bus
-            .client
-            .publish(subject.to_string(), body)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.bus.client.flush().await.map_err(|e| e.to_string())
+/// An error with its causes, one line (reqwest hides the interesting part).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// The IP of a URL written with a literal address.
+pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Whether an address is link-local (169.254.0.0/16, fe80::/10, or either
+/// mapped into IPv6).
+pub fn link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.is_link_local(),
+            None => v6.is_unicast_link_local(),
+        },
+    }
+}
+
+/// The HTTP client destinations use: a 10 s timeout, no redirects, and a
+/// resolver that drops link-local addresses unless `allow_link_local`.
+pub fn http_client(allow_link_local: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none());
+    if !allow_link_local {
+        b = b.dns_resolver(Arc::new(NoLinkLocal));
+    }
+    b.build().unwrap_or_default()
+}
+
+/// Resolves names with the system resolver, dropping link-local answers.
+struct NoLinkLocal;
+
+impl reqwest::dns::Resolve for NoLinkLocal {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| !link_local(a.ip())).collect();
+            if allowed.is_empty() && !all.is_empty() {
+                return Err(
+                    format!("`{host}` resolves only to link-local addresses, which this node does not call").into(),
+                );
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }

@@ -36,7 +36,64 @@ pub struct DeadLetter {
 #[derive(Debug, Default, Serialize)]
 pub struct Redriven {
     pub redriven: Vec<String>,
-    pub failed: Vec<String>,
+    pub failed: Vec<RedriveFailure>,
+}
+
+/// A dead letter that was not redriven, and why (it is still in the DLQ).
+#[derive(Debug, Serialize)]
+pub struct RedriveFailure {
+    pub id: String,
+    pub reason: String,
+}
+
+/// Why the DLQ could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("no dead letter `{id}` for function `{function}`")]
+    NotFound { function: String, id: String },
+    #[error("{0}")]
+    Nats(String),
+}
+
+/// Error messages in a dead letter that had to be slimmed to fit.
+const SLIM_ERROR_BYTES: usize = 512;
+/// Attempts kept in a dead letter that had to be slimmed to fit.
+const SLIM_ATTEMPTS: usize = 5;
+
+impl DeadLetter {
+    /// The dead letter as one message no larger than `max` bytes: whole if
+    /// it fits, else with shorter errors, fewer attempts, and finally no
+    /// attempts (the invocation record keeps the whole history). The event
+    /// itself is always kept: the queue only takes events that leave room.
+    pub fn encode(&self, max: usize) -> Result<Vec<u8>, String> {
+        let encode = |d: &DeadLetter| serde_json::to_vec(d).map_err(|e| e.to_string());
+        let payload = encode(self)?;
+        if payload.len() <= max {
+            return Ok(payload);
+        }
+        let mut slim = self.clone();
+        slim.reason = crate::executor::cap_text(slim.reason, SLIM_ERROR_BYTES * 2);
+        let skip = slim.attempts.len().saturating_sub(SLIM_ATTEMPTS);
+        slim.attempts.drain(..skip);
+        for a in &mut slim.attempts {
+            if let Some(e) = &mut a.error {
+                e.message = crate::executor::cap_text(std::mem::take(&mut e.message), SLIM_ERROR_BYTES);
+            }
+        }
+        let payload = encode(&slim)?;
+        if payload.len() <= max {
+            return Ok(payload);
+        }
+        slim.attempts.clear();
+        let payload = encode(&slim)?;
+        if payload.len() <= max {
+            return Ok(payload);
+        }
+        Err(format!(
+            "the dead letter is {} bytes even without its attempts; NATS takes {max}",
+            payload.len()
+        ))
+    }
 }
 
 impl Invoker {
@@ -47,18 +104,7 @@ impl Invoker {
         // Deduplicates a retried dead-lettering of the same attempt history.
         let msg_id = format!("{}.{}.{}", entry.id, redrives, entry.attempts.len());
         headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let mut payload = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-        let max = self.bus.max_message();
-        if payload.len() > max {
-            // Keep the event; trim what makes it too big (the error history).
-            let mut slim = entry.clone();
-            for a in &mut slim.attempts {
-                if let Some(e) = &mut a.error {
-                    e.message.truncate(512);
-                }
-            }
-            payload = serde_json::to_vec(&slim).map_err(|e| e.to_string())?;
-        }
+        let payload = entry.encode(self.bus.max_record())?;
         let ack = self
             .bus
             .js
@@ -74,6 +120,60 @@ impl Invoker {
             .dead_letters
             .get_or_create(&crate::observe::metrics::FnLabel {
                 function: entry.function.clone(),
+            })
+            .inc();
+        Ok(())
+    }
+
+    /// Parks an event a source could not queue (its function is missing, it
+    /// is too large) in the DLQ with `reason`, with a record saying so, and
+    /// counts it (`evoke_events_parked_total`). An event too large for even
+    /// a dead letter keeps its attributes and loses its data, said in the
+    /// reason.
+    pub async fn park(&self, function: &str, event: &Event, id: &str, reason: &str) -> Result<(), String> {
+        let now = Utc::now();
+        let mut record = super::records::Record::new(
+            id,
+            function,
+            super::records::Mode::Async,
+            &event.id,
+            Status::DeadLettered,
+        );
+        record.push_attempt(Attempt {
+            number: 1,
+            started_at: now,
+            duration_ms: Some(0.0),
+            start: None,
+            cold_start: None,
+            error: Some(super::records::AttemptError::system(format!(
+                "the queue refused the event: {reason}"
+            ))),
+            node: self.node.clone(),
+        });
+        record.finished_at = Some(now);
+        let mut entry = DeadLetter {
+            id: id.to_string(),
+            function: function.to_string(),
+            reason: format!("the queue refused the event: {reason}"),
+            dead_lettered_at: now,
+            attempts: record.attempts.clone(),
+            event: event.to_value(),
+            seq: None,
+        };
+        if entry.encode(self.bus.max_record()).is_err() {
+            let mut slim = event.clone();
+            let size = slim.data.len();
+            slim.data = Bytes::new();
+            slim.datacontenttype = None;
+            entry.event = slim.to_value();
+            entry.reason = format!("{}; its {size} bytes of data were too large to keep", entry.reason);
+        }
+        self.dead_letter(&entry, 0).await?;
+        self.put_record_durable(&record).await;
+        self.metrics
+            .parked
+            .get_or_create(&crate::observe::metrics::FnLabel {
+                function: function.to_string(),
             })
             .inc();
         Ok(())
@@ -144,31 +244,37 @@ impl Invoker {
         }
     }
 
-    /// Puts dead letters back on the queue: the event is re-published (and
-    /// JetStream's ack awaited) before the dead letter is deleted, so a crash
-    /// in between leaves a duplicate, never a loss.
-    pub async fn dlq_redrive(&self, function: &str, ids: Option<Vec<String>>) -> Result<Redriven, String> {
+    /// Puts dead letters back on the queue. Each event is re-published (and
+    /// JetStream's ack awaited) before its dead letter is deleted, so a crash
+    /// in between leaves a duplicate, never a loss; a republish JetStream
+    /// refuses as a duplicate leaves the dead letter in place.
+    pub async fn dlq_redrive(&self, function: &str, ids: Option<Vec<String>>) -> Result<Redriven, DlqError> {
         let entries = match ids {
             Some(ids) => {
                 let mut v = Vec::new();
                 for id in ids {
-                    match self.dlq_get(function, &id).await? {
+                    match self.dlq_get(function, &id).await.map_err(DlqError::Nats)? {
                         Some(e) => v.push(e),
-                        None => return Err(format!("no dead letter `{id}` for function `{function}`")),
+                        None => {
+                            return Err(DlqError::NotFound {
+                                function: function.to_string(),
+                                id,
+                            });
+                        }
                     }
                 }
                 v
             }
-            None => self.dlq_list(function, usize::MAX).await?,
+            None => self.dlq_list(function, usize::MAX).await.map_err(DlqError::Nats)?,
         };
-        let stream = self.dlq_stream().await?;
+        let stream = self.dlq_stream().await.map_err(DlqError::Nats)?;
         let mut out = Redriven::default();
         for entry in entries {
             match self.redrive_one(&entry, &stream).await {
                 Ok(()) => out.redriven.push(entry.id),
-                Err(e) => {
-                    tracing::warn!(invocation = %entry.id, error = %e, "redrive failed");
-                    out.failed.push(entry.id)
+                Err(reason) => {
+                    tracing::warn!(invocation = %entry.id, error = %reason, "redrive failed");
+                    out.failed.push(RedriveFailure { id: entry.id, reason })
                 }
             }
         }
@@ -176,8 +282,13 @@ impl Invoker {
     }
 
     async fn redrive_one(&self, entry: &DeadLetter, stream: &stream::Stream) -> Result<(), String> {
-        let event = Event::from_value(entry.event.clone()).map_err(|e| e.to_string())?;
-        let mut record = self.get_record(&entry.id).await?.unwrap_or_else(|| {
+        let event = Event::from_value(entry.event.clone()).map_err(|e| format!("the dead event is unreadable: {e}"))?;
+        let seq = entry.seq.ok_or("the dead letter has no stream sequence")?;
+        let before = self
+            .get_record(&entry.id)
+            .await
+            .map_err(|e| format!("cannot read the invocation record: {e}"))?;
+        let mut record = before.clone().unwrap_or_else(|| {
             super::records::Record::new(
                 &entry.id,
                 &entry.function,
@@ -187,27 +298,56 @@ impl Invoker {
             )
         });
         record.redrives += 1;
-        record.attempts.clear();
+        record.clear_attempts();
         record.status = Status::Queued;
         record.finished_at = None;
         record.updated_at = Utc::now();
+        // Written before the event is queued, so a worker never reads the
+        // old history; the redrive number in the header resets it anyway.
         self.put_record_acked(&record).await?;
-        let msg_id = format!("{}.r{}", entry.id, record.redrives);
-        let ack = self
-            .bus
-            .enqueue(
-                &entry.function,
-                &entry.id,
-                &msg_id,
-                Bytes::from(event.to_json()),
-                &[(bus::HDR_REDRIVEN, "1")],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map_err(|e| e.to_string())?;
-        if let Some(seq) = entry.seq {
-            stream.delete_message(seq).await.map_err(|e| e.to_string())?;
+        // One dead letter (its stream sequence) is redriven at most once per
+        // JetStream duplicate window.
+        let msg_id = format!("{}.r.{seq}", entry.id);
+        let redrive = record.redrives.to_string();
+        let queued = async {
+            let ack = self
+                .bus
+                .enqueue(
+                    &entry.function,
+                    &entry.id,
+                    &msg_id,
+                    Bytes::from(event.to_json()),
+                    &[(bus::HDR_REDRIVEN, redrive.as_str())],
+                )
+                .await
+                .map_err(|e| format!("cannot queue the event: {e}"))?;
+            ack.await.map_err(|e| format!("the queue did not store the event: {e}"))
         }
+        .await;
+        let restore = async || {
+            if let Some(before) = &before
+                && let Err(e) = self.put_record_acked(before).await
+            {
+                tracing::warn!(invocation = %entry.id, error = %e, "cannot restore the invocation record");
+            }
+        };
+        match queued {
+            Err(e) => {
+                restore().await;
+                return Err(e);
+            }
+            Ok(ack) if ack.duplicate => {
+                restore().await;
+                return Err(format!(
+                    "JetStream already holds a redrive of this dead letter (within its {}s duplicate window); the dead letter is kept, try again later",
+                    bus::DUPLICATE_WINDOW.as_secs()
+                ));
+            }
+            Ok(_) => {}
+        }
+        stream.delete_message(seq).await.map_err(|e| {
+            format!("the event is queued again, but its dead letter could not be deleted ({e}); it may run twice")
+        })?;
         Ok(())
     }
 

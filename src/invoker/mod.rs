@@ -56,6 +56,8 @@ pub struct Invoker {
     /// Whether sync invocations run on this node (it has workers) or are
     /// relayed to a worker node over NATS.
     pub runs_locally: bool,
+    /// Whether HTTP destinations may reach link-local addresses.
+    pub allow_link_local: bool,
     pub(crate) http: reqwest::Client,
 }
 
@@ -64,8 +66,11 @@ pub fn new_invocation_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// A stable invocation id for an event that carries its own id, so the same
-/// event sent twice is deduplicated by JetStream.
+/// A stable invocation id for an event that carries its own id (its origin:
+/// a CloudEvent's source and id, a webhook delivery, a cron tick), so the
+/// same event sent twice to one function is deduplicated by JetStream. The
+/// function is part of it: one event sent to two functions is two
+/// invocations. Every path that queues an event derives its id here.
 pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
     let mut h = Sha256::new();
     h.update(function.as_bytes());
@@ -76,10 +81,7 @@ pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
 
 impl Invoker {
     pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String) -> Invoker {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let http = destinations::http_client(false);
         let registry = Registry::new(bus.functions.clone());
         let triggers = TriggerRegistry::new(bus.triggers.clone());
         Invoker {
@@ -91,8 +93,15 @@ impl Invoker {
             node,
             ack_wait: worker::ACK_WAIT,
             runs_locally: true,
+            allow_link_local: false,
             http,
         }
+    }
+
+    /// Lets HTTP destinations reach link-local addresses (trusted networks).
+    pub fn allow_link_local_destinations(&mut self) {
+        self.allow_link_local = true;
+        self.http = destinations::http_client(true);
     }
 
     /// Runs an event now, with no retry (the caller retries): on this node,
@@ -115,7 +124,7 @@ impl Invoker {
         let run = self.executor.invoke(f, &event, f.spec.timeout).await;
         self.publish_logs(f.name.as_str(), id, &run.logs);
         self.observe(f, &run);
-        record.attempts.push(attempt_of(1, started_at, &run, &self.node));
+        record.push_attempt(attempt_of(1, started_at, &run, &self.node));
         record.status = if run.result.is_ok() {
             Status::Succeeded
         } else {
@@ -130,7 +139,7 @@ impl Invoker {
     /// whether JetStream already had it (same id within its duplicate window).
     pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<bool, EnqueueError> {
         let payload = Bytes::from(event.to_json());
-        let max = self.bus.max_message();
+        let max = self.bus.max_event();
         if payload.len() > max {
             return Err(EnqueueError::TooLarge {
                 size: payload.len(),
@@ -268,6 +277,7 @@ impl Invoker {
                 .unwrap_or_else(|| "error".into()),
             Err(InvokeError::System(_)) => "system-error".into(),
             Err(InvokeError::Busy(_)) => "busy".into(),
+            Err(InvokeError::Capacity(_)) => "capacity".into(),
         };
         self.metrics.observe_run(
             f.name.as_str(),

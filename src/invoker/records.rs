@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{ColdStart, FunctionErrorKind, InvokeError};
+use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, MAX_ERROR_BYTES, cap_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -45,23 +45,17 @@ pub struct AttemptError {
 }
 
 impl AttemptError {
+    /// The error of an attempt; messages are capped so a record always fits.
     pub fn from_invoke(e: &InvokeError) -> AttemptError {
         match e {
             InvokeError::Function { kind, message } => AttemptError {
                 class: ErrorClass::Function,
                 kind: Some(*kind),
-                message: message.clone(),
+                message: cap_text(message.clone(), MAX_ERROR_BYTES),
             },
-            InvokeError::System(m) => AttemptError {
-                class: ErrorClass::System,
-                kind: None,
-                message: m.clone(),
-            },
-            InvokeError::Busy(_) => AttemptError {
-                class: ErrorClass::System,
-                kind: None,
-                message: e.to_string(),
-            },
+            InvokeError::System(_) | InvokeError::Busy(_) | InvokeError::Capacity(_) => {
+                AttemptError::system(e.to_string())
+            }
         }
     }
 
@@ -69,9 +63,23 @@ impl AttemptError {
         AttemptError {
             class: ErrorClass::System,
             kind: None,
-            message: message.into(),
+            message: cap_text(message.into(), MAX_ERROR_BYTES),
         }
     }
+}
+
+/// Attempts kept in a record: the first few and the latest ones. Attempts in
+/// between are counted in [`Omitted`] so retry accounting stays exact while
+/// a record always fits in one NATS message.
+pub const KEEP_FIRST_ATTEMPTS: usize = 3;
+pub const KEEP_LAST_ATTEMPTS: usize = 20;
+
+/// Attempts dropped from the middle of a long history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Omitted {
+    pub attempts: u32,
+    pub function_errors: u32,
+    pub system_errors: u32,
 }
 
 /// One try at running the event.
@@ -111,6 +119,9 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     pub attempts: Vec<Attempt>,
+    /// Attempts left out of `attempts` (the middle of a long history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<Omitted>,
     /// How many times `dlq redrive` put it back.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redrives: u32,
@@ -135,24 +146,53 @@ impl Record {
             duration_ms: None,
             start: None,
             attempts: Vec::new(),
+            omitted: None,
             redrives: 0,
         }
     }
 
-    /// Function-error attempts so far (what `retries` counts).
-    pub fn function_failures(&self) -> u32 {
+    fn count(&self, class: ErrorClass) -> u32 {
         self.attempts
             .iter()
-            .filter(|a| a.error.as_ref().is_some_and(|e| e.class == ErrorClass::Function))
+            .filter(|a| a.error.as_ref().is_some_and(|e| e.class == class))
             .count() as u32
+    }
+
+    /// Function-error attempts so far (what `retries` counts).
+    pub fn function_failures(&self) -> u32 {
+        self.count(ErrorClass::Function) + self.omitted.as_ref().map_or(0, |o| o.function_errors)
     }
 
     /// System-error attempts so far (drives the system backoff).
     pub fn system_failures(&self) -> u32 {
-        self.attempts
-            .iter()
-            .filter(|a| a.error.as_ref().is_some_and(|e| e.class == ErrorClass::System))
-            .count() as u32
+        self.count(ErrorClass::System) + self.omitted.as_ref().map_or(0, |o| o.system_errors)
+    }
+
+    /// Every attempt so far, kept or omitted.
+    pub fn attempt_count(&self) -> u32 {
+        self.attempts.len() as u32 + self.omitted.as_ref().map_or(0, |o| o.attempts)
+    }
+
+    /// Adds an attempt, folding the middle of a long history into
+    /// [`Record::omitted`].
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        if self.attempts.len() > KEEP_FIRST_ATTEMPTS + KEEP_LAST_ATTEMPTS {
+            let gone = self.attempts.remove(KEEP_FIRST_ATTEMPTS);
+            let o = self.omitted.get_or_insert_with(Omitted::default);
+            o.attempts += 1;
+            match gone.error.map(|e| e.class) {
+                Some(ErrorClass::Function) => o.function_errors += 1,
+                Some(ErrorClass::System) => o.system_errors += 1,
+                None => {}
+            }
+        }
+    }
+
+    /// Forgets every attempt (a redrive starts over).
+    pub fn clear_attempts(&mut self) {
+        self.attempts.clear();
+        self.omitted = None;
     }
 
     /// Before delivery number `delivered` runs: marks attempts that started
@@ -170,9 +210,9 @@ impl Record {
                 )));
             }
         }
-        while (self.attempts.len() as u64) < delivered.saturating_sub(1) {
-            self.attempts.push(Attempt {
-                number: self.attempts.len() as u32 + 1,
+        while u64::from(self.attempt_count()) < delivered.saturating_sub(1) {
+            self.push_attempt(Attempt {
+                number: self.attempt_count() + 1,
                 started_at: self.updated_at,
                 duration_ms: None,
                 start: None,
@@ -218,5 +258,39 @@ mod tests {
         assert_eq!(r.system_failures(), 2);
         r.account_for_lost_attempts(3);
         assert_eq!(r.attempts.len(), 2, "idempotent");
+    }
+
+    #[test]
+    fn long_histories_keep_their_ends_and_exact_counts() {
+        let mut r = Record::new("i", "f", Mode::Async, "e", Status::Running);
+        for n in 1..=500u32 {
+            let error = if n % 5 == 0 {
+                AttemptError::from_invoke(&InvokeError::Function {
+                    kind: FunctionErrorKind::Error,
+                    message: "x".repeat(1 << 20),
+                })
+            } else {
+                AttemptError::system("nats hiccup")
+            };
+            r.push_attempt(Attempt {
+                number: n,
+                started_at: Utc::now(),
+                duration_ms: Some(1.0),
+                start: None,
+                cold_start: None,
+                error: Some(error),
+                node: "n".into(),
+            });
+        }
+        assert_eq!(r.attempts.len(), KEEP_FIRST_ATTEMPTS + KEEP_LAST_ATTEMPTS);
+        assert_eq!(r.attempt_count(), 500);
+        assert_eq!(r.function_failures(), 100);
+        assert_eq!(r.system_failures(), 400);
+        assert_eq!(r.attempts[0].number, 1);
+        assert_eq!(r.attempts.last().unwrap().number, 500);
+        // 1 MiB guest errors were capped: the record stays small.
+        assert!(r.to_bytes().len() < 256 << 10, "{} bytes", r.to_bytes().len());
+        r.clear_attempts();
+        assert_eq!((r.attempt_count(), r.function_failures()), (0, 0));
     }
 }

@@ -45,6 +45,9 @@ enum Outcome {
     Busy {
         max_instances: u32,
     },
+    Capacity {
+        message: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +81,7 @@ fn to_reply(run: &Run) -> Reply {
         },
         Err(InvokeError::System(m)) => Outcome::SystemError { message: m.clone() },
         Err(InvokeError::Busy(n)) => Outcome::Busy { max_instances: *n },
+        Err(InvokeError::Capacity(m)) => Outcome::Capacity { message: m.clone() },
     };
     Reply {
         outcome,
@@ -105,6 +109,7 @@ fn from_reply(reply: Reply) -> Run {
         Outcome::FunctionError { kind, message } => Err(InvokeError::Function { kind, message }),
         Outcome::SystemError { message } => Err(InvokeError::System(message)),
         Outcome::Busy { max_instances } => Err(InvokeError::Busy(max_instances)),
+        Outcome::Capacity { message } => Err(InvokeError::Capacity(message)),
     };
     Run {
         result,

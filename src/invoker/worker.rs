@@ -9,20 +9,26 @@
 //! - otherwise: publish to EVOKE_DLQ (awaiting JetStream), deliver
 //!   `on_failure`, and only then ack.
 //!
-//! Long invocations send progress acks so a slow function is not redelivered
-//! elsewhere; a node that dies mid-invocation simply stops acking, and the
-//! event is redelivered after the ack wait.
+//! A worker pulls only as many messages as it has free run slots, so no
+//! message waits in this node's memory while its ack deadline runs (another
+//! node with a free slot gets it instead). Running and settling (records,
+//! destinations, dead letters, acks) send progress acks, so a slow function
+//! or destination is not redelivered elsewhere. Settling has its own bounded
+//! slots: a slow destination holds those, not the run slots, until they are
+//! all taken (backpressure). A node that dies mid-invocation stops acking,
+//! and the event is redelivered after the ack wait.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
 use async_nats::jetstream::{AckKind, Message};
 use chrono::Utc;
 use evoke_connectors::Event;
 use futures::StreamExt;
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
 use super::dlq::DeadLetter;
@@ -39,6 +45,9 @@ pub const RUNNING_AFTER: Duration = Duration::from_millis(100);
 /// How long JetStream waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
 /// Runs consumers for every deployed function until shutdown, starting,
 /// restarting (on a new revision) and stopping them as the registry changes.
 pub async fn run(
@@ -50,18 +59,17 @@ pub async fn run(
     loop {
         let current = functions.borrow_and_update().clone();
         let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
+        invoker.executor.retain(&live);
         for (name, revision) in reconcile(&mut running, &live) {
             let Some(f) = current.get(&name) else { continue };
-            let (invoker, f) = (invoker.clone(), f.clone());
-            running.insert(name, Supervised::spawn(revision, |stop| consume(invoker, f, stop)));
-        }
-        invoker.executor.retain(&live);
-        for f in current.values() {
+            let (inv, fc) = (invoker.clone(), f.clone());
+            running.insert(name, Supervised::spawn(revision, |stop| consume(inv, fc, stop)));
+            // Only new or changed functions are prewarmed; the executor runs
+            // one prewarm per function at a time.
             if f.spec.reserved > 0 {
-                let invoker = invoker.clone();
-                let f = f.clone();
+                let (inv, f) = (invoker.clone(), f.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = invoker.executor.prewarm(&f).await {
+                    if let Err(e) = inv.executor.prewarm(&f).await {
                         tracing::warn!(function = %f.name, error = %e, "cannot start reserved instances");
                     }
                 });
@@ -75,65 +83,105 @@ pub async fn run(
     stop_all(running).await;
 }
 
+/// Settle slots of one function's consumer: results being recorded,
+/// delivered or dead-lettered while new events run.
+fn settle_slots(f: &DeployedFunction) -> usize {
+    (f.spec.max_instances as usize * 4).max(16)
+}
+
 async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watch::Receiver<bool>) {
     let name = f.name.to_string();
-    let permits = Arc::new(Semaphore::new(f.spec.max_instances as usize));
+    let runs = Arc::new(Semaphore::new(f.spec.max_instances as usize));
+    let settles = Arc::new(Semaphore::new(settle_slots(&f)));
     let mut tasks = JoinSet::new();
+    let mut consumer: Option<Consumer<pull::Config>> = None;
     let mut failures = 0u32;
     'outer: loop {
         if *stop.borrow() {
             break;
         }
-        let messages = match open(&invoker, &f).await {
-            Ok(m) => {
-                failures = 0;
-                m
-            }
+        let c = match &consumer {
+            Some(c) => c.clone(),
+            None => match open(&invoker, &f).await {
+                Ok(c) => {
+                    failures = 0;
+                    consumer = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = retry::system_delay(failures).min(Duration::from_secs(10));
+                    tracing::warn!(function = %name, error = %e, "cannot open the event consumer; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = stop.changed() => break,
+                    }
+                }
+            },
+        };
+        // Wait for a free run slot, then ask for as many messages as there
+        // are free slots: every message pulled has a slot waiting for it.
+        let first = tokio::select! {
+            p = runs.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let mut slots = vec![first];
+        while let Ok(p) = runs.clone().try_acquire_owned() {
+            slots.push(p);
+        }
+        let batch = c
+            .batch()
+            .max_messages(slots.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let batch = match batch {
+            Ok(b) => b,
             Err(e) => {
-                failures += 1;
-                let delay = retry::system_delay(failures).min(Duration::from_secs(10));
-                tracing::warn!(function = %name, error = %e, "cannot open the event consumer; retrying in {delay:?}");
+                tracing::debug!(function = %name, error = %e, "pull request failed; reopening the consumer");
+                consumer = None;
+                drop(slots);
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                     _ = stop.changed() => break,
                 }
             }
         };
-        tokio::pin!(messages);
+        tokio::pin!(batch);
         loop {
-            // Take a slot before pulling, so no message waits in memory while
-            // its ack deadline runs.
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
-                _ = stop.changed() => break 'outer,
-            };
             let next = tokio::select! {
-                m = messages.next() => m,
+                m = batch.next() => m,
                 _ = stop.changed() => break 'outer,
             };
             match next {
                 Some(Ok(msg)) => {
-                    let invoker = invoker.clone();
-                    let f = f.clone();
-                    tasks.spawn(async move {
-                        handle(&invoker, &f, msg).await;
-                        drop(permit);
-                    });
+                    let Some(slot) = slots.pop() else {
+                        // The server sent more than was asked for: hand it
+                        // back at once rather than hold it without a slot.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        continue;
+                    };
+                    let (invoker, f, settles) = (invoker.clone(), f.clone(), settles.clone());
+                    tasks.spawn(async move { handle(&invoker, &f, msg, slot, settles).await });
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(function = %name, error = %e, "consumer hiccup");
+                    tracing::debug!(function = %name, error = %e, "consumer hiccup; reopening the consumer");
+                    consumer = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
                 }
                 None => break,
             }
             while tasks.try_join_next().is_some() {}
         }
+        drop(slots);
+        while tasks.try_join_next().is_some() {}
     }
     // Let in-flight invocations finish (bounded by their timeout).
     while tasks.join_next().await.is_some() {}
 }
 
-async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<pull::Stream, String> {
+async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<Consumer<pull::Config>, String> {
     let stream = invoker
         .bus
         .js
@@ -151,29 +199,44 @@ async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<pull::Stream, S
         description: Some(format!("evoke workers of function {}", f.name)),
         ..Default::default()
     };
-    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
-        stream.create_consumer(config).await.map_err(|e| e.to_string())?;
-    consumer
-        .stream()
-        .max_messages_per_batch(f.spec.max_instances as usize)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())
+    stream.create_consumer(config).await.map_err(|e| e.to_string())
+}
+
+/// Runs `work` while telling JetStream every third of the ack wait that
+/// the message is still being worked on.
+async fn keep_alive<F: Future>(invoker: &Invoker, msg: &Message, work: F) -> F::Output {
+    tokio::pin!(work);
+    let every = invoker.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    }
 }
 
 /// Processes one queued event to one of: acked after success, NAKed for a
-/// retry, or acked after a successful dead-lettering.
-async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
-    let info = match msg.info() {
+/// retry, or acked after a successful dead-lettering. Holds `run_slot`
+/// while the function runs and a settle slot while the outcome is stored.
+async fn handle(
+    invoker: &Invoker,
+    f: &Arc<DeployedFunction>,
+    msg: Message,
+    run_slot: OwnedSemaphorePermit,
+    settles: Arc<Semaphore>,
+) {
+    let (delivered, published) = match msg.info() {
         Ok(i) => (i.delivered, i.published),
         Err(e) => {
             tracing::error!(error = %e, "message without JetStream metadata");
             return;
         }
     };
-    let (delivered, published) = info;
     let header = |name: &str| {
         msg.headers
             .as_ref()
@@ -181,7 +244,8 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
             .map(|v| v.as_str().to_string())
     };
     let id = header(bus::HDR_INVOCATION_ID).unwrap_or_else(super::new_invocation_id);
-    let redriven = header(bus::HDR_REDRIVEN).is_some();
+    // The redrive number (older evoke wrote "1" for every redrive).
+    let redrive: Option<u32> = header(bus::HDR_REDRIVEN).map(|v| v.parse().unwrap_or(1));
     let age = Duration::from_secs_f64((time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0));
 
     let mut event = match Event::from_json(&msg.payload) {
@@ -189,7 +253,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         Err(e) => {
             let raw = String::from_utf8_lossy(&msg.payload).into_owned();
             let mut record = Record::new(&id, f.name.as_str(), Mode::Async, "", Status::DeadLettered);
-            record.attempts.push(Attempt {
+            record.push_attempt(Attempt {
                 number: 1,
                 started_at: Utc::now(),
                 duration_ms: Some(0.0),
@@ -207,20 +271,37 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
                 event: serde_json::json!({ "id": id, "source": "evoke", "type": "evoke.malformed", "data": raw }),
                 seq: None,
             };
-            settle_dead(invoker, f, &msg, &mut record, entry, None).await;
+            drop(run_slot);
+            keep_alive(invoker, &msg, settle_dead(invoker, f, &msg, &mut record, entry, None)).await;
             return;
         }
     };
 
-    let mut record = if delivered > 1 || redriven {
+    let fresh = || Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+    let mut record = if delivered > 1 || redrive.is_some() {
         match invoker.get_record(&id).await {
             Ok(Some(r)) => r,
-            _ => Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued),
+            Ok(None) => fresh(),
+            Err(e) => {
+                // Not "no record": running now would forget the attempts
+                // (and the retries) so far. A system error: try later.
+                drop(run_slot);
+                let reason = format!("cannot read the invocation record: {e}");
+                retry_unrecorded(invoker, f, &msg, fresh(), &event, age, delivered, reason).await;
+                return;
+            }
         }
     } else {
-        Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued)
+        fresh()
     };
-    record.account_for_lost_attempts(delivered as u64);
+    if let Some(n) = redrive
+        && record.redrives < n
+    {
+        // The redrive's own record write did not land: start over here.
+        record.redrives = n;
+        record.clear_attempts();
+    }
+    record.account_for_lost_attempts(u64::try_from(delivered).unwrap_or(0));
 
     if age > f.spec.max_event_age {
         let reason = format!(
@@ -229,11 +310,12 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
             crate::units::format_duration(f.spec.max_event_age)
         );
         let entry = dead_letter_entry(f, &record, &event, reason);
-        settle_dead(invoker, f, &msg, &mut record, entry, None).await;
+        drop(run_slot);
+        keep_alive(invoker, &msg, settle_dead(invoker, f, &msg, &mut record, entry, None)).await;
         return;
     }
 
-    let number = record.attempts.len() as u32 + 1;
+    let number = record.attempt_count() + 1;
     let fn_attempt = record.function_failures() + 1;
     event
         .extensions
@@ -243,7 +325,7 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
     let started_at = Utc::now();
     record.status = Status::Running;
     record.updated_at = started_at;
-    record.attempts.push(Attempt {
+    record.push_attempt(Attempt {
         number,
         started_at,
         duration_ms: None,
@@ -253,80 +335,137 @@ async fn handle(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: Message) {
         node: invoker.node.clone(),
     });
     let run = {
-        let invoke = invoker.executor.invoke(f, &event, Duration::from_secs(600));
+        // The run slot bounds how long it may wait for an instance.
+        let invoke = keep_alive(
+            invoker,
+            &msg,
+            invoker.executor.invoke(f, &event, Duration::from_secs(600)),
+        );
         tokio::pin!(invoke);
-        // Tell JetStream the invocation is alive well before the ack wait
-        // runs out, so a slow function is not redelivered elsewhere.
-        let every = invoker.ack_wait / 3;
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // Most invocations end within milliseconds: only a slower one gets
         // a `running` record (one publish fewer per event). A node dying
         // before that is still accounted for by the delivery count.
-        let running_after = tokio::time::sleep(RUNNING_AFTER);
-        tokio::pin!(running_after);
-        let mut running_written = false;
-        loop {
-            tokio::select! {
-                run = &mut invoke => break run,
-                _ = &mut running_after, if !running_written => {
-                    running_written = true;
-                    invoker.put_record(&record).await;
-                }
-                _ = progress.tick() => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(invocation = %id, error = %e, "progress ack failed");
-                    }
-                }
+        tokio::select! {
+            run = &mut invoke => run,
+            _ = tokio::time::sleep(RUNNING_AFTER) => {
+                invoker.put_record(&record).await;
+                invoke.await
             }
         }
     };
+    // Results are settled beside new runs: wait for a settle slot (the
+    // backpressure of slow destinations), then free the run slot.
+    let settle_slot = settles.acquire_owned().await;
+    drop(run_slot);
     invoker.publish_logs(f.name.as_str(), &id, &run.logs);
     invoker.observe(f, &run);
-    record.attempts.pop();
-    record
-        .attempts
-        .push(attempt_of(number, started_at, &run, &invoker.node));
+    if let Some(last) = record.attempts.last_mut() {
+        *last = attempt_of(number, started_at, &run, &invoker.node);
+    }
+    keep_alive(
+        invoker,
+        &msg,
+        settle(invoker, f, &msg, record, &event, &run, fn_attempt, age),
+    )
+    .await;
+    drop(settle_slot);
+}
 
+/// Stores the outcome of a run: ack, retry, or dead letter.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    invoker: &Invoker,
+    f: &DeployedFunction,
+    msg: &Message,
+    mut record: Record,
+    event: &Event,
+    run: &crate::executor::Run,
+    fn_attempt: u32,
+    age: Duration,
+) {
+    let id = record.id.clone();
     match &run.result {
         Ok(output) => {
             record.status = Status::Succeeded;
-            finish(&mut record, &run);
+            finish(&mut record, run);
             if let Some(dest) = &f.spec.on_success {
-                let dest_event = super::destinations::destination_event(&record, &event, Some(output), None);
+                let dest_event = super::destinations::destination_event(&record, event, Some(output), None);
                 if let Err(e) = invoker.deliver(dest, &dest_event).await {
                     // The function ran; keep its result rather than lose it.
-                    let entry = dead_letter_entry(f, &record, &event, e);
-                    settle_dead(invoker, f, &msg, &mut record, entry, None).await;
+                    let entry = dead_letter_entry(f, &record, event, e);
+                    settle_dead(invoker, f, msg, &mut record, entry, None).await;
                     return;
                 }
             }
             invoker.put_record_durable(&record).await;
-            ack(&msg, &id).await;
+            ack(msg, &id).await;
         }
         Err(InvokeError::Function { message, .. }) => {
             if fn_attempt <= f.spec.retries {
                 let delay = retry::function_delay(fn_attempt);
                 invoker.metrics.retry(f.name.as_str(), "function");
-                reschedule(invoker, &msg, &mut record, &run, delay).await;
+                reschedule(invoker, msg, &mut record, run, delay).await;
             } else {
                 let reason = format!("function error on all {} attempts; last: {message}", f.spec.retries + 1);
-                let entry = dead_letter_entry(f, &record, &event, reason);
-                finish(&mut record, &run);
-                settle_dead(invoker, f, &msg, &mut record, entry, Some(&event)).await;
+                let entry = dead_letter_entry(f, &record, event, reason);
+                finish(&mut record, run);
+                settle_dead(invoker, f, msg, &mut record, entry, Some(event)).await;
             }
         }
-        Err(e @ (InvokeError::System(_) | InvokeError::Busy(_))) => {
+        Err(e @ (InvokeError::System(_) | InvokeError::Busy(_) | InvokeError::Capacity(_))) => {
             let delay = retry::system_delay(record.system_failures());
             if age + delay > f.spec.max_event_age {
                 let reason = format!("system error until the event's max_event_age ran out; last: {e}");
-                let entry = dead_letter_entry(f, &record, &event, reason);
-                finish(&mut record, &run);
-                settle_dead(invoker, f, &msg, &mut record, entry, Some(&event)).await;
+                let entry = dead_letter_entry(f, &record, event, reason);
+                finish(&mut record, run);
+                settle_dead(invoker, f, msg, &mut record, entry, Some(event)).await;
             } else {
                 invoker.metrics.retry(f.name.as_str(), "system");
-                reschedule(invoker, &msg, &mut record, &run, delay).await;
+                reschedule(invoker, msg, &mut record, run, delay).await;
             }
         }
+    }
+}
+
+/// A system error before the function ran, with no readable record: retry
+/// later (backoff by delivery count) or, past the event's max age, dead
+/// letter it with what is known.
+#[allow(clippy::too_many_arguments)]
+async fn retry_unrecorded(
+    invoker: &Invoker,
+    f: &DeployedFunction,
+    msg: &Message,
+    mut record: Record,
+    event: &Event,
+    age: Duration,
+    delivered: i64,
+    reason: String,
+) {
+    tracing::warn!(invocation = %record.id, error = %reason, "system error before running; retrying later");
+    let delay = retry::system_delay(u32::try_from(delivered).unwrap_or(u32::MAX));
+    if age + delay > f.spec.max_event_age {
+        record.push_attempt(Attempt {
+            number: u32::try_from(delivered).unwrap_or(u32::MAX),
+            started_at: Utc::now(),
+            duration_ms: Some(0.0),
+            start: None,
+            cold_start: None,
+            error: Some(AttemptError::system(reason.clone())),
+            node: invoker.node.clone(),
+        });
+        let reason = format!("system error until the event's max_event_age ran out; last: {reason}");
+        let entry = dead_letter_entry(f, &record, event, reason);
+        keep_alive(
+            invoker,
+            msg,
+            settle_dead(invoker, f, msg, &mut record, entry, Some(event)),
+        )
+        .await;
+        return;
+    }
+    invoker.metrics.retry(f.name.as_str(), "system");
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(invocation = %record.id, error = %e, "cannot schedule retry");
     }
 }
 

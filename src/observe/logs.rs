@@ -40,7 +40,22 @@ pub struct LogBuffer {
     cap: usize,
     used: usize,
     dropped: usize,
+    dropped_lines: usize,
     lines: Vec<LogLine>,
+}
+
+/// What one line costs against the cap beyond its text.
+const LINE_OVERHEAD: usize = 32;
+
+impl LogLine {
+    pub fn new(level: LogLevel, stream: &str, message: String) -> LogLine {
+        LogLine {
+            time: Utc::now(),
+            level,
+            stream: stream.to_string(),
+            message,
+        }
+    }
 }
 
 impl LogBuffer {
@@ -52,17 +67,16 @@ impl LogBuffer {
     }
 
     pub fn push(&mut self, level: LogLevel, stream: &str, message: String) {
-        if self.used + message.len() > self.cap {
+        // Each line also costs its overhead, so a guest logging empty lines
+        // in a loop fills the cap too instead of growing a list forever.
+        let cost = message.len() + LINE_OVERHEAD;
+        if self.used + cost > self.cap {
             self.dropped += message.len();
+            self.dropped_lines += 1;
             return;
         }
-        self.used += message.len();
-        self.lines.push(LogLine {
-            time: Utc::now(),
-            level,
-            stream: stream.to_string(),
-            message,
-        });
+        self.used += cost;
+        self.lines.push(LogLine::new(level, stream, message));
     }
 
     /// Splits captured stdio into lines.
@@ -76,19 +90,19 @@ impl LogBuffer {
     /// Takes the lines of the invocation that just ended.
     pub fn take(&mut self) -> Vec<LogLine> {
         let mut lines = std::mem::take(&mut self.lines);
-        if self.dropped > 0 {
-            lines.push(LogLine {
-                time: Utc::now(),
-                level: LogLevel::Warn,
-                stream: "evoke".into(),
-                message: format!(
-                    "log truncated: {} more bytes dropped (limit {} bytes per invocation)",
-                    self.dropped, self.cap
+        if self.dropped > 0 || self.dropped_lines > 0 {
+            lines.push(LogLine::new(
+                LogLevel::Warn,
+                "evoke",
+                format!(
+                    "log truncated: {} more bytes in {} lines dropped (limit {} bytes per invocation)",
+                    self.dropped, self.dropped_lines, self.cap
                 ),
-            });
+            ));
         }
         self.used = 0;
         self.dropped = 0;
+        self.dropped_lines = 0;
         lines
     }
 }
@@ -99,12 +113,27 @@ mod tests {
 
     #[test]
     fn lines_past_the_cap_are_dropped_with_a_marker() {
-        let mut b = LogBuffer::new(10);
+        let mut b = LogBuffer::new(10 + 2 * LINE_OVERHEAD);
         b.push(LogLevel::Info, "log", "12345".into());
         b.push(LogLevel::Info, "log", "123456".into());
         let lines = b.take();
         assert_eq!(lines.len(), 2);
-        assert!(lines[1].message.contains("6 more bytes dropped"));
+        assert!(
+            lines[1].message.contains("6 more bytes in 1 lines dropped"),
+            "{}",
+            lines[1].message
+        );
         assert!(b.take().is_empty());
+    }
+
+    #[test]
+    fn empty_lines_fill_the_cap_too() {
+        let mut b = LogBuffer::new(1024);
+        for _ in 0..1_000_000 {
+            b.push(LogLevel::Info, "log", String::new());
+        }
+        let lines = b.take();
+        assert!(lines.len() <= 1024 / LINE_OVERHEAD + 1, "{} lines kept", lines.len());
+        assert!(lines.last().unwrap().message.contains("lines dropped"));
     }
 }

@@ -1,9 +1,12 @@
 //! Prometheus metrics (`GET /metrics`), all prefixed `evoke_`.
 //!
-//! Counters are updated on the hot path (atomic adds); gauges that describe
-//! NATS state (DLQ depth, queue pending) and instance counts are refreshed
-//! when scraped.
+//! Counters are updated on the hot path (atomic adds); instance counts are
+//! read when scraped; gauges that describe NATS state (DLQ depth, queue
+//! pending) are refreshed in the background by [`refresh_depths`], so a
+//! scrape never waits on NATS. Series are per deployed function (bounded by
+//! the registry), never per event or dead letter.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,6 +46,7 @@ pub struct Metrics {
     pub cold_starts: Family<FnLabel, Counter>,
     pub retries: Family<ClassLabel, Counter>,
     pub dead_letters: Family<FnLabel, Counter>,
+    pub parked: Family<FnLabel, Counter>,
     pub gb_seconds: Family<FnLabel, Counter<f64, AtomicU64>>,
     pub instances: Family<StateLabel, Gauge>,
     pub dlq_depth: Family<FnLabel, Gauge>,
@@ -65,6 +69,7 @@ impl Metrics {
         let cold_starts = Family::<FnLabel, Counter>::default();
         let retries = Family::<ClassLabel, Counter>::default();
         let dead_letters = Family::<FnLabel, Counter>::default();
+        let parked = Family::<FnLabel, Counter>::default();
         let gb_seconds = Family::<FnLabel, Counter<f64, AtomicU64>>::default();
         let instances = Family::<StateLabel, Gauge>::default();
         let dlq_depth = Family::<FnLabel, Gauge>::default();
@@ -81,6 +86,11 @@ impl Metrics {
             "dead_letters",
             "Events moved to the dead-letter queue",
             dead_letters.clone(),
+        );
+        registry.register(
+            "events_parked",
+            "Events a source could not queue (function missing, too large), parked in the dead-letter queue",
+            parked.clone(),
         );
         registry.register(
             "usage_gb_seconds",
@@ -105,6 +115,7 @@ impl Metrics {
             cold_starts,
             retries,
             dead_letters,
+            parked,
             gb_seconds,
             instances,
             dlq_depth,
@@ -148,5 +159,62 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// How often queue and DLQ depths are read from NATS.
+pub const DEPTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Events per function in one stream, summed from its subject counts.
+async fn depths(bus: &crate::bus::Bus, stream: &str, prefix: &str) -> Result<HashMap<String, u64>, String> {
+    let mut out = HashMap::new();
+    for (subject, n) in bus.subject_counts(stream, &format!("{prefix}.>")).await? {
+        let function = subject
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split('.').next());
+        if let Some(f) = function {
+            *out.entry(f.to_string()).or_default() += n;
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps `evoke_queue_pending` and `evoke_dlq_depth` current: two NATS
+/// requests per `every` ([`DEPTH_REFRESH`] by default), whatever the number
+/// of functions, with a series for each deployed function.
+pub async fn refresh_depths(
+    bus: crate::bus::Bus,
+    registry: crate::registry::Registry,
+    metrics: std::sync::Arc<Metrics>,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::broadcast::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let names: Vec<String> = registry.subscribe().borrow().keys().cloned().collect();
+        for (stream, prefix, gauge) in [
+            (
+                crate::bus::STREAM_EVENTS,
+                crate::bus::SUBJECT_INVOKE,
+                &metrics.queue_pending,
+            ),
+            (crate::bus::STREAM_DLQ, crate::bus::SUBJECT_DLQ, &metrics.dlq_depth),
+        ] {
+            match depths(&bus, stream, prefix).await {
+                Ok(counts) => {
+                    gauge.clear();
+                    for name in &names {
+                        let n = counts.get(name).copied().unwrap_or(0);
+                        gauge.get_or_create(&FnLabel { function: name.clone() }).set(n as i64);
+                    }
+                }
+                Err(e) => tracing::debug!(stream, error = %e, "cannot read depths for metrics"),
+            }
+        }
     }
 }

@@ -57,13 +57,32 @@ impl fmt::Display for FunctionName {
     }
 }
 
-/// Where a result goes: `nats:<subject>`, `http(s)://...`, `function:<name>`.
+/// Where a result goes: `nats:<subject>` (a core NATS publish, for
+/// subscribers), `jetstream:<subject>` (stored by a stream, ack awaited),
+/// `http(s)://...`, `function:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Destination {
     Nats(String),
+    JetStream(String),
     Http(String),
     Function(FunctionName),
+}
+
+/// Checks a subject a destination publishes to.
+fn publish_subject(subject: &str) -> Result<String, String> {
+    let valid = !subject.is_empty()
+        && !subject.contains([' ', '\t', '\r', '\n', '*', '>'])
+        && subject.split('.').all(|t| !t.is_empty());
+    if !valid {
+        return Err(format!(
+            "`{subject}` is not a NATS subject to publish to (no wildcards, spaces or empty tokens)"
+        ));
+    }
+    if let Some(why) = crate::bus::reserved_subject(subject) {
+        return Err(format!("`{subject}` is reserved: {why}"));
+    }
+    Ok(subject.to_string())
 }
 
 impl FromStr for Destination {
@@ -71,26 +90,27 @@ impl FromStr for Destination {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(subject) = s.strip_prefix("nats:") {
-            let valid = !subject.is_empty()
-                && !subject.contains([' ', '\t', '*', '>'])
-                && subject.split('.').all(|t| !t.is_empty());
-            if valid {
-                return Ok(Destination::Nats(subject.to_string()));
-            }
-            return Err(format!(
-                "`{subject}` is not a NATS subject to publish to (no wildcards, no empty tokens)"
-            ));
+            return publish_subject(subject).map(Destination::Nats);
+        }
+        if let Some(subject) = s.strip_prefix("jetstream:") {
+            return publish_subject(subject).map(Destination::JetStream);
         }
         if let Some(name) = s.strip_prefix("function:") {
             return Ok(Destination::Function(name.parse()?));
         }
         if s.starts_with("http://") || s.starts_with("https://") {
-            return reqwest::Url::parse(s)
-                .map(|_| Destination::Http(s.to_string()))
-                .map_err(|e| format!("`{s}` is not a URL: {e}"));
+            let url = reqwest::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+            if let Some(ip) = crate::invoker::destinations::literal_ip(&url)
+                && crate::invoker::destinations::link_local(ip)
+            {
+                return Err(format!(
+                    "`{s}` points at a link-local address (cloud metadata lives there); nodes refuse it unless started with --allow-link-local-destinations"
+                ));
+            }
+            return Ok(Destination::Http(s.to_string()));
         }
         Err(format!(
-            "`{s}` is not a destination; use nats:<subject>, http(s)://<url> or function:<name>"
+            "`{s}` is not a destination; use nats:<subject>, jetstream:<subject>, http(s)://<url> or function:<name>"
         ))
     }
 }
@@ -112,6 +132,7 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Destination::Nats(s) => write!(f, "nats:{s}"),
+            Destination::JetStream(s) => write!(f, "jetstream:{s}"),
             Destination::Http(u) => f.write_str(u),
             Destination::Function(n) => write!(f, "function:{n}"),
         }
@@ -448,6 +469,33 @@ mod tests {
     fn destinations_parse() {
         assert!("nats:a.b".parse::<Destination>().is_ok());
         assert!("nats:a.*".parse::<Destination>().is_err());
+        assert_eq!(
+            "jetstream:orders.done".parse::<Destination>(),
+            Ok(Destination::JetStream("orders.done".into()))
+        );
+        for reserved in [
+            "nats:$JS.API.STREAM.DELETE.EVOKE_EVENTS",
+            "jetstream:$KV.EVOKE_FUNCTIONS.x",
+            "nats:$O.EVOKE_CODE.x",
+            "nats:$SYS.REQ.SERVER.PING",
+            "nats:_INBOX.abc",
+            "nats:evoke.invoke.other",
+            "jetstream:evoke.dlq.f.x",
+            "nats:evoke",
+        ] {
+            let e = reserved.parse::<Destination>().unwrap_err();
+            assert!(e.contains("reserved"), "{reserved}: {e}");
+        }
+        for link_local in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]/x",
+            "https://169.254.0.1:8443/",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            let e = link_local.parse::<Destination>().unwrap_err();
+            assert!(e.contains("link-local"), "{link_local}: {e}");
+        }
+        assert!("http://10.0.0.1/hook".parse::<Destination>().is_ok());
         assert!("https://example.com/x".parse::<Destination>().is_ok());
         assert!("function:other".parse::<Destination>().is_ok());
         assert!("function:Other".parse::<Destination>().is_err());

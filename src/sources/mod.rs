@@ -43,6 +43,14 @@ impl Sink for NatsSink {
             Err(e) => Err(SinkError::Unavailable(e.to_string())),
         }
     }
+
+    async fn park(&self, function: &str, event: &Event, dedupe_id: &str, reason: &str) -> Result<(), SinkError> {
+        let id = derived_invocation_id(function, dedupe_id);
+        self.invoker
+            .park(function, event, &id, reason)
+            .await
+            .map_err(SinkError::Unavailable)
+    }
 }
 
 /// Source state in KV bucket EVOKE_STATE.

@@ -55,8 +55,13 @@ async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["attempts"].as_array().unwrap().len(), 3);
 
+    assert!(
+        node.wait_metric(r#"evoke_dlq_depth{function="flaky"} 1"#, Duration::from_secs(5))
+            .await,
+        "{}",
+        node.metrics().await
+    );
     let metrics = node.metrics().await;
-    assert!(metrics.contains(r#"evoke_dlq_depth{function="flaky"} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"evoke_retries_total{function="flaky",class="function"} 2"#),
         "{metrics}"

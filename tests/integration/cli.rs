@@ -232,7 +232,8 @@ schedule = "61 * * * *"
     );
     let rows: Vec<Vec<&str>> = listed.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 2, "{listed}");
-    assert_eq!(rows[0][..4], ["gh", "webhook", "hello", "active"], "{listed}");
+    // No GH_SECRET on this node: the webhook says it refuses everything.
+    assert_eq!(rows[0][..4], ["gh", "webhook", "hello", "misconfigured"], "{listed}");
     assert_eq!(rows[1][..4], ["tick", "cron", "hello", "active"], "{listed}");
 
     assert_eq!(rejected.status.code(), Some(1));

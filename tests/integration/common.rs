@@ -63,6 +63,7 @@ pub fn config(nats: &str, dir: &TempDir) -> NodeConfig {
     // Small pools keep the virtual-memory reservation of parallel tests low.
     c.pool_instances = 64;
     c.ack_wait = Duration::from_secs(3);
+    c.depth_refresh = Duration::from_millis(300);
     c
 }
 

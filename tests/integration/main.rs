@@ -6,6 +6,7 @@ mod common;
 mod async_queue;
 mod bad_input;
 mod cli;
+mod hardening;
 mod resilience;
 mod sandbox;
 mod sync_invoke;
