@@ -190,3 +190,32 @@ impl reqwest::dns::Resolve for NoLinkLocal {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[test]
+    fn link_local_addresses_in_every_spelling() {
+        for ip in ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"] {
+            assert!(link_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.1", "::1", "2001:db8::1", "::ffff:10.0.0.1"] {
+            assert!(!link_local(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_link_local_addresses_are_refused() {
+        let name = |n: &str| reqwest::dns::Name::from_str(n).unwrap();
+        let refused = NoLinkLocal.resolve(name("169.254.169.254")).await;
+        let Err(e) = refused else { panic!("a link-local answer was used") };
+        assert!(e.to_string().contains("link-local"), "{e}");
+        let local: Vec<SocketAddr> = NoLinkLocal.resolve(name("localhost")).await.unwrap().collect();
+        assert!(!local.is_empty());
+    }
+}
