@@ -39,6 +39,29 @@ pub struct Manifest {
     pub triggers: BTreeMap<String, TriggerSpec>,
 }
 
+/// The largest code file a manifest may name (the server's default limit).
+pub const MAX_CODE_FILE: u64 = 256 << 20;
+
+/// Reads a code file: a regular file of at most [`MAX_CODE_FILE`] bytes (a
+/// path such as `/dev/zero` is refused, not read forever).
+fn read_code(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_CODE_FILE {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {MAX_CODE_FILE}-byte limit",
+            meta.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CODE_FILE).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 fn problem(path: String, message: impl Into<String>) -> FieldError {
     FieldError {
         field: path,
@@ -65,6 +88,16 @@ impl Manifest {
 
     /// Parses manifest text; code paths are relative to `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Manifest, Vec<FieldError>> {
+        Manifest::parse_with(text, base, read_code)
+    }
+
+    /// Parses manifest text, reading code with `read` (tests and fuzzing
+    /// read no files).
+    pub fn parse_with(
+        text: &str,
+        base: &Path,
+        read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Manifest, Vec<FieldError>> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
             vec![problem(
                 "evoke.toml".into(),
@@ -79,7 +112,7 @@ impl Manifest {
         };
         for (key, value) in &root {
             match key.as_str() {
-                "functions" => manifest.read_functions(value, base, &mut errors),
+                "functions" => manifest.read_functions(value, base, &read, &mut errors),
                 "triggers" => manifest.read_triggers(value, &mut errors),
                 other => errors.push(problem(
                     other.to_string(),
@@ -90,7 +123,13 @@ impl Manifest {
         if errors.is_empty() { Ok(manifest) } else { Err(errors) }
     }
 
-    fn read_functions(&mut self, value: &Value, base: &Path, errors: &mut Vec<FieldError>) {
+    fn read_functions(
+        &mut self,
+        value: &Value,
+        base: &Path,
+        read: &impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+        errors: &mut Vec<FieldError>,
+    ) {
         let Value::Object(fns) = value else {
             errors.push(problem("functions".into(), "must be a table of [functions.<name>]"));
             return;
@@ -119,7 +158,7 @@ impl Manifest {
             let spec = FunctionSpec::from_json(&Value::Object(fields)).map_err(|e| {
                 errors.extend(e.into_iter().map(|f| problem(under(&path, &f.field), f.message)));
             });
-            let bytes = code.as_ref().and_then(|c| match std::fs::read(c) {
+            let bytes = code.as_ref().and_then(|c| match read(c) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     errors.push(problem(
@@ -217,6 +256,18 @@ mod tests {
             Manifest::parse("not toml [", dir.path()).unwrap_err()[0]
                 .message
                 .contains("TOML")
+        );
+    }
+
+    #[test]
+    fn code_paths_that_are_not_regular_files_are_refused() {
+        let text = "[functions.hello]\ncode = \"/dev/zero\"\n";
+        let errors = Manifest::parse(text, Path::new("/")).unwrap_err();
+        assert_eq!(errors[0].field, "functions.hello.code");
+        assert!(
+            errors[0].message.contains("not a regular file"),
+            "{}",
+            errors[0].message
         );
     }
 }

@@ -147,6 +147,35 @@ impl Event {
         Value::Object(m)
     }
 
+    /// Decodes a CloudEvent in HTTP binary mode: attributes in `ce-*`
+    /// headers (names matched case-insensitively, values percent-decoded as
+    /// the HTTP binding says), the body as data, `content-type` as
+    /// `datacontenttype`. `None` when there is no `ce-id` header: the
+    /// request is not a binary-mode CloudEvent.
+    pub fn from_binary<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        content_type: Option<String>,
+        body: Bytes,
+    ) -> Result<Option<Event>, EventError> {
+        let mut obj = Map::new();
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            let Some(attr) = name.strip_prefix("ce-") else { continue };
+            if matches!(attr, "data" | "data_base64" | "datacontenttype") {
+                // Data is the body and its type the content type, never a header.
+                continue;
+            }
+            obj.insert(attr.to_string(), Value::String(percent_decode(value)));
+        }
+        if !obj.contains_key("id") {
+            return Ok(None);
+        }
+        let mut event = Event::from_value(Value::Object(obj))?;
+        event.datacontenttype = content_type;
+        event.data = body;
+        Ok(Some(event))
+    }
+
     /// Decodes CloudEvents structured JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
@@ -260,6 +289,35 @@ pub fn valid_extension_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as
+/// it came.
+fn percent_decode(value: &str) -> String {
+    if !value.contains('%') {
+        return value.to_string();
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_string())
+}
+
 fn required(m: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
     match optional(m, name)? {
         Some(s) if !s.is_empty() => Ok(s),
@@ -334,5 +392,34 @@ mod tests {
         let err = Event::from_json(br#"{"id":"1","source":"s","type":"t","Bad-Name":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("Bad-Name"), "{err}");
         assert!(matches!(Event::from_json(b"{nope"), Err(EventError::Json(_))));
+    }
+
+    #[test]
+    fn binary_mode_reads_ce_headers_and_percent_decodes() {
+        let headers = [
+            ("CE-ID", "b-1"),
+            ("ce-source", "/sensors/7"),
+            ("ce-type", "reading.taken"),
+            ("ce-specversion", "1.0"),
+            ("ce-subject", "caf%C3%A9 100%25"),
+            ("ce-traceparent", "00-abc-01"),
+            ("ce-datacontenttype", "text/evil"),
+            ("content-length", "2"),
+        ];
+        let e = Event::from_binary(headers, Some("application/json".into()), Bytes::from_static(b"{}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
+            ("b-1", "/sensors/7", "reading.taken")
+        );
+        assert_eq!(e.subject.as_deref(), Some("café 100%"));
+        assert_eq!(e.extensions["traceparent"], "00-abc-01");
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(&e.data[..], b"{}");
+        assert_eq!(Event::from_binary([("ce-source", "/x")], None, Bytes::new()), Ok(None));
+        assert!(Event::from_binary([("ce-id", "1"), ("ce-type", "t")], None, Bytes::new()).is_err());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "%FF", "not UTF-8: kept");
     }
 }

@@ -172,20 +172,10 @@ fn parse_cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, A
     if essence.as_deref() == Some("application/cloudevents+json") {
         return Event::from_json(&body).map(Some).map_err(ce);
     }
-    let Some(ce_id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let mut obj = serde_json::Map::new();
-    for (k, v) in headers {
-        if let (Some(attr), Ok(v)) = (k.as_str().strip_prefix("ce-"), v.to_str()) {
-            obj.insert(attr.to_string(), json!(v));
-        }
-    }
-    obj.insert("id".into(), json!(ce_id));
-    let mut event = Event::from_value(serde_json::Value::Object(obj)).map_err(ce)?;
-    event.datacontenttype = content_type;
-    event.data = body;
-    Ok(Some(event))
+    let pairs = headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)));
+    Event::from_binary(pairs, content_type, body).map_err(ce)
 }
 
 /// Builds the event and its invocation id from an invoke request. An async

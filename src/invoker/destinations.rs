@@ -213,7 +213,9 @@ mod tests {
     async fn names_resolving_only_to_link_local_addresses_are_refused() {
         let name = |n: &str| reqwest::dns::Name::from_str(n).unwrap();
         let refused = NoLinkLocal.resolve(name("169.254.169.254")).await;
-        let Err(e) = refused else { panic!("a link-local answer was used") };
+        let Err(e) = refused else {
+            panic!("a link-local answer was used")
+        };
         assert!(e.to_string().contains("link-local"), "{e}");
         let local: Vec<SocketAddr> = NoLinkLocal.resolve(name("localhost")).await.unwrap().collect();
         assert!(!local.is_empty());
