@@ -448,6 +448,37 @@ mod tests {
     }
 
     #[test]
+    fn hostile_numbers_are_field_errors_not_overflows() {
+        for v in [
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(-1),
+            json!(""),
+            json!("-1"),
+            json!("18446744073709551616"),
+            json!(1.5),
+            json!(u64::from(u32::MAX) + 1),
+        ] {
+            for field in ["retries", "max_instances", "reserved"] {
+                let errors = FunctionSpec::from_json(&json!({ field: v.clone() })).unwrap_err();
+                assert_eq!(errors[0].field, field, "{field} = {v}: {errors:?}");
+            }
+            if v != json!(u64::MAX) && v != json!(u64::from(u32::MAX) + 1) {
+                let errors = FunctionSpec::from_json(&json!({ "fuel": v.clone() })).unwrap_err();
+                assert_eq!(errors[0].field, "fuel", "fuel = {v}");
+            }
+        }
+        for d in ["", "-5s", "18446744073709551616s", "9223372036854775807d"] {
+            let errors = FunctionSpec::from_json(&json!({ "timeout": d, "max_event_age": d })).unwrap_err();
+            assert_eq!(errors.len(), 2, "{d}: {errors:?}");
+        }
+        for m in ["", "-1Mi", "18446744073709551615Gi", "99999999999999999999"] {
+            let errors = FunctionSpec::from_json(&json!({ "memory": m })).unwrap_err();
+            assert_eq!(errors[0].field, "memory", "{m}");
+        }
+    }
+
+    #[test]
     fn query_parameters_build_a_spec() {
         let q = vec![
             ("memory".to_string(), "64Mi".to_string()),
