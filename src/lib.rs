@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP API (`/v1`, `/healthz`, `/metrics`).
 //! - [`sources`]: event sources running on a node (cron), over the connectors crate.
 //! - [`supervise`]: one task per named spec, following a watched registry.
+//! - [`cluster`]: node heartbeats and the cluster status (`evoke status`).
 //! - [`observe`]: function logs and Prometheus metrics.
 //! - [`manifest`]: `evoke.toml`, functions and triggers as code.
 //! - [`node`]: wires the above into one running node.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod executor;
 pub mod invoker;
 pub mod manifest;

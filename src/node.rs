@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
-use crate::bus::Bus;
+use crate::bus::{Bus, NatsConfig};
 use crate::executor::{Executor, ExecutorConfig};
 use crate::invoker::{Invoker, worker};
 use crate::observe::metrics::Metrics;
@@ -20,7 +20,10 @@ use crate::observe::metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub http_addr: SocketAddr,
-    pub nats_url: String,
+    /// How to reach NATS (servers, credentials, TLS, replicas).
+    pub nats: NatsConfig,
+    /// Serve the HTTP API (and webhooks) on `http_addr`.
+    pub api: bool,
     pub data_dir: PathBuf,
     pub api_token: Option<String>,
     pub pool_instances: u32,
@@ -50,7 +53,8 @@ impl NodeConfig {
     pub fn new(http_addr: SocketAddr, nats_url: &str, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
             http_addr,
-            nats_url: nats_url.to_string(),
+            nats: NatsConfig::new(nats_url),
+            api: true,
             data_dir,
             api_token: None,
             pool_instances: 1000,
@@ -96,12 +100,19 @@ impl Node {
                 config.http_addr
             );
         }
-        let bus = Bus::connect(&config.nats_url).await?;
+        if !crate::cluster::valid_node_name(&config.node_name) {
+            bail!(
+                "`{}` is not a usable node name: use letters, digits, `-` and `_` (at most 128)",
+                config.node_name
+            );
+        }
+        let metrics = Arc::new(Metrics::new());
+        let events = metrics.clone();
+        let bus = Bus::connect(&config.nats, move |event| events.nats_event(&event)).await?;
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
         exec_config.fuel = config.fuel;
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
-        let metrics = Arc::new(Metrics::new());
         let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone());
         invoker.ack_wait = config.ack_wait;
         invoker.runs_locally = config.workers;
@@ -144,38 +155,52 @@ impl Node {
             }
         }));
         let loopback = config.http_addr.ip().is_loopback();
-        let state = Arc::new(ApiState {
-            invoker: invoker.clone(),
-            token: config.api_token.clone(),
-            metrics_token: config
-                .metrics_token
-                .clone()
-                .or_else(|| (!loopback).then(|| config.api_token.clone()).flatten()),
-            max_event_size: config.max_event_size,
-            max_code_size: config.max_code_size,
-            loopback,
-            secrets: crate::api::Secrets {
-                overrides: config.secret_overrides.clone(),
-            },
-        });
-        let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
-            format!(
-                "cannot listen on {}; is another evoke running? pick another with --http",
-                config.http_addr
-            )
-        })?;
-        let addr = listener.local_addr()?;
-        let mut api_stop = shutdown.subscribe();
-        let app = api::router(state);
-        tasks.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = api_stop.recv().await;
+        let mut addr = config.http_addr;
+        if config.api {
+            let state = Arc::new(ApiState {
+                invoker: invoker.clone(),
+                token: config.api_token.clone(),
+                metrics_token: config
+                    .metrics_token
+                    .clone()
+                    .or_else(|| (!loopback).then(|| config.api_token.clone()).flatten()),
+                max_event_size: config.max_event_size,
+                max_code_size: config.max_code_size,
+                loopback,
+                secrets: crate::api::Secrets {
+                    overrides: config.secret_overrides.clone(),
+                },
             });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API server stopped");
-            }
-        }));
-        tracing::info!(%addr, node = %config.node_name, nats = %config.nats_url, "evoke node started");
+            let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+                format!(
+                    "cannot listen on {}; is another evoke running? pick another with --http",
+                    config.http_addr
+                )
+            })?;
+            addr = listener.local_addr()?;
+            let mut api_stop = shutdown.subscribe();
+            let app = api::router(state);
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = api_stop.recv().await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            }));
+        }
+        let roles = crate::cluster::Roles {
+            api: config.api,
+            workers: config.workers,
+            sources: config.sources,
+        };
+        tasks.push(tokio::spawn(crate::cluster::heartbeat(
+            invoker.clone(),
+            roles,
+            config.api.then(|| addr.to_string()),
+            shutdown.subscribe(),
+        )));
+        tracing::info!(%addr, node = %config.node_name, nats = %config.nats.display(), replicas = invoker.bus.replicas, "evoke node started");
         Ok(Node {
             addr,
             invoker,

@@ -11,6 +11,7 @@
 //! - [`filter`]: which events reach the function.
 //! - [`webhook`]: webhook authentication and request-to-event mapping.
 //! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
+//! - [`lease`]: one holder at a time, for sources that run on one node only.
 //! - [`contract`]: the compliance checks every source's tests run.
 //! - [`units`]: sizes and durations as users write them.
 //!
@@ -20,6 +21,7 @@ pub mod contract;
 pub mod cron;
 pub mod event;
 pub mod filter;
+pub mod lease;
 pub mod schedule;
 pub mod source;
 pub mod trigger;

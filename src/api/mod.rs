@@ -138,6 +138,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/functions/{name}/dlq/{id}", get(ops::dlq_show))
         .route("/functions/{name}/logs", get(ops::logs))
         .route("/invocations/{id}", get(ops::invocation))
+        .route("/status", get(ops::status))
         .route("/triggers", get(triggers::list))
         .route(
             "/triggers/{name}",

@@ -60,6 +60,14 @@ pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
+/// `GET /v1/status`: the cluster as this node sees it.
+pub async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let status = crate::cluster::status(&s.invoker)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(serde_json::to_value(status).unwrap_or_default()))
+}
+
 pub async fn invocation(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let record = s
         .invoker

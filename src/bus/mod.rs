@@ -4,6 +4,7 @@
 //! All names live in [`names`]; nothing else in the code base spells a
 //! subject or a stream name.
 
+pub mod config;
 pub mod names;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use async_nats::{HeaderMap, jetstream::context::PublishAckFuture};
 use bytes::Bytes;
 use futures::StreamExt;
 
+pub use config::NatsConfig;
 pub use names::*;
 
 /// The oldest nats-server evoke works with (KV and compare-and-set as
@@ -37,6 +39,12 @@ pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 /// redrive always finds the history of what it puts back.
 pub const RECORDS_MAX_AGE: Duration = Duration::from_secs(15 * 24 * 3600);
 
+/// How long a node's heartbeat lives: a node silent this long is gone.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+
+/// How long a singleton source's lease lives without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// Bytes left for headers below the server's `max_payload`.
 const HEADER_ROOM: usize = 4096;
 
@@ -52,6 +60,8 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("the NATS server at {url} is version {version}, too old for evoke (needs 2.10 or later); {INSTALL_HINT}")]
     TooOld { url: String, version: String },
     #[error("the NATS server at {url} does not have JetStream enabled; start it with `-js`")]
@@ -70,7 +80,14 @@ pub struct Bus {
     pub triggers: kv::Store,
     pub state: kv::Store,
     pub code: object_store::ObjectStore,
+    /// Node heartbeats (KV, entries expire when a node stops beating).
+    pub nodes: kv::Store,
+    /// Leases of singleton sources (KV, entries expire with their holder).
+    pub leases: kv::Store,
+    /// The servers this node was given, for messages.
     pub url: String,
+    /// Replicas of evoke's streams and buckets.
+    pub replicas: usize,
 }
 
 /// Parses `2.10.3` (or `2.11.0-beta.1`) into a comparable triple.
@@ -87,49 +104,51 @@ pub fn version_ok(v: &str) -> bool {
 
 impl Bus {
     /// Connects, checks the server version and JetStream, and creates the
-    /// streams and buckets evoke needs (idempotently: every node does this).
-    pub async fn connect(url: &str) -> Result<Bus, BusError> {
-        // Fail fast when nothing answers; once connected, reconnect forever
-        // (sources stop consuming and the API answers 503 meanwhile).
-        let client = async_nats::ConnectOptions::new()
-            .name("evoke")
-            .connection_timeout(Duration::from_secs(3))
-            .max_reconnects(None)
-            .connect(url)
+    /// streams and buckets evoke needs (idempotently: every node does this),
+    /// with the configured replicas (growing existing ones, never shrinking
+    /// them). `on_event` sees every connection event (reconnects, errors).
+    pub async fn connect(
+        config: &NatsConfig,
+        on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
+    ) -> Result<Bus, BusError> {
+        let url = config.display();
+        let addrs = config.addrs()?;
+        // Fail fast when nothing answers; once connected, reconnect forever.
+        let client = config
+            .options(on_event)
+            .await?
+            .connect(addrs)
             .await
             .map_err(|source| BusError::Connect {
-                url: url.to_string(),
+                url: url.clone(),
                 source,
             })?;
         let info = client.server_info();
         if !version_ok(&info.version) {
             return Err(BusError::TooOld {
-                url: url.to_string(),
+                url: url.clone(),
                 version: info.version,
             });
         }
         if !info.jetstream {
-            return Err(BusError::NoJetStream { url: url.to_string() });
+            return Err(BusError::NoJetStream { url: url.clone() });
         }
+        let replicas = config.replicas.unwrap_or_else(|| default_replicas(&info));
         let js = jetstream::new(client.clone());
-        setup(&js).await?;
-        let functions = js.get_key_value(KV_FUNCTIONS).await.map_err(setup_err(KV_FUNCTIONS))?;
-        let invocations = js
-            .get_key_value(KV_INVOCATIONS)
-            .await
-            .map_err(setup_err(KV_INVOCATIONS))?;
-        let triggers = js.get_key_value(KV_TRIGGERS).await.map_err(setup_err(KV_TRIGGERS))?;
-        let state = js.get_key_value(KV_STATE).await.map_err(setup_err(KV_STATE))?;
-        let code = js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?;
+        setup(&js, replicas).await?;
+        let kv = async |name: &'static str| js.get_key_value(name).await.map_err(setup_err(name));
         Ok(Bus {
+            functions: kv(KV_FUNCTIONS).await?,
+            invocations: kv(KV_INVOCATIONS).await?,
+            triggers: kv(KV_TRIGGERS).await?,
+            state: kv(KV_STATE).await?,
+            nodes: kv(KV_NODES).await?,
+            leases: kv(KV_LEASES).await?,
+            code: js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?,
             client,
             js,
-            functions,
-            invocations,
-            triggers,
-            state,
-            code,
-            url: url.to_string(),
+            url,
+            replicas,
         })
     }
 
@@ -186,7 +205,36 @@ fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusError
     }
 }
 
-async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
+/// Replicas when none are configured: 3 on a cluster that shows three or
+/// more servers to clients, else 1.
+pub fn default_replicas(info: &async_nats::ServerInfo) -> usize {
+    let servers = info.connect_urls.len();
+    if info.cluster.is_some() && servers >= 3 { 3 } else { 1 }
+}
+
+/// Creates a stream, or updates it to `config` keeping the larger of its
+/// current and the wanted replicas (scaling down is an operator's call).
+async fn ensure_stream(js: &jetstream::Context, mut config: stream::Config) -> Result<(), BusError> {
+    let name = config.name.clone();
+    let err = |e: String| BusError::Setup {
+        what: format!("stream {name}"),
+        message: e,
+    };
+    if let Ok(mut existing) = js.get_stream(&name).await
+        && let Ok(info) = existing.info().await
+    {
+        config.num_replicas = config.num_replicas.max(info.config.num_replicas);
+        if info.config.num_replicas < config.num_replicas {
+            tracing::info!(stream = %name, from = info.config.num_replicas, to = config.num_replicas, "raising replicas");
+        }
+    }
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+async fn setup(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
     let streams = [
         stream::Config {
             name: STREAM_EVENTS.into(),
@@ -216,55 +264,69 @@ async fn setup(js: &jetstream::Context) -> Result<(), BusError> {
         },
     ];
     for config in streams {
-        let name = config.name.clone();
-        js.create_or_update_stream(config).await.map_err(|e| BusError::Setup {
-            what: format!("stream {name}"),
-            message: e.to_string(),
-        })?;
+        ensure_stream(
+            js,
+            stream::Config {
+                num_replicas: replicas,
+                ..config
+            },
+        )
+        .await?;
     }
-    js.create_or_update_key_value(kv::Config {
-        bucket: KV_FUNCTIONS.into(),
-        description: "evoke: deployed functions".into(),
-        history: 5,
-        ..Default::default()
-    })
-    .await
-    .map_err(setup_err(KV_FUNCTIONS))?;
-    js.create_or_update_key_value(kv::Config {
-        bucket: KV_INVOCATIONS.into(),
-        description: "evoke: invocation records".into(),
-        history: 1,
-        max_age: RECORDS_MAX_AGE,
-        ..Default::default()
-    })
-    .await
-    .map_err(setup_err(KV_INVOCATIONS))?;
-    for (bucket, description) in [
-        (KV_TRIGGERS, "evoke: triggers"),
-        (KV_STATE, "evoke: source cursors and last events"),
-    ] {
+    let buckets = [
+        (KV_FUNCTIONS, "evoke: deployed functions", 5, Duration::ZERO),
+        (KV_INVOCATIONS, "evoke: invocation records", 1, RECORDS_MAX_AGE),
+        (KV_TRIGGERS, "evoke: triggers", 1, Duration::ZERO),
+        (KV_STATE, "evoke: source cursors and last events", 1, Duration::ZERO),
+        (KV_NODES, "evoke: node heartbeats", 1, NODE_TTL),
+        (KV_LEASES, "evoke: leases of singleton sources", 1, LEASE_TTL),
+    ];
+    for (bucket, description, history, max_age) in buckets {
+        let current = match js.get_key_value(bucket).await {
+            Ok(kv) => kv.status().await.map(|s| s.info.config.num_replicas).unwrap_or(0),
+            Err(_) => 0,
+        };
         js.create_or_update_key_value(kv::Config {
             bucket: bucket.into(),
             description: description.into(),
-            history: 1,
+            history,
+            max_age,
+            num_replicas: replicas.max(current),
             ..Default::default()
         })
         .await
         .map_err(setup_err(bucket))?;
     }
-    if js.get_object_store(OBJ_CODE).await.is_err() {
-        match js
-            .create_object_store(object_store::Config {
-                bucket: OBJ_CODE.into(),
-                description: Some("evoke: function code by sha256".into()),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(_) => {}
-            // Another node created it in the meantime.
-            Err(_) if js.get_object_store(OBJ_CODE).await.is_ok() => {}
-            Err(e) => return Err(setup_err(OBJ_CODE)(e)),
+    match js.get_object_store(OBJ_CODE).await {
+        Ok(_) => {
+            // The object store is a stream: grow its replicas like the others.
+            let name = format!("OBJ_{OBJ_CODE}");
+            if let Ok(mut s) = js.get_stream(&name).await
+                && let Ok(info) = s.info().await
+                && info.config.num_replicas < replicas
+            {
+                let config = stream::Config {
+                    num_replicas: replicas,
+                    ..info.config.clone()
+                };
+                js.update_stream(config).await.map_err(setup_err(OBJ_CODE))?;
+            }
+        }
+        Err(_) => {
+            match js
+                .create_object_store(object_store::Config {
+                    bucket: OBJ_CODE.into(),
+                    description: Some("evoke: function code by sha256".into()),
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => {}
+                // Another node created it in the meantime.
+                Err(_) if js.get_object_store(OBJ_CODE).await.is_ok() => {}
+                Err(e) => return Err(setup_err(OBJ_CODE)(e)),
+            }
         }
     }
     Ok(())

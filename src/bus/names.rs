@@ -9,6 +9,10 @@ pub const KV_TRIGGERS: &str = "EVOKE_TRIGGERS";
 /// Small durable state of sources: cron cursors, last event per trigger.
 pub const KV_STATE: &str = "EVOKE_STATE";
 pub const OBJ_CODE: &str = "EVOKE_CODE";
+/// Node heartbeats, key = node name.
+pub const KV_NODES: &str = "EVOKE_NODES";
+/// Leases of singleton sources, key = what is held.
+pub const KV_LEASES: &str = "EVOKE_LEASES";
 
 pub const SUBJECT_INVOKE: &str = "evoke.invoke";
 pub const SUBJECT_DLQ: &str = "evoke.dlq";

@@ -5,6 +5,7 @@ mod apply;
 pub mod client;
 pub mod nats;
 mod output;
+mod status;
 mod up;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Make the server match a manifest: create, update and (with --prune)
     /// delete functions and triggers, printing what changed.
     Apply(ApplyArgs),
+    /// The cluster as the server sees it: nodes, NATS servers, stream
+    /// replicas and leaders, queues, dead letters, and warnings.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,10 +96,53 @@ pub struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long = "http", env = "EVOKE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
-    /// NATS server URL. `evoke up` without it uses nats://127.0.0.1:4222 if a
-    /// NATS 2.10+ answers there, and otherwise starts a managed nats-server.
+    /// NATS servers, comma-separated (`nats://a:4222,nats://b:4222`): give
+    /// several servers of a cluster so the node survives losing one. `evoke
+    /// up` without it uses nats://127.0.0.1:4222 if a NATS 2.10+ answers
+    /// there, and otherwise starts a managed nats-server.
     #[arg(long, env = "EVOKE_NATS_URL")]
     pub nats: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "EVOKE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "EVOKE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "EVOKE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// File holding an NKey seed.
+    #[arg(long, env = "EVOKE_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// NATS credentials file (JWT + seed, as nsc writes it).
+    #[arg(long, env = "EVOKE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate to check the NATS servers' certificates against
+    /// (turns TLS on).
+    #[arg(long, env = "EVOKE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS servers that verify clients.
+    #[arg(long, env = "EVOKE_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Key of --nats-tls-cert.
+    #[arg(long, env = "EVOKE_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse NATS servers that do not speak TLS.
+    #[arg(long, env = "EVOKE_NATS_TLS_REQUIRED")]
+    pub nats_tls_required: bool,
+    /// Connect only to the servers in --nats, never to the ones the cluster
+    /// advertises (for servers behind NAT, proxies or container networks).
+    #[arg(long, env = "EVOKE_NATS_IGNORE_DISCOVERED")]
+    pub nats_ignore_discovered: bool,
+    /// Replicas of evoke's streams and buckets (default: 3 on a NATS
+    /// cluster of three or more servers, else 1). Raised on existing
+    /// streams, never lowered.
+    #[arg(long, env = "EVOKE_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// This node's name in records, logs and `evoke status` (default:
+    /// hostname, process id and a random suffix).
+    #[arg(long, env = "EVOKE_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Where evoke keeps its local files (compiled-code cache, managed NATS).
     #[arg(long, env = "EVOKE_DATA_DIR", default_value = ".evoke")]
     pub data_dir: PathBuf,
@@ -108,6 +155,14 @@ pub struct ServeArgs {
     /// Do not run event sources (cron triggers) on this node.
     #[arg(long)]
     pub no_sources: bool,
+    /// Do not serve the HTTP API (nor webhooks) on this node.
+    #[arg(long)]
+    pub no_api: bool,
+    /// How long an event taken by a node that stopped answering (killed, cut
+    /// off) waits before another node gets it; running invocations tell
+    /// NATS they are alive every third of it.
+    #[arg(long, env = "EVOKE_ACK_WAIT", default_value = "30s", value_parser = parse_duration_arg)]
+    pub ack_wait: std::time::Duration,
     /// Instance pool size of this node.
     #[arg(long, default_value_t = 1000)]
     pub pool_instances: u32,
@@ -234,6 +289,10 @@ pub struct LogsArgs {
     pub invocation: Option<String>,
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(s)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -280,5 +339,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json)
             .await
             .map(|_| ()),
+        Command::Status => status::status(&client, cli.json).await,
     }
 }

@@ -1,6 +1,9 @@
 //! A managed `nats-server` child for `evoke up` (and the test harness):
 //! finds a new-enough binary, starts it with JetStream on a given port with
-//! its store under the data dir, and stops it on drop.
+//! its store under the data dir, and stops it on drop. On Linux it also dies
+//! with its parent, even a parent killed with `kill -9`
+//! (`PR_SET_PDEATHSIG`); elsewhere, a server left behind is found by its pid
+//! file and stopped when the next one starts on the same directory.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -60,39 +63,70 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A running nats-server child; killed on drop.
+/// A running nats-server child; killed on drop. On Linux it is also killed
+/// when the *thread* that started it exits (that is how PR_SET_PDEATHSIG
+/// works): start it from a thread that lives as long as it should.
 pub struct ManagedNats {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    bin: PathBuf,
+    extra: String,
 }
 
 impl ManagedNats {
     /// Starts nats-server with JetStream on `port`, storing under `dir`.
     pub fn start(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<ManagedNats> {
+        ManagedNats::start_with(bin, dir, port, "")
+    }
+
+    /// Like [`ManagedNats::start`], with more configuration lines (a
+    /// `server_name` and `cluster` block for a cluster member).
+    pub fn start_with(bin: &Path, dir: &Path, port: u16, extra: &str) -> anyhow::Result<ManagedNats> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let conf = dir.join("nats.conf");
         let store = dir.join("jetstream");
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                "listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{\n  store_dir: {:?}\n}}\n{extra}",
                 store.display().to_string()
             ),
         )?;
+        let pid_file = dir.join("nats-server.pid");
+        stop_stale(&pid_file, &conf);
         let log = std::fs::File::create(dir.join("nats-server.log"))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // the parent; it runs in the child between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
+        let _ = std::fs::write(&pid_file, child.id().to_string());
         let mut me = ManagedNats {
             child,
             port,
             dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            extra: extra.to_string(),
         };
         me.wait_ready(Duration::from_secs(15))?;
         Ok(me)
@@ -122,7 +156,46 @@ impl ManagedNats {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.join("nats-server.pid"));
     }
+
+    /// Kills the server and starts it again with the same port, store and
+    /// configuration.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let (bin, dir, extra) = (self.bin.clone(), self.dir.clone(), self.extra.clone());
+        *self = ManagedNats::start_with(&bin, &dir, self.port, &extra)?;
+        Ok(())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Stops a nats-server a previous run left on this directory (its parent
+/// was killed where `PR_SET_PDEATHSIG` does not exist): the pid in the pid
+/// file, if that process is still a nats-server using our config file.
+fn stop_stale(pid_file: &Path, conf: &Path) {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains("nats-server") && cmdline.contains(&*conf.to_string_lossy()) {
+        eprintln!("evoke: stopping nats-server {pid} left behind by an earlier run");
+        // SAFETY: kill(2) with a pid we just checked; no memory involved.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let start = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 impl Drop for ManagedNats {

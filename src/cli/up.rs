@@ -34,17 +34,41 @@ async fn probe(url: &str) -> Probe {
     }
 }
 
+/// Takes the data dir for this process (a managed nats-server cannot be
+/// shared): an exclusive lock on `<data-dir>/evoke.lock`, held while the
+/// returned file is open and released by the kernel however we exit.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("evoke.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another `evoke up` is using the data dir {}; stop it, or give this one another --data-dir",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
 pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     init_tracing();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let mut _nats_child = None;
+    let mut _lock = None;
     let nats_url = match (&args.nats, managed) {
         (Some(url), _) => url.clone(),
         (None, false) => DEFAULT_NATS_URL.to_string(),
         (None, true) => match probe(DEFAULT_NATS_URL).await {
             Probe::Usable => DEFAULT_NATS_URL.to_string(),
             found => {
+                _lock = Some(lock_data_dir(&args.data_dir)?);
                 let bin = find_server()?;
                 let port = match &found {
                     Probe::TooOld(v) => {
@@ -69,9 +93,25 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
         },
     };
     let mut config = NodeConfig::new(args.http, &nats_url, args.data_dir.clone());
+    config.nats.user = args.nats_user.clone();
+    config.nats.password = args.nats_password.clone();
+    config.nats.token = args.nats_token.clone().filter(|t| !t.is_empty());
+    config.nats.nkey_file = args.nats_nkey_file.clone();
+    config.nats.creds_file = args.nats_creds.clone();
+    config.nats.tls_ca = args.nats_tls_ca.clone();
+    config.nats.tls_cert = args.nats_tls_cert.clone();
+    config.nats.tls_key = args.nats_tls_key.clone();
+    config.nats.tls_required = args.nats_tls_required;
+    config.nats.replicas = args.replicas;
+    config.nats.ignore_discovered = args.nats_ignore_discovered;
+    config.ack_wait = args.ack_wait;
+    if let Some(name) = &args.node_name {
+        config.node_name = name.clone();
+    }
     config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
     config.workers = !args.no_workers;
     config.sources = !args.no_sources;
+    config.api = !args.no_api;
     config.pool_instances = args.pool_instances;
     config.fuel = args.fuel;
     config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());

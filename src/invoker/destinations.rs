@@ -74,10 +74,14 @@ impl Invoker {
                 client.flush().await.map_err(|e| e.to_string())
             }
             Destination::JetStream(subject) => {
+                // The event id as Nats-Msg-Id: a retried delivery (an ack
+                // lost, a redelivered event) is stored once.
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event.id.as_str());
                 let ack = self
                     .bus
                     .js
-                    .publish(subject.clone(), body)
+                    .publish_with_headers(subject.clone(), headers, body)
                     .await
                     .map_err(|e| e.to_string())?;
                 match ack.await {

@@ -95,6 +95,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
     let settles = Arc::new(Semaphore::new(settle_slots(&f)));
     let mut tasks = JoinSet::new();
     let mut consumer: Option<Consumer<pull::Config>> = None;
+    let mut opened_before = false;
     let mut failures = 0u32;
     'outer: loop {
         if *stop.borrow() {
@@ -104,6 +105,15 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
             Some(c) => c.clone(),
             None => match open(&invoker, &f).await {
                 Ok(c) => {
+                    if opened_before {
+                        tracing::info!(function = %name, "event consumer re-created");
+                        invoker
+                            .metrics
+                            .consumers_reopened
+                            .get_or_create(&crate::observe::metrics::FnLabel { function: name.clone() })
+                            .inc();
+                    }
+                    opened_before = true;
                     failures = 0;
                     consumer = Some(c.clone());
                     c
@@ -391,9 +401,23 @@ async fn settle(
             if let Some(dest) = &f.spec.on_success {
                 let dest_event = super::destinations::destination_event(&record, event, Some(output), None);
                 if let Err(e) = invoker.deliver(dest, &dest_event).await {
-                    // The function ran; keep its result rather than lose it.
-                    let entry = dead_letter_entry(f, &record, event, e);
-                    settle_dead(invoker, f, msg, &mut record, entry, None).await;
+                    // Not the function's fault (a destination or NATS away):
+                    // a system error, so the event runs again later and its
+                    // result is delivered then, until its max age; only then
+                    // is it dead-lettered, with the reason.
+                    if let Some(last) = record.attempts.last_mut() {
+                        last.error = Some(AttemptError::system(format!(
+                            "the function succeeded, but its result was not delivered: {e}"
+                        )));
+                    }
+                    let delay = retry::system_delay(record.system_failures());
+                    if age + delay > f.spec.max_event_age {
+                        let entry = dead_letter_entry(f, &record, event, e);
+                        settle_dead(invoker, f, msg, &mut record, entry, None).await;
+                    } else {
+                        invoker.metrics.retry(f.name.as_str(), "system");
+                        reschedule(invoker, msg, &mut record, run, delay).await;
+                    }
                     return;
                 }
             }

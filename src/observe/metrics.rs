@@ -34,6 +34,11 @@ pub struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub function: String,
     pub state: String,
@@ -51,6 +56,8 @@ pub struct Metrics {
     pub instances: Family<StateLabel, Gauge>,
     pub dlq_depth: Family<FnLabel, Gauge>,
     pub queue_pending: Family<FnLabel, Gauge>,
+    pub nats_events: Family<EventLabel, Counter>,
+    pub consumers_reopened: Family<FnLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +81,18 @@ impl Metrics {
         let instances = Family::<StateLabel, Gauge>::default();
         let dlq_depth = Family::<FnLabel, Gauge>::default();
         let queue_pending = Family::<FnLabel, Gauge>::default();
+        let nats_events = Family::<EventLabel, Counter>::default();
+        let consumers_reopened = Family::<FnLabel, Counter>::default();
+        registry.register(
+            "nats_connection_events",
+            "NATS connection events of this node (connected, disconnected, errors)",
+            nats_events.clone(),
+        );
+        registry.register(
+            "consumers_reopened",
+            "Times a function's event consumer was re-created after a NATS loss or leader change",
+            consumers_reopened.clone(),
+        );
         registry.register(
             "invocations",
             "Invocations by function and outcome",
@@ -120,7 +139,29 @@ impl Metrics {
             instances,
             dlq_depth,
             queue_pending,
+            nats_events,
+            consumers_reopened,
         }
+    }
+
+    /// Counts and logs one NATS connection event.
+    pub fn nats_event(&self, event: &async_nats::Event) {
+        let name = match event {
+            async_nats::Event::Connected => "connected",
+            async_nats::Event::Disconnected => "disconnected",
+            async_nats::Event::LameDuckMode => "lame-duck",
+            async_nats::Event::Draining => "draining",
+            async_nats::Event::Closed => "closed",
+            async_nats::Event::SlowConsumer(_) => "slow-consumer",
+            async_nats::Event::ServerError(_) => "server-error",
+            async_nats::Event::ClientError(_) => "client-error",
+        };
+        match event {
+            async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
+            async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+            other => tracing::warn!(event = %other, "NATS connection event"),
+        }
+        self.nats_events.get_or_create(&EventLabel { event: name.into() }).inc();
     }
 
     /// Counts one finished run.

@@ -179,10 +179,18 @@ impl<T: Entry> Catalog<T> {
     }
 
     /// Follows the bucket forever, keeping the live view current. Runs until
-    /// `shutdown` fires; on a NATS hiccup it re-subscribes.
+    /// `shutdown` fires. After a NATS loss (a server gone, a leader change)
+    /// it re-subscribes from the revision after the last one it saw, so
+    /// nothing changed meanwhile is missed and nothing is read twice.
     pub async fn run_watch(self, mut shutdown: tokio::sync::broadcast::Receiver<()>) {
+        let mut last: u64 = 0;
         loop {
-            let mut watch = match self.kv.watch_with_history(">").await {
+            let watch = if last == 0 {
+                self.kv.watch_with_history(">").await
+            } else {
+                self.kv.watch_all_from_revision(last + 1).await
+            };
+            let mut watch = match watch {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the registry; retrying");
@@ -192,10 +200,14 @@ impl<T: Entry> Catalog<T> {
                     }
                 }
             };
+            if last > 0 {
+                tracing::info!(bucket = %self.bucket(), from = last + 1, "registry watch resumed");
+            }
             loop {
                 tokio::select! {
                     entry = watch.next() => match entry {
                         Some(Ok(entry)) => {
+                            last = last.max(entry.revision);
                             if entry.operation == kv::Operation::Put {
                                 match decode::<T>(&entry.key, &entry.value, entry.revision) {
                                     Ok(f) => self.apply(&entry.key, Some(Arc::new(f))),
@@ -209,12 +221,23 @@ impl<T: Entry> Catalog<T> {
                             tracing::warn!(error = %e, "registry watch failed; re-subscribing");
                             break;
                         }
-                        None => break,
+                        None => {
+                            tracing::warn!("registry watch ended; re-subscribing");
+                            break;
+                        }
                     },
                     _ = shutdown.recv() => return,
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = shutdown.recv() => return,
+            }
         }
+    }
+
+    fn bucket(&self) -> &str {
+        &self.kv.name
     }
 }
 

@@ -3,7 +3,8 @@
 //! and stops sources as triggers change in KV (live, without a restart).
 //!
 //! Webhooks are served by the API (`/hooks/<trigger>`, see `api::hooks`);
-//! cron triggers run here.
+//! cron triggers run here. Sources that must run on one node only hold a
+//! lease ([`lease::KvLeases`] under `evoke_connectors::lease::run_singleton`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use evoke_connectors::trigger::SourceConfig;
 use tokio::sync::broadcast;
 
 use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
+
+pub mod lease;
 use crate::supervise::{Supervised, reconcile, stop_all};
 
 /// Publishes source events onto the target function's queue.
@@ -77,6 +80,18 @@ impl StateStore for KvState {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// Runs `work` on one node of the cluster at a time: the holder of lease
+/// `key` (in KV bucket EVOKE_LEASES); another node takes over within the
+/// lease TTL when the holder dies or is cut off.
+pub async fn singleton<F, Fut>(invoker: Arc<Invoker>, key: String, stop: tokio::sync::watch::Receiver<bool>, work: F)
+where
+    F: FnMut(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let leases = Arc::new(lease::KvLeases::new(invoker.bus.leases.clone()));
+    evoke_connectors::lease::run_singleton(leases, key, invoker.node.clone(), crate::bus::LEASE_TTL, stop, work).await
 }
 
 /// Keeps one task per cron trigger running, following the trigger registry.

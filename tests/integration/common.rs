@@ -42,12 +42,129 @@ impl Nats {
 
     /// Kills the server and starts it again on the same port and store.
     pub fn restart(&mut self) {
-        self.server.stop();
-        let bin = find_server().expect("nats-server");
-        let dir = self.server.dir.clone();
-        let port = self.server.port;
-        self.server = ManagedNats::start(&bin, &dir, port).expect("restart nats-server");
+        self.server.restart().expect("restart nats-server");
     }
+}
+
+/// A JetStream cluster of real nats-servers (routes on free ports), each
+/// named `n1`, `n2`, ...; removed with their stores on drop.
+pub struct NatsCluster {
+    pub servers: Vec<Option<ManagedNats>>,
+    pub names: Vec<String>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        init_tracing();
+        let dir = TempDir::new().expect("temp dir");
+        let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
+        let ports: Vec<u16> = (0..n).map(|_| free_port().expect("port")).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port().expect("port")).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        // Started from this thread: a managed server dies with the thread
+        // that started it (PR_SET_PDEATHSIG), so not from helper threads.
+        let servers: Vec<Option<ManagedNats>> = (0..n)
+            .map(|i| {
+                let extra = format!(
+                    "server_name: {}\ncluster {{\n  name: evoke\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+                    names[i], routes[i]
+                );
+                let d = dir.path().join(&names[i]);
+                Some(ManagedNats::start_with(&bin, &d, ports[i], &extra).expect("start cluster member"))
+            })
+            .collect();
+        let cluster = NatsCluster {
+            servers,
+            names,
+            ports,
+            _dir: dir,
+        };
+        cluster.wait_jetstream(Duration::from_secs(60));
+        cluster
+    }
+
+    /// Every server's URL, comma-separated (what `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Waits until JetStream answers on the cluster (a meta leader exists).
+    pub fn wait_jetstream(&self, within: Duration) {
+        let urls: Vec<String> = (0..self.ports.len()).map(|i| self.url(i)).collect();
+        // Its own thread and runtime: callers may be inside a runtime.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    while start.elapsed() < within {
+                        if let Ok(c) = async_nats::connect(urls.as_slice()).await
+                            && async_nats::jetstream::new(c).query_account().await.is_ok()
+                        {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    panic!("JetStream never became ready on {urls:?}");
+                })
+            });
+        });
+    }
+
+    /// The index of the server named `name`.
+    pub fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .expect("a server of the cluster")
+    }
+
+    /// Kills server `i` (SIGKILL); it stays down until [`NatsCluster::restart`].
+    pub fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].as_mut() {
+            s.stop();
+        }
+    }
+
+    /// Kills server `i` and starts it again on its store.
+    pub fn restart(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].as_mut() {
+            s.restart().expect("restart cluster member");
+        }
+    }
+}
+
+/// A client of any of the comma-separated servers.
+pub async fn connect_any(urls: &str) -> async_nats::Client {
+    let list: Vec<&str> = urls.split(',').collect();
+    async_nats::connect(list.as_slice())
+        .await
+        .expect("connect to the cluster")
+}
+
+/// The server leading `stream`, as the cluster reports it.
+pub async fn stream_leader(client: &async_nats::Client, stream: &str) -> Option<String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut s = js.get_stream(stream).await.ok()?;
+    s.info().await.ok()?.cluster.as_ref()?.leader.clone()
 }
 
 /// An evoke node with its own data dir.
@@ -300,5 +417,119 @@ impl TestNode {
             .expect("put trigger");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A real `evoke serve` process, as an operator runs it; killed on drop.
+pub struct EvokeProcess {
+    child: Option<std::process::Child>,
+    pub name: String,
+    pub port: u16,
+    nats: String,
+    extra: Vec<String>,
+    pub dir: TempDir,
+}
+
+impl EvokeProcess {
+    /// Starts `evoke serve --nats <nats> --node-name <name>` on a free port
+    /// with a 3 s ack wait, and waits for `/healthz`.
+    pub fn start(name: &str, nats: &str, extra: &[&str]) -> EvokeProcess {
+        let mut p = EvokeProcess {
+            child: None,
+            name: name.to_string(),
+            port: free_port().expect("port"),
+            nats: nats.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new().expect("temp dir"),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("evoke.log"))
+            .expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_evoke"))
+            .env_remove("EVOKE_API_TOKEN")
+            .env_remove("EVOKE_NATS_URL")
+            .args([
+                "serve",
+                "--nats",
+                &self.nats,
+                "--node-name",
+                &self.name,
+                "--ack-wait",
+                "3s",
+            ])
+            .args(["--http", &format!("127.0.0.1:{}", self.port), "--data-dir"])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start evoke serve");
+        self.child = Some(child);
+        let start = Instant::now();
+        let healthy = |url: String| {
+            // Its own thread: blocking reqwest may not run inside a runtime.
+            std::thread::spawn(move || reqwest::blocking::get(url).is_ok_and(|r| r.status().is_success()))
+                .join()
+                .unwrap_or(false)
+        };
+        while start.elapsed() < Duration::from_secs(60) {
+            if healthy(format!("{}/healthz", self.base())) {
+                return;
+            }
+            if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                panic!("evoke {} exited with {status}: {}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("evoke {} never became healthy: {}", self.name, self.log());
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("evoke.log")).unwrap_or_default()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9`: nothing is acknowledged any more.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for EvokeProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

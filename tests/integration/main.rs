@@ -6,6 +6,7 @@ mod common;
 mod async_queue;
 mod bad_input;
 mod cli;
+mod cluster;
 mod hardening;
 mod resilience;
 mod sandbox;

@@ -1,0 +1,556 @@
+//! Drills on a real cluster: three nats-servers with routes, three `evoke
+//! serve` processes, a steady load of async invocations with sequence
+//! numbers, and one failure at a time (a node killed, a NATS server killed
+//! for good, a node cut off, a rolling restart). After each: every accepted
+//! invocation ran, none twice except where a redelivery is recorded.
+//!
+//! The default suite runs a short version of each (a few hundred events);
+//! `scripts/test --long` (EVOKE_LONG_TESTS=1) runs thousands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{EvokeProcess, NatsCluster, connect_any, example, stream_leader};
+
+/// Events in one drill, and how many per second.
+fn load() -> (usize, u64) {
+    if std::env::var("EVOKE_LONG_TESTS").is_ok_and(|v| v == "1") {
+        (3000, 300)
+    } else {
+        (300, 100)
+    }
+}
+
+/// What the load saw: per sequence number, the invocation id (202) or the
+/// status of a refusal.
+#[derive(Default)]
+struct Sent {
+    accepted: BTreeMap<u64, String>,
+    refused: Vec<(u64, String)>,
+}
+
+/// Sends `n` async invocations of `function` at `rate`/s, round robin over
+/// the nodes whose base URL `targets` returns at that moment.
+async fn send_load(n: usize, rate: u64, function: &str, targets: impl Fn() -> Vec<String>) -> Sent {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut tasks = Vec::new();
+    for seq in 0..n as u64 {
+        tick.tick().await;
+        let bases = targets();
+        let base = bases[seq as usize % bases.len()].clone();
+        let (http, sent, function) = (http.clone(), sent.clone(), function.to_string());
+        tasks.push(tokio::spawn(async move {
+            let resp = http
+                .post(format!("{base}/v1/functions/{function}/invoke"))
+                .header("content-type", "application/json")
+                .header("x-evoke-invocation-type", "async")
+                .body(json!({ "seq": seq }).to_string())
+                .send()
+                .await;
+            let mut sent = sent.lock().unwrap();
+            match resp {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                    let id = r.headers()["x-evoke-invocation-id"].to_str().unwrap().to_string();
+                    sent.accepted.insert(seq, id);
+                }
+                Ok(r) => sent.refused.push((seq, r.status().to_string())),
+                Err(e) => sent.refused.push((seq, format!("no answer: {e}"))),
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap()
+}
+
+/// Sets up the function `seq` (hello, results stored in stream RAN) on a
+/// cluster through `base`.
+async fn deploy_seq(base: &str, nats: &str) {
+    let client = connect_any(nats).await;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "RAN".into(),
+        subjects: vec!["ran.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .put(format!("{base}/v1/functions/seq"))
+        .query(&[("on_success", "jetstream:ran.seq"), ("max_instances", "20")])
+        .body(example("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+}
+
+/// How many times each invocation's result reached stream RAN (retrying
+/// while the stream elects a leader).
+async fn results(nats: &str) -> HashMap<String, usize> {
+    let client = connect_any(nats).await;
+    let js = async_nats::jetstream::new(client);
+    let start = Instant::now();
+    loop {
+        match read_results(&js).await {
+            Ok(out) => return out,
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("reading results: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot read results: {e}"),
+        }
+    }
+}
+
+async fn read_results(js: &async_nats::jetstream::Context) -> Result<HashMap<String, usize>, String> {
+    let mut stream = js.get_stream("RAN").await.map_err(|e| e.to_string())?;
+    let total = stream.info().await.map_err(|e| e.to_string())?.state.messages;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for _ in 0..total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| "a result did not arrive".to_string())?
+            .ok_or("the consumer ended")?
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        *out.entry(v["data"]["invocation"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+/// Every accepted invocation ran (its record says succeeded) and its result
+/// was delivered at least once; more than once only if its record shows a
+/// redelivery.
+async fn check_every_accepted_ran(base: &str, nats: &str, sent: &Sent) {
+    assert!(!sent.accepted.is_empty(), "nothing was accepted");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut records = HashMap::new();
+    for (seq, id) in &sent.accepted {
+        loop {
+            let r: Value = http
+                .get(format!("{base}/v1/invocations/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if r["status"] == "succeeded" {
+                records.insert(id.clone(), r);
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "event {seq} ({id}) accepted but never ran: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let ran = results(nats).await;
+    for (seq, id) in &sent.accepted {
+        let n = ran.get(id).copied().unwrap_or(0);
+        assert!(n >= 1, "event {seq} ({id}) ran but its result is missing");
+        let attempts = records[id]["attempts"].as_array().map_or(0, Vec::len);
+        assert!(
+            n == 1 || attempts > 1,
+            "event {seq} ran {n} times with one attempt recorded: {:#}",
+            records[id]
+        );
+    }
+}
+
+fn three_nodes(cluster: &NatsCluster, extra: &[&str]) -> Vec<EvokeProcess> {
+    ["e1", "e2", "e3"]
+        .iter()
+        .map(|n| EvokeProcess::start(n, &cluster.urls(), extra))
+        .collect()
+}
+
+fn bases(nodes: &[EvokeProcess]) -> Vec<String> {
+    nodes.iter().filter(|n| n.is_up()).map(EvokeProcess::base).collect()
+}
+
+/// The API addresses of the nodes that are up, shared between the load and
+/// whoever stops and starts nodes.
+type Live = Arc<Mutex<Vec<Option<String>>>>;
+
+fn live(nodes: &[EvokeProcess]) -> Live {
+    Arc::new(Mutex::new(nodes.iter().map(|n| Some(n.base())).collect()))
+}
+
+fn up(live: &Live) -> Vec<String> {
+    live.lock().unwrap().iter().flatten().cloned().collect()
+}
+
+/// An evoke node `kill -9`ed under load and restarted: nothing accepted is
+/// lost; its in-flight events run elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing() {
+    let cluster = NatsCluster::start(3);
+    let mut nodes = three_nodes(&cluster, &[]);
+    let first = nodes[0].base();
+    deploy_seq(&first, &cluster.urls()).await;
+    let (n, rate) = load();
+    let live = live(&nodes);
+    let mut victim = nodes.remove(1);
+    let killer = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(n as u64 * 1000 / rate / 3));
+            live.lock().unwrap()[1] = None;
+            victim.kill();
+            std::thread::sleep(Duration::from_secs(1));
+            victim.restart();
+            live.lock().unwrap()[1] = Some(victim.base());
+            victim
+        })
+    };
+    let targets = {
+        let live = live.clone();
+        move || up(&live)
+    };
+    let sent = send_load(n, rate, "seq", targets).await;
+    let _victim = killer.await.unwrap();
+    assert!(
+        sent.refused.iter().all(|(_, why)| why.contains("no answer")),
+        "only the killed node failed to answer: {:?}",
+        sent.refused
+    );
+    check_every_accepted_ran(&first, &cluster.urls(), &sent).await;
+}
+
+/// The server leading EVOKE_EVENTS is `kill -9`ed under load and never
+/// comes back: the queue drains on the two left; every request during the
+/// election got a 202 (and ran) or a clear 503, never a 202 for a lost event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_lost_for_good_loses_nothing() {
+    let mut cluster = NatsCluster::start(3);
+    let nodes = three_nodes(&cluster, &[]);
+    let first = nodes[0].base();
+    deploy_seq(&first, &cluster.urls()).await;
+    let status: Value = reqwest::get(format!("{first}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["replicas"], 3,
+        "replicated by default on a 3-server cluster: {status}"
+    );
+    assert!(
+        status["streams"].as_array().unwrap().iter().all(|s| s["replicas"] == 3),
+        "{status}"
+    );
+
+    let client = connect_any(&cluster.urls()).await;
+    let leader = stream_leader(&client, evoke::bus::STREAM_EVENTS)
+        .await
+        .expect("a leader");
+    let victim = cluster.index(&leader);
+    let (n, rate) = load();
+    let all = bases(&nodes);
+    let load = tokio::spawn(send_load(n, rate, "seq", move || all.clone()));
+    tokio::time::sleep(Duration::from_millis(n as u64 * 1000 / rate / 3)).await;
+    tokio::task::block_in_place(|| cluster.kill(victim));
+    let sent = load.await.unwrap();
+    assert!(
+        sent.refused.iter().all(|(_, why)| why.contains("503")),
+        "refusals are 503s: {:?}",
+        sent.refused
+    );
+    let survivor = (0..3).find(|i| *i != victim).unwrap();
+    check_every_accepted_ran(&first, &cluster.url(survivor), &sent).await;
+
+    let status: Value = reqwest::get(format!("{first}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == evoke::bus::STREAM_EVENTS)
+        .unwrap()
+        .clone();
+    assert_ne!(events["leader"], leader.as_str(), "a new leader took over: {events}");
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(&leader)),
+        "status names the lost server: {status}"
+    );
+
+    // A replacement server on the old name and store rejoins, and the
+    // streams are whole again (every replica current).
+    tokio::task::block_in_place(|| cluster.restart(victim));
+    let start = Instant::now();
+    loop {
+        let status: Value = reqwest::get(format!("{first}/v1/status")).await.unwrap().json().await.unwrap();
+        let whole = status["streams"].as_array().unwrap().iter().all(|s| {
+            s["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["current"] == true && p["offline"] == false)
+        });
+        if whole {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the server never caught up: {status:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A TCP proxy one node reaches NATS through, which a test can cut (a
+/// network partition of that node) and heal.
+struct Partition {
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    pub ports: Vec<u16>,
+}
+
+impl Partition {
+    fn new(targets: &[u16]) -> Partition {
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut ports = Vec::new();
+        for &target in targets {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            let cut = cut.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        continue;
+                    };
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        let cut = cut.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16384];
+                            use std::io::{Read, Write};
+                            from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                            loop {
+                                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                                    let _ = from.shutdown(std::net::Shutdown::Both);
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                                match from.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(n) => {
+                                        if to.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                }
+            });
+        }
+        Partition { cut, ports }
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One node cut off from NATS while it runs events: they are redelivered to
+/// the others after the ack wait and all complete; healed, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_hands_its_events_over_and_rejoins() {
+    let cluster = NatsCluster::start(3);
+    let ports: Vec<u16> = (0..3)
+        .map(|i| cluster.url(i).rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let partition = Partition::new(&ports);
+    let a = EvokeProcess::start("whole", &cluster.urls(), &[]);
+    let cut_off = EvokeProcess::start("cut", &partition.urls(), &["--nats-ignore-discovered"]);
+    deploy_seq(&a.base(), &cluster.urls()).await;
+    // A slow twin of `seq`, so the cut node holds events in flight.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/functions/slowseq", a.base()))
+        .query(&[
+            ("on_success", "jetstream:ran.slow"),
+            ("timeout", "10s"),
+            ("max_instances", "4"),
+        ])
+        .body(crate::common::busy_module(1000))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    // Wait until both nodes have a consumer ready (they beat into status).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bases = vec![a.base()];
+    let sent = send_load(24, 50, "slowseq", move || bases.clone()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    partition.set(true);
+    check_every_accepted_ran(&a.base(), &cluster.urls(), &sent).await;
+    let status: Value = reqwest::get(format!("{}/v1/status", a.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ran_on: Vec<String> = {
+        let mut nodes = Vec::new();
+        for id in sent.accepted.values() {
+            let r: Value = reqwest::get(format!("{}/v1/invocations/{id}", a.base()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for at in r["attempts"].as_array().unwrap() {
+                nodes.push(at["node"].as_str().unwrap_or("").to_string());
+            }
+        }
+        nodes
+    };
+    let redelivered = ran_on.len() > sent.accepted.len();
+    assert!(
+        ran_on.iter().any(|n| n == "cut") && redelivered,
+        "the cut node held events when it was cut, and they ran elsewhere: {ran_on:?}"
+    );
+    assert!(status["nodes"].is_array());
+
+    partition.set(false);
+    // Healed: the node answers from NATS again (its API queues events).
+    let start = Instant::now();
+    loop {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/functions/seq/invoke", cut_off.base()))
+            .header("x-evoke-invocation-type", "async")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the healed node never rejoined"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(cut_off);
+}
+
+/// All three nodes restarted one by one under load: no accepted event is
+/// lost, and sync invocations keep being answered by the nodes that are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_nothing_and_keeps_answering() {
+    let cluster = NatsCluster::start(3);
+    let nodes = three_nodes(&cluster, &[]);
+    let first = nodes[0].base();
+    deploy_seq(&first, &cluster.urls()).await;
+    let (n, rate) = load();
+    let live = live(&nodes);
+    let roller = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut nodes = nodes;
+            for (i, node) in nodes.iter_mut().enumerate() {
+                std::thread::sleep(Duration::from_millis(n as u64 * 1000 / rate / 5));
+                live.lock().unwrap()[i] = None;
+                node.stop();
+                node.restart();
+                live.lock().unwrap()[i] = Some(node.base());
+            }
+            nodes
+        })
+    };
+    let sync_ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sync_failed = Arc::new(Mutex::new(Vec::new()));
+    let prober = {
+        let (live, ok, failed) = (live.clone(), sync_ok.clone(), sync_failed.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..(n / 10) {
+                let nodes = up(&live);
+                let base = &nodes[i % nodes.len()];
+                match http
+                    .post(format!("{base}/v1/functions/seq/invoke"))
+                    .body(r#"{"name":"probe"}"#)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(r) => failed.lock().unwrap().push(r.status().to_string()),
+                    // The node went down between the look-up and the call.
+                    Err(e) if e.is_connect() => {}
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let targets = {
+        let live = live.clone();
+        move || up(&live)
+    };
+    let sent = send_load(n, rate, "seq", targets).await;
+    let _nodes = roller.await.unwrap();
+    prober.await.unwrap();
+    assert!(
+        sync_failed.lock().unwrap().is_empty(),
+        "sync calls failed: {:?}",
+        sync_failed.lock().unwrap()
+    );
+    assert!(sync_ok.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(
+        sent.refused.iter().all(|(_, why)| why.contains("no answer")),
+        "only stopping nodes failed to answer: {:?}",
+        sent.refused
+    );
+    check_every_accepted_ran(&first, &cluster.urls(), &sent).await;
+}
