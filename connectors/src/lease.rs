@@ -62,7 +62,7 @@ pub async fn run_singleton<L, F, Fut>(
         };
         tracing::info!(lease = %key, holder = %holder, "lease taken; starting");
         let (work_stop, work_rx) = watch::channel(false);
-        let task = tokio::spawn(work(work_rx));
+        let mut task = AbortOnDrop(tokio::spawn(work(work_rx)));
         let mut confirmed = Instant::now();
         let stopping = loop {
             tokio::select! {
@@ -86,11 +86,21 @@ pub async fn run_singleton<L, F, Fut>(
             }
         };
         let _ = work_stop.send(true);
-        let _ = task.await;
+        let _ = (&mut task.0).await;
         if stopping {
             leases.release(&key, token).await;
             return;
         }
+    }
+}
+
+/// The work of a holder: aborted if the loop holding its lease is dropped
+/// (its node is stopping hard), so it never runs without a lease.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

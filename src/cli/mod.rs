@@ -150,13 +150,13 @@ pub struct ServeArgs {
     #[arg(long, env = "EVOKE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Do not run async workers on this node.
-    #[arg(long)]
+    #[arg(long, env = "EVOKE_NO_WORKERS")]
     pub no_workers: bool,
     /// Do not run event sources (cron triggers) on this node.
-    #[arg(long)]
+    #[arg(long, env = "EVOKE_NO_SOURCES")]
     pub no_sources: bool,
     /// Do not serve the HTTP API (nor webhooks) on this node.
-    #[arg(long)]
+    #[arg(long, env = "EVOKE_NO_API")]
     pub no_api: bool,
     /// How long an event taken by a node that stopped answering (killed, cut
     /// off) waits before another node gets it; running invocations tell
@@ -164,10 +164,10 @@ pub struct ServeArgs {
     #[arg(long, env = "EVOKE_ACK_WAIT", default_value = "30s", value_parser = parse_duration_arg)]
     pub ack_wait: std::time::Duration,
     /// Instance pool size of this node.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "EVOKE_POOL_INSTANCES", default_value_t = 1000)]
     pub pool_instances: u32,
     /// Meter CPU with fuel so functions can set `--fuel` budgets (costs some speed).
-    #[arg(long)]
+    #[arg(long, env = "EVOKE_FUEL")]
     pub fuel: bool,
     /// Bearer token for /metrics (for Prometheus). Without it, /metrics needs
     /// the API token when listening beyond loopback.
@@ -175,7 +175,7 @@ pub struct ServeArgs {
     pub metrics_token: Option<String>,
     /// Let HTTP destinations call link-local addresses such as 169.254.169.254
     /// (refused by default: cloud metadata services live there).
-    #[arg(long)]
+    #[arg(long, env = "EVOKE_ALLOW_LINK_LOCAL_DESTINATIONS")]
     pub allow_link_local_destinations: bool,
 }
 

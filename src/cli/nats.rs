@@ -86,11 +86,19 @@ impl ManagedNats {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let conf = dir.join("nats.conf");
         let store = dir.join("jetstream");
+        // `extra` lines starting with `jetstream.` go into the jetstream
+        // block (e.g. `jetstream.sync_interval: always`).
+        let (js_lines, other): (Vec<&str>, Vec<&str>) = extra.lines().partition(|l| l.starts_with("jetstream."));
+        let js_extra: String = js_lines
+            .iter()
+            .map(|l| format!("  {}\n", l.trim_start_matches("jetstream.")))
+            .collect();
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{\n  store_dir: {:?}\n}}\n{extra}",
-                store.display().to_string()
+                "listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\njetstream {{\n  store_dir: {:?}\n{js_extra}}}\n{}\n",
+                store.display().to_string(),
+                other.join("\n")
             ),
         )?;
         let pid_file = dir.join("nats-server.pid");

@@ -268,3 +268,53 @@ schedule = "61 * * * *"
     assert_eq!(list["triggers"].as_array().unwrap().len(), 0);
     node.stop().await;
 }
+
+/// `evoke status` shows the nodes, NATS, streams with replicas, queues and
+/// warnings; `--json` gives the same for scripts.
+#[tokio::test]
+async fn status_shows_the_cluster() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.node_name = "status-node".into();
+    let node = TestNode::with_config(c, dir).await;
+    node.deploy_ok("flaky", &crate::common::example("counter"), &[("retries", "0")])
+        .await;
+    let id = node.invoke_async("flaky", "text/plain", "fail").await;
+    node.wait_record(&id, Duration::from_secs(15), |r| r["status"] == "dead-lettered")
+        .await;
+    // The heartbeat is written every 5 s, the first at start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = node.base.clone();
+    let (text, json) = tokio::task::spawn_blocking(move || {
+        (
+            stdout(&evoke(&s, &["status"])),
+            stdout(&evoke(&s, &["status", "--json"])),
+        )
+    })
+    .await
+    .unwrap();
+    for needle in [
+        "status-node",
+        "EVOKE_EVENTS",
+        "KV_EVOKE_FUNCTIONS",
+        "flaky",
+        "warning: flaky has 1 dead letter",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["nodes"][0]["name"], "status-node", "{v:#}");
+    assert_eq!(v["nodes"][0]["roles"]["workers"], true);
+    assert_eq!(v["replicas"], 1, "one server: one replica");
+    let flaky = v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "flaky")
+        .unwrap();
+    assert_eq!(flaky["dead_letters"], 1);
+    let (status, _) = node.get("/v1/status").await;
+    assert_eq!(status, StatusCode::OK);
+    node.stop().await;
+}

@@ -308,7 +308,12 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     tokio::task::block_in_place(|| cluster.restart(victim));
     let start = Instant::now();
     loop {
-        let status: Value = reqwest::get(format!("{first}/v1/status")).await.unwrap().json().await.unwrap();
+        let status: Value = reqwest::get(format!("{first}/v1/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let whole = status["streams"].as_array().unwrap().iter().all(|s| {
             s["peers"]
                 .as_array()
@@ -319,7 +324,10 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         if whole {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the server never caught up: {status:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the server never caught up: {status:#}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -553,4 +561,66 @@ async fn a_rolling_restart_loses_nothing_and_keeps_answering() {
         sent.refused
     );
     check_every_accepted_ran(&first, &cluster.urls(), &sent).await;
+}
+
+/// A singleton source runs on one node at a time through KV leases; when
+/// its holder dies without a word, another node takes over within the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_moves_to_another_node_when_its_holder_dies() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let nats = crate::common::Nats::start();
+    let (a, b) = (
+        crate::common::TestNode::start(&nats.url()).await,
+        crate::common::TestNode::start(&nats.url()).await,
+    );
+    let running: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let starts = Arc::new(AtomicU32::new(0));
+    let contend = |node: &crate::common::TestNode| {
+        let invoker = node.node.as_ref().unwrap().invoker.clone();
+        let (running, starts) = (running.clone(), starts.clone());
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _keep = _tx;
+            let name = invoker.node.clone();
+            evoke::sources::singleton(invoker, "poller.test".into(), rx, move |mut stop| {
+                let (running, starts, name) = (running.clone(), starts.clone(), name.clone());
+                async move {
+                    starts.fetch_add(1, Ordering::SeqCst);
+                    running.lock().unwrap().push(name.clone());
+                    let _ = stop.wait_for(|s| *s).await;
+                    running.lock().unwrap().retain(|n| *n != name);
+                }
+            })
+            .await
+        })
+    };
+    let task_a = contend(&a);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let task_b = contend(&b);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(running.lock().unwrap().len(), 1, "one holder at a time");
+    }
+    let holder = running.lock().unwrap()[0].clone();
+    let (dead, alive) = if holder == a.node.as_ref().unwrap().invoker.node {
+        (task_a, task_b)
+    } else {
+        (task_b, task_a)
+    };
+    // The holder dies without releasing anything.
+    dead.abort();
+    running.lock().unwrap().clear();
+    let start = Instant::now();
+    while running.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < evoke::bus::LEASE_TTL * 2,
+            "nobody took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(running.lock().unwrap()[0], holder);
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+    alive.abort();
+    a.stop().await;
+    b.stop().await;
 }

@@ -157,3 +157,67 @@ fn up_without_any_usable_nats_server_says_how_to_get_one() {
         "{stderr}"
     );
 }
+
+/// `kill -9` of `evoke up` takes its managed nats-server with it, and a
+/// second `evoke up` on the same data dir is refused while the first runs.
+#[test]
+fn a_killed_evoke_up_takes_its_managed_nats_along() {
+    if default_nats_is_usable() {
+        eprintln!("skipped: a usable NATS answers on the default address (no managed server)");
+        return;
+    }
+    let data = tempfile::TempDir::new().unwrap();
+    let port = free_port().unwrap();
+    let mut child = evoke()
+        .current_dir(data.path())
+        .args(["up", "--http", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = data.path().join("nats").join("nats-server.pid");
+    let start = Instant::now();
+    while !(pid_file.exists()
+        && reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz")).is_ok_and(|r| r.status().is_success()))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "evoke up never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nats_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    assert!(std::path::Path::new(&format!("/proc/{nats_pid}")).exists());
+
+    let second = evoke()
+        .current_dir(data.path())
+        .args([
+            "up",
+            "--http",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another `evoke up` is using the data dir"), "{stderr}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+            .unwrap_or(false)
+    };
+    while alive(&nats_pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the managed nats-server {nats_pid} outlived its evoke"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
