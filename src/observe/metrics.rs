@@ -156,8 +156,15 @@ impl Metrics {
             async_nats::Event::ServerError(_) => "server-error",
             async_nats::Event::ClientError(_) => "client-error",
         };
+        let counter = self.nats_events.get_or_create(&EventLabel { event: name.into() });
         match event {
-            async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
+            // The first connection is the start-up line's business.
+            async_nats::Event::Connected if counter.get() == 0 => {}
+            async_nats::Event::Connected => tracing::info!("NATS connection re-established"),
+            // Closing and draining are this node's own doing (a stop).
+            async_nats::Event::Closed | async_nats::Event::Draining => {
+                tracing::debug!(event = %event, "NATS connection")
+            }
             async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
             other => tracing::warn!(event = %other, "NATS connection event"),
         }
