@@ -37,6 +37,12 @@ struct Sent {
 /// Sends `n` async invocations of `function` at `rate`/s, round robin over
 /// the nodes whose base URL `targets` returns at that moment.
 async fn send_load(n: usize, rate: u64, function: &str, targets: impl Fn() -> Vec<String>) -> Sent {
+    let path = format!("/v1/functions/{function}/invoke");
+    send_load_to(n, rate, move |_| path.clone(), targets).await
+}
+
+/// Like [`send_load`], to the path `path(seq)` (an invoke or a webhook).
+async fn send_load_to(n: usize, rate: u64, path: impl Fn(u64) -> String, targets: impl Fn() -> Vec<String>) -> Sent {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -48,10 +54,10 @@ async fn send_load(n: usize, rate: u64, function: &str, targets: impl Fn() -> Ve
         tick.tick().await;
         let bases = targets();
         let base = bases[seq as usize % bases.len()].clone();
-        let (http, sent, function) = (http.clone(), sent.clone(), function.to_string());
+        let (http, sent, path) = (http.clone(), sent.clone(), path(seq));
         tasks.push(tokio::spawn(async move {
             let resp = http
-                .post(format!("{base}/v1/functions/{function}/invoke"))
+                .post(format!("{base}{path}"))
                 .header("content-type", "application/json")
                 .header("x-evoke-invocation-type", "async")
                 .body(json!({ "seq": seq }).to_string())
@@ -133,6 +139,36 @@ async fn read_results(js: &async_nats::jetstream::Context) -> Result<HashMap<Str
             .or_insert(0) += 1;
     }
     Ok(out)
+}
+
+/// The scheduled times (Unix ms) of the cron ticks whose results reached
+/// stream RAN, in order.
+async fn cron_ticks(nats: &str) -> Vec<i64> {
+    let client = connect_any(nats).await;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("RAN").await.unwrap();
+    let total = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ticks = Vec::new();
+    for _ in 0..total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        let request = &v["data"]["request"];
+        if request["type"] == "evoke.cron.tick" {
+            let at = chrono::DateTime::parse_from_rfc3339(request["evokescheduled"].as_str().unwrap()).unwrap();
+            ticks.push(at.timestamp_millis());
+        }
+    }
+    ticks.sort();
+    ticks
 }
 
 /// Every accepted invocation ran (its record says succeeded) and its result
@@ -261,6 +297,24 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         "{status}"
     );
 
+    // A cron trigger fires on every node (one event per tick), and every
+    // tenth request of the load is a webhook, to any node.
+    let http = reqwest::Client::new();
+    for (name, spec) in [
+        (
+            "tick",
+            json!({"function":"seq","kind":"cron","schedule":"@every 1s","payload":{"name":"cron"}}),
+        ),
+        ("hook", json!({"function":"seq","kind":"webhook"})),
+    ] {
+        let resp = http
+            .put(format!("{first}/v1/triggers/{name}"))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    }
     let client = connect_any(&cluster.urls()).await;
     let leader = stream_leader(&client, evoke::bus::STREAM_EVENTS)
         .await
@@ -268,7 +322,14 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let victim = cluster.index(&leader);
     let (n, rate) = load();
     let all = bases(&nodes);
-    let load = tokio::spawn(send_load(n, rate, "seq", move || all.clone()));
+    let path = |seq: u64| {
+        if seq % 10 == 0 {
+            "/hooks/hook".to_string()
+        } else {
+            "/v1/functions/seq/invoke".to_string()
+        }
+    };
+    let load = tokio::spawn(send_load_to(n, rate, path, move || all.clone()));
     tokio::time::sleep(Duration::from_millis(n as u64 * 1000 / rate / 3)).await;
     tokio::task::block_in_place(|| cluster.kill(victim));
     let sent = load.await.unwrap();
@@ -279,6 +340,42 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     );
     let survivor = (0..3).find(|i| *i != victim).unwrap();
     check_every_accepted_ran(&first, &cluster.url(survivor), &sent).await;
+    let resp = http.delete(format!("{first}/v1/triggers/tick")).send().await.unwrap();
+    assert!(resp.status().is_success());
+    // Let the last ticks run (some waited out the election in the queue).
+    let start = Instant::now();
+    loop {
+        let status: Value = http
+            .get(format!("{first}/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let queued = status["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "seq")
+            .unwrap()["queued"]
+            .as_u64()
+            .unwrap();
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "seq never drained: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every tick from the first to the last ran exactly once, through the
+    // election.
+    let ticks = cron_ticks(&cluster.url(survivor)).await;
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let span = (ticks.last().unwrap() - ticks.first().unwrap()) / 1000 + 1;
+    assert_eq!(ticks.len() as i64, span, "a tick missing or doubled: {ticks:?}");
 
     let status: Value = reqwest::get(format!("{first}/v1/status"))
         .await
