@@ -323,7 +323,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let (n, rate) = load();
     let all = bases(&nodes);
     let path = |seq: u64| {
-        if seq % 10 == 0 {
+        if seq.is_multiple_of(10) {
             "/hooks/hook".to_string()
         } else {
             "/v1/functions/seq/invoke".to_string()
