@@ -131,12 +131,17 @@ impl Invoker {
             return system("cannot encode the event".into());
         };
         // The worker bounds the run by the function's timeout; allow for the
-        // trip and a cold start on top.
+        // trip and a cold start on top. The request carries this wait itself:
+        // the client's default request timeout (10 s) would cut a cold start
+        // on a busy worker short.
         let wait = f.spec.timeout + Duration::from_secs(10);
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(payload))
+            .timeout(Some(wait));
         let sent = self
             .bus
             .client
-            .request(bus::sync_subject(f.name.as_str()), Bytes::from(payload));
+            .send_request(bus::sync_subject(f.name.as_str()), request);
         match tokio::time::timeout(wait, sent).await {
             Err(_) => system(format!(
                 "no worker answered within {}",

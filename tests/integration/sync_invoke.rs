@@ -316,14 +316,13 @@ async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
 
     let worker = TestNode::start(&nats.url()).await;
     let resp = api.invoke("hello", r#"{"name":"relay","status":202}"#).await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::ACCEPTED,
-        "the function's own status comes back"
-    );
-    assert_eq!(resp.headers()["x-greeted"], "relay");
-    let id = resp.headers()["x-evoke-invocation-id"].to_str().unwrap().to_string();
-    assert_eq!(resp.text().await.unwrap(), "Hello, relay!");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "the function's own status comes back: {body}");
+    assert_eq!(headers["x-greeted"], "relay");
+    let id = headers["x-evoke-invocation-id"].to_str().unwrap().to_string();
+    assert_eq!(body, "Hello, relay!");
     let rec = api
         .wait_record(&id, Duration::from_secs(5), |r| r["status"] == "succeeded")
         .await;
