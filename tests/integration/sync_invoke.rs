@@ -319,7 +319,11 @@ async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.text().await.unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED, "the function's own status comes back: {body}");
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the function's own status comes back: {body}"
+    );
     assert_eq!(headers["x-greeted"], "relay");
     let id = headers["x-evoke-invocation-id"].to_str().unwrap().to_string();
     assert_eq!(body, "Hello, relay!");
