@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::Invoker;
+use super::{Invoker, retry};
 use crate::bus;
 use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, Output, Run};
 use crate::registry::DeployedFunction;
@@ -135,23 +135,34 @@ impl Invoker {
         // the client's default request timeout (10 s) would cut a cold start
         // on a busy worker short.
         let wait = f.spec.timeout + Duration::from_secs(10);
-        let request = async_nats::Request::new()
-            .payload(Bytes::from(payload))
-            .timeout(Some(wait));
-        let sent = self
-            .bus
-            .client
-            .send_request(bus::sync_subject(f.name.as_str()), request);
-        match tokio::time::timeout(wait, sent).await {
-            Err(_) => system(format!(
+        let subject = bus::sync_subject(f.name.as_str());
+        let payload = Bytes::from(payload);
+        // "No responders" while a worker node starts or reconnects is brief:
+        // ask again a few times before telling the caller there is none.
+        let mut answer = Err(None);
+        for pause in retry::RELAY_PAUSES.iter().map(Some).chain([None]) {
+            let request = async_nats::Request::new().payload(payload.clone()).timeout(Some(wait));
+            answer = match tokio::time::timeout(wait, self.bus.client.send_request(subject.clone(), request)).await {
+                Err(_) => Err(None),
+                Ok(r) => r.map_err(Some),
+            };
+            match (&answer, pause) {
+                (Err(Some(e)), Some(pause)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(*pause).await;
+                }
+                _ => break,
+            }
+        }
+        match answer {
+            Err(None) => system(format!(
                 "no worker answered within {}",
                 crate::units::format_duration(wait)
             )),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            Err(Some(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 system("no worker node is running: start one with `evoke serve` (without --no-workers)".into())
             }
-            Ok(Err(e)) => system(format!("cannot relay to a worker: {e}")),
-            Ok(Ok(msg)) => match serde_json::from_slice::<Reply>(&msg.payload) {
+            Err(Some(e)) => system(format!("cannot relay to a worker: {e}")),
+            Ok(msg) => match serde_json::from_slice::<Reply>(&msg.payload) {
                 Ok(reply) => from_reply(reply),
                 Err(e) => system(format!("the worker's reply is unreadable: {e}")),
             },

@@ -36,6 +36,15 @@ pub fn system_delay(n: u32) -> Duration {
 /// Pauses between the three quick tries of a destination delivery.
 pub const DESTINATION_PAUSES: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(800)];
 
+/// Pauses between the tries of relaying a sync invocation that found no
+/// worker (one may be starting or reconnecting): 1.5 s in all.
+pub const RELAY_PAUSES: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
+
 /// Pauses between the six tries of storing an outcome record (a NATS
 /// hiccup of up to ~11 s is ridden out before the event is acked).
 pub const RECORD_PAUSES: [Duration; 5] = [

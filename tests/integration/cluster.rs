@@ -339,8 +339,26 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     refused_only_for(&sent, "503");
     let survivor = (0..3).find(|i| *i != victim).unwrap();
     check_every_accepted_ran(&first, &cluster.url(survivor), &sent).await;
-    let resp = http.delete(format!("{first}/v1/triggers/tick")).send().await.unwrap();
-    assert!(resp.status().is_success());
+    // A 503 (with Retry-After) while a stream elects its leader is a fair
+    // answer: try again, as a client should.
+    let start = Instant::now();
+    loop {
+        let resp = http.delete(format!("{first}/v1/triggers/tick")).send().await.unwrap();
+        if resp.status().is_success() {
+            break;
+        }
+        assert_eq!(
+            resp.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the trigger was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Let the last ticks run (some waited out the election in the queue).
     let start = Instant::now();
     loop {
