@@ -359,9 +359,12 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Let the last ticks run (some waited out the election in the queue).
+    // Let the last ticks run (some waited out the election in the queue):
+    // until the queue is empty and the ticks seen stop changing.
     let start = Instant::now();
-    loop {
+    let mut ticks = Vec::new();
+    let mut stable = 0;
+    while stable < 3 {
         let status: Value = http
             .get(format!("{first}/v1/status"))
             .send()
@@ -378,21 +381,39 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
             .unwrap()["queued"]
             .as_u64()
             .unwrap();
-        if queued == 0 {
-            break;
-        }
+        let now = cron_ticks(&cluster.url(survivor)).await;
+        stable = if queued == 0 && now == ticks { stable + 1 } else { 0 };
+        ticks = now;
         assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "seq never drained: {status:#}"
+            start.elapsed() < Duration::from_secs(90),
+            "seq never settled: {status:#}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Every tick from the first to the last ran exactly once, through the
-    // election.
-    let ticks = cron_ticks(&cluster.url(survivor)).await;
-    assert!(ticks.len() >= 3, "{ticks:?}");
+    let logs = || {
+        let dlq = std::thread::spawn({
+            let url = format!("{first}/v1/functions/seq/dlq");
+            move || reqwest::blocking::get(url).and_then(|r| r.text()).unwrap_or_default()
+        })
+        .join()
+        .unwrap_or_default();
+        let nodes = nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("tick") || l.contains("cron") || l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                format!("--- {}:\n{}", n.name, lines.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("dead letters: {dlq}\n{nodes}")
+    };
+    assert!(ticks.len() >= 3, "{ticks:?}\n{}", logs());
     let span = (ticks.last().unwrap() - ticks.first().unwrap()) / 1000 + 1;
-    assert_eq!(ticks.len() as i64, span, "a tick missing or doubled: {ticks:?}");
+    assert_eq!(ticks.len() as i64, span, "a tick missing or doubled: {ticks:?}\n{}", logs());
 
     let status: Value = reqwest::get(format!("{first}/v1/status"))
         .await

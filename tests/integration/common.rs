@@ -32,7 +32,7 @@ impl Nats {
         init_tracing();
         let dir = TempDir::new().expect("temp dir");
         let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
-        let server = ManagedNats::start(&bin, dir.path(), free_port().expect("port")).expect("start nats-server");
+        let server = with_free_ports(|| ManagedNats::start(&bin, dir.path(), free_port()?));
         Nats { server, _dir: dir }
     }
 
@@ -44,6 +44,20 @@ impl Nats {
     pub fn restart(&mut self) {
         self.server.restart().expect("restart nats-server");
     }
+}
+
+/// Runs `start` (which picks free ports and binds them) again when a port
+/// it picked was taken by someone else in between.
+pub fn with_free_ports<T>(mut start: impl FnMut() -> anyhow::Result<T>) -> T {
+    let mut last = None;
+    for _ in 0..5 {
+        match start() {
+            Ok(t) => return t,
+            Err(e) if format!("{e:#}").contains("address already in use") => last = Some(e),
+            Err(e) => panic!("cannot start: {e:#}"),
+        }
+    }
+    panic!("no free ports after 5 tries: {:#}", last.unwrap())
 }
 
 /// A JetStream cluster of real nats-servers (routes on free ports), each
@@ -60,26 +74,29 @@ impl NatsCluster {
         init_tracing();
         let dir = TempDir::new().expect("temp dir");
         let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
-        let ports: Vec<u16> = (0..n).map(|_| free_port().expect("port")).collect();
-        let routes: Vec<u16> = (0..n).map(|_| free_port().expect("port")).collect();
-        let route_list = routes
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        // Started from this thread: a managed server dies with the thread
-        // that started it (PR_SET_PDEATHSIG), so not from helper threads.
-        let servers: Vec<Option<ManagedNats>> = (0..n)
-            .map(|i| {
+        let (servers, ports) = with_free_ports(|| {
+            let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+            let route_list = routes
+                .iter()
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Started from this thread: a managed server dies with the thread
+            // that started it (PR_SET_PDEATHSIG), so not from helper threads.
+            let mut servers = Vec::new();
+            for i in 0..n {
                 let extra = format!(
                     "server_name: {}\ncluster {{\n  name: evoke\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
                     names[i], routes[i]
                 );
                 let d = dir.path().join(&names[i]);
-                Some(ManagedNats::start_with(&bin, &d, ports[i], &extra).expect("start cluster member"))
-            })
-            .collect();
+                let _ = std::fs::remove_dir_all(&d);
+                servers.push(Some(ManagedNats::start_with(&bin, &d, ports[i], &extra)?));
+            }
+            Ok((servers, ports))
+        });
         let cluster = NatsCluster {
             servers,
             names,
@@ -447,6 +464,18 @@ impl EvokeProcess {
     }
 
     fn spawn(&mut self) {
+        for _ in 0..5 {
+            if self.spawn_once() {
+                return;
+            }
+            // Someone took the port between picking and binding it.
+            self.port = free_port().expect("port");
+        }
+        panic!("evoke {} found no free port: {}", self.name, self.log());
+    }
+
+    /// Starts the process and waits for health; false when its port was taken.
+    fn spawn_once(&mut self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -481,9 +510,13 @@ impl EvokeProcess {
         };
         while start.elapsed() < Duration::from_secs(60) {
             if healthy(format!("{}/healthz", self.base())) {
-                return;
+                return true;
             }
             if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                if self.log().contains("cannot listen on") {
+                    return false;
+                }
                 panic!("evoke {} exited with {status}: {}", self.name, self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
