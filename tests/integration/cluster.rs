@@ -413,7 +413,12 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     };
     assert!(ticks.len() >= 3, "{ticks:?}\n{}", logs());
     let span = (ticks.last().unwrap() - ticks.first().unwrap()) / 1000 + 1;
-    assert_eq!(ticks.len() as i64, span, "a tick missing or doubled: {ticks:?}\n{}", logs());
+    assert_eq!(
+        ticks.len() as i64,
+        span,
+        "a tick missing or doubled: {ticks:?}\n{}",
+        logs()
+    );
 
     let status: Value = reqwest::get(format!("{first}/v1/status"))
         .await

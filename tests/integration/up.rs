@@ -221,3 +221,33 @@ fn a_killed_evoke_up_takes_its_managed_nats_along() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A log written to a file or a pipe has no colour codes in it.
+#[test]
+fn logs_off_a_terminal_are_plain_text() {
+    use std::io::BufRead;
+    let nats = crate::common::Nats::start();
+    let data = tempfile::TempDir::new().unwrap();
+    let mut child = evoke()
+        .args([
+            "serve",
+            "--http",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+            "--nats",
+        ])
+        .arg(nats.url())
+        .arg("--data-dir")
+        .arg(data.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("evoke node started"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = started.expect("the node logs that it started");
+    assert!(!line.contains('\u{1b}'), "colour codes in a piped log: {line:?}");
+}
