@@ -760,3 +760,69 @@ async fn a_singleton_moves_to_another_node_when_its_holder_dies() {
     a.stop().await;
     b.stop().await;
 }
+
+/// State created R1 on a cluster is flagged by `evoke status`; a node
+/// started with more replicas raises them, and never lowers them. A node
+/// without an API still shows in the cluster with its roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_raised_never_lowered_and_r1_is_flagged() {
+    let cluster = NatsCluster::start(3);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&cluster.urls(), &dir);
+    c.nats.replicas = Some(1);
+    let single = crate::common::TestNode::with_config(c, dir).await;
+    let (_, status) = single.get("/v1/status").await;
+    assert!(
+        status["streams"].as_array().unwrap().iter().all(|s| s["replicas"] == 1),
+        "{status:#}"
+    );
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("1 replica on a NATS cluster"), "{warnings}");
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&cluster.urls(), &dir);
+    c.nats.replicas = Some(3);
+    c.api = false;
+    c.node_name = "headless".into();
+    let headless = evoke::node::Node::start(c).await.expect("a node without an API");
+
+    // A later node asking for fewer replicas changes nothing.
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&cluster.urls(), &dir);
+    c.nats.replicas = Some(1);
+    let again = crate::common::TestNode::with_config(c, dir).await;
+    let start = Instant::now();
+    let status = loop {
+        let (_, status) = again.get("/v1/status").await;
+        let headless_seen = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "headless");
+        if headless_seen {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the headless node never beat: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        status["streams"].as_array().unwrap().iter().all(|s| s["replicas"] == 3),
+        "raised to 3 and kept: {status:#}"
+    );
+    assert!(!status["warnings"].to_string().contains("1 replica"), "{status:#}");
+    let node = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "headless")
+        .unwrap()
+        .clone();
+    assert_eq!(node["roles"], json!({"api": false, "workers": true, "sources": true}));
+    assert!(node["address"].is_null());
+    headless.stop().await;
+    single.stop().await;
+    again.stop().await;
+}

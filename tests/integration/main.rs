@@ -7,6 +7,7 @@ mod async_queue;
 mod bad_input;
 mod cli;
 mod cluster;
+mod connection;
 mod deploy;
 mod hardening;
 mod resilience;

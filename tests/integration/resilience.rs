@@ -11,7 +11,17 @@ use crate::common::{Nats, TestNode, example};
 async fn nats_restart_under_load_loses_no_accepted_event() {
     let mut nats = Nats::start();
     let node = TestNode::start(&nats.url()).await;
-    node.deploy_ok("hello", &example("hello"), &[]).await;
+    // Results go to a stream, so deliveries meet the outage too.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "DONE".into(),
+        subjects: vec!["done.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    node.deploy_ok("hello", &example("hello"), &[("on_success", "jetstream:done.hello")])
+        .await;
 
     let mut accepted = Vec::new();
     for i in 0..40 {
@@ -62,6 +72,9 @@ async fn nats_restart_under_load_loses_no_accepted_event() {
         node.wait_record(id, Duration::from_secs(60), |r| r["status"] == "succeeded")
             .await;
     }
+    // A NATS outage is nobody's fault: nothing was dead-lettered for it.
+    let (_, dlq) = node.get("/v1/functions/hello/dlq").await;
+    assert_eq!(dlq["dead_letters"].as_array().map(Vec::len), Some(0), "{dlq}");
     node.stop().await;
 }
 
