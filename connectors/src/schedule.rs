@@ -49,7 +49,7 @@ impl Schedule {
         })?;
         let line = line.trim();
         if let Some(every) = line.strip_prefix("@every") {
-            let d = humantime_like(every.trim())?;
+            let d = crate::units::parse_duration(every.trim()).map_err(|e| format!("`@every`: {e}"))?;
             if d < Duration::from_secs(1) || d > MAX_EVERY {
                 return Err("`@every` takes 1s to 366d".into());
             }
@@ -221,23 +221,6 @@ fn gap_end(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
         }
     }
     None
-}
-
-fn humantime_like(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`@every {s}`: write e.g. @every 30s, @every 5m or @every 2h"))?;
-    let unit = match unit.trim() {
-        "s" | "sec" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => return Err(format!("`@every {s}`: unknown unit `{other}`; use s, m, h or d")),
-    };
-    n.checked_mul(unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`@every {s}` is too long"))
 }
 
 /// Maps a Unix weekday field (0–7, 0 and 7 = Sunday) to the cron crate's

@@ -227,6 +227,13 @@ fn unknown_or_missing(message: &str) -> Option<String> {
     Some(message[start..end].to_string())
 }
 
+/// The rule for environment variable names, wherever one is named (a
+/// function's `env`, a webhook's `secret_env`): `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn valid_env_name(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The rule for function and trigger names: `^[a-z][a-z0-9-]{0,62}$` (also
 /// safe as NATS KV keys and subject tokens).
 pub fn valid_name(s: &str) -> bool {

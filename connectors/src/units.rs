@@ -1,5 +1,8 @@
 //! Human-friendly quantities used in specs, flags and query strings:
-//! byte sizes (`64Mi`, `512KiB`, `1G`) and durations (`5s`, `10m`, `24h`).
+//! byte sizes (`64Mi`, `512KiB`, `1G`) and durations (`5s`, `10m`, `24h`,
+//! `1h30m`, `250ms`). This is the one duration grammar of evoke: function
+//! specs, webhook tolerances, cron `@every`, flags and query strings all
+//! parse with [`parse_duration`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -92,6 +95,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way it is written in specs.
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// Serde adapter for optional durations (absent or null = `None`).
+pub mod duration_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Serde adapter for humantime durations that also names the expected form.

@@ -106,9 +106,14 @@ pub struct AuthConfig {
     /// covers `<timestamp>.<body>` and old timestamps are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_header: Option<String>,
-    /// How old a signed timestamp may be (default 5m), e.g. "300s".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerance: Option<String>,
+    /// How old (or how far in the future) a signed timestamp may be:
+    /// default 5m, at most 1 day.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::units::duration_opt"
+    )]
+    pub tolerance: Option<Duration>,
 }
 
 fn is_unset(s: &SecretEnv) -> bool {
@@ -146,6 +151,8 @@ pub enum AuthError {
 }
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+/// The widest tolerance a webhook may set.
+pub const MAX_TOLERANCE: Duration = Duration::from_secs(86400);
 
 impl Scheme {
     /// Whether the scheme signs the request body (and only the body): such a
@@ -171,8 +178,7 @@ impl AuthConfig {
             ));
         }
         for name in secrets {
-            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
+            if !crate::trigger::valid_env_name(name) {
                 e.push((
                     "secret_env".into(),
                     format!("`{name}` is not an environment variable name"),
@@ -198,22 +204,17 @@ impl AuthConfig {
                 "scheme `hmac` needs the signature header, e.g. X-Signature".into(),
             ));
         }
-        if let Some(t) = &self.tolerance
-            && parse_secs(t).is_none()
+        if let Some(t) = self.tolerance
+            && (t < Duration::from_secs(1) || t > MAX_TOLERANCE)
         {
-            e.push((
-                "tolerance".into(),
-                format!("`{t}` is not a duration such as 300s or 5m"),
-            ));
+            e.push(("tolerance".into(), "is out of range 1s..1day".into()));
         }
         e
     }
 
+    /// The tolerance in whole seconds (bounded by [`MAX_TOLERANCE`]).
     fn tolerance(&self) -> i64 {
-        self.tolerance
-            .as_deref()
-            .and_then(parse_secs)
-            .unwrap_or(DEFAULT_TOLERANCE.as_secs() as i64)
+        self.tolerance.unwrap_or(DEFAULT_TOLERANCE).min(MAX_TOLERANCE).as_secs() as i64
     }
 
     /// Checks a request. `header` looks a header up (case-insensitively),
@@ -310,18 +311,6 @@ impl AuthConfig {
             return Err(AuthError::Stale { age, tolerance });
         }
         Ok(())
-    }
-}
-
-fn parse_secs(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n.parse().ok()?;
-    match unit {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => None,
     }
 }
 
@@ -602,20 +591,15 @@ mod tests {
                 "{ts:?}"
             );
         }
-        for t in [
-            "9223372036854775807h",
-            "9223372036854775807m",
-            "18446744073709551615",
-            "-5s",
-            "",
-            "5x",
-        ] {
-            assert!(parse_secs(t).is_none(), "{t}");
-            let c = AuthConfig {
-                tolerance: Some(t.into()),
-                ..cfg.clone()
-            };
-            assert_eq!(c.check().len(), 1, "{t} is refused by check");
+        // Tolerances are typed durations: what parses is bounded by check().
+        for t in ["9223372036854775807h", "18446744073709551615", "-5s", "", "5x", "300"] {
+            let table = serde_json::json!({"scheme": "hmac", "secret_env": "K", "header": "X-Sig", "tolerance": t});
+            assert!(serde_json::from_value::<AuthConfig>(table).is_err(), "{t} parses");
+        }
+        for (t, ok) in [("300s", true), ("5m", true), ("2days", false), ("500ms", false)] {
+            let table = serde_json::json!({"scheme": "hmac", "secret_env": "K", "header": "X-Sig", "tolerance": t});
+            let c: AuthConfig = serde_json::from_value(table).unwrap();
+            assert_eq!(c.check().is_empty(), ok, "{t}");
         }
     }
 

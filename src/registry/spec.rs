@@ -139,9 +139,11 @@ impl fmt::Display for Destination {
     }
 }
 
-/// Everything a user can set about a function.
+/// Everything a user can set about a function. This derive is the one way
+/// a spec is read (JSON, query strings, `evoke.toml`); fields left out take
+/// their defaults, and [`FunctionSpec::from_json`] reports every bad field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FunctionSpec {
     /// Linear memory cap per instance.
     pub memory: ByteSize,
@@ -149,6 +151,7 @@ pub struct FunctionSpec {
     #[serde(with = "units::duration")]
     pub timeout: Duration,
     /// Retries after a function error (async invocations).
+    #[serde(deserialize_with = "lenient::count")]
     pub retries: u32,
     /// How long an async event may keep being retried before it is dead-lettered.
     #[serde(with = "units::duration")]
@@ -156,18 +159,61 @@ pub struct FunctionSpec {
     /// Environment variables the function sees.
     pub env: BTreeMap<String, String>,
     /// Instances kept warm on every node, created at deploy.
+    #[serde(deserialize_with = "lenient::count")]
     pub reserved: u32,
     /// Concurrent instances per node.
+    #[serde(deserialize_with = "lenient::count")]
     pub max_instances: u32,
     /// Idle instances beyond `reserved` are dropped after this long.
     #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
+    #[serde(deserialize_with = "lenient::destination")]
     pub on_success: Option<Destination>,
+    #[serde(deserialize_with = "lenient::destination")]
     pub on_failure: Option<Destination>,
     /// CPU budget per invocation in fuel units (about one per wasm
     /// instruction); only on nodes started with `--fuel`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient::fuel")]
     pub fuel: Option<u64>,
+}
+
+/// Forms that query strings and hand-written JSON use: whole numbers as
+/// numbers or strings, an empty destination for none.
+mod lenient {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use super::Destination;
+
+    fn whole(v: &Value) -> Result<u64, String> {
+        match v {
+            Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a whole number")),
+            Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a whole number")),
+            _ => Err("must be a whole number".into()),
+        }
+    }
+
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = whole(&Value::deserialize(d)?).map_err(D::Error::custom)?;
+        u32::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+    }
+
+    pub fn fuel<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            v => whole(&v).map(Some).map_err(D::Error::custom),
+        }
+    }
+
+    pub fn destination<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Destination>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            Value::String(s) if s.is_empty() => Ok(None),
+            Value::String(s) => s.parse().map(Some).map_err(D::Error::custom),
+            _ => Err(D::Error::custom("must be a string such as \"nats:results\"")),
+        }
+    }
 }
 
 pub const MEMORY_MIN: ByteSize = ByteSize::mib(1);
@@ -216,19 +262,30 @@ pub fn describe(errors: &[FieldError]) -> String {
 
 impl FunctionSpec {
     /// Builds a spec from a JSON object, defaulting what is missing and
-    /// collecting every problem.
+    /// collecting every problem: each field is read on its own through the
+    /// serde derive (so its error names it), then the whole is range-checked.
     pub fn from_json(value: &Value) -> Result<FunctionSpec, Vec<FieldError>> {
         let Value::Object(map) = value else {
             return Err(vec![err("spec", "must be a JSON object")]);
         };
-        let mut spec = FunctionSpec::default();
         let mut errors = Vec::new();
+        let mut good = Map::new();
         for (key, v) in map {
-            if let Err(message) = spec.set(key, v) {
-                errors.push(err(key, &message));
+            let mut one = Map::new();
+            one.insert(key.clone(), v.clone());
+            match serde_json::from_value::<FunctionSpec>(Value::Object(one)) {
+                Ok(_) => {
+                    good.insert(key.clone(), v.clone());
+                }
+                Err(e) => errors.push(err(key, &field_message(&e.to_string()))),
             }
         }
-        errors.extend(spec.check());
+        // Range checks run over the fields that did parse, so one answer
+        // lists every problem.
+        let spec: FunctionSpec =
+            serde_json::from_value(Value::Object(good)).map_err(|e| vec![err("spec", &e.to_string())])?;
+        let bad: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+        errors.extend(spec.check().into_iter().filter(|e| !bad.contains(&e.field)));
         if errors.is_empty() { Ok(spec) } else { Err(errors) }
     }
 
@@ -261,43 +318,6 @@ impl FunctionSpec {
                 Err(errors)
             }
         }
-    }
-
-    fn set(&mut self, key: &str, v: &Value) -> Result<(), String> {
-        match key {
-            "memory" => self.memory = size(v)?,
-            "timeout" => self.timeout = duration(v)?,
-            "retries" => self.retries = count(v)?,
-            "max_event_age" => self.max_event_age = duration(v)?,
-            "reserved" => self.reserved = count(v)?,
-            "max_instances" => self.max_instances = count(v)?,
-            "idle_timeout" => self.idle_timeout = duration(v)?,
-            "on_success" => self.on_success = destination(v)?,
-            "on_failure" => self.on_failure = destination(v)?,
-            "fuel" => {
-                self.fuel = match v {
-                    Value::Null => None,
-                    other => Some(count64(other)?),
-                }
-            }
-            "env" => {
-                let Value::Object(m) = v else {
-                    return Err("must be an object of strings".into());
-                };
-                let mut env = BTreeMap::new();
-                for (name, value) in m {
-                    let Value::String(value) = value else {
-                        return Err(format!("`{name}` must be a string"));
-                    };
-                    env.insert(name.clone(), value.clone());
-                }
-                self.env = env;
-            }
-            _ => {
-                return Err("unknown field; known fields are memory, timeout, retries, max_event_age, env, reserved, max_instances, idle_timeout, on_success, on_failure, fuel".to_string());
-            }
-        }
-        Ok(())
     }
 
     /// Range checks across fields.
@@ -349,10 +369,7 @@ impl FunctionSpec {
             e.push(err("fuel", "must be at least 1"));
         }
         for name in self.env.keys() {
-            let ok = !name.is_empty()
-                && !name.as_bytes()[0].is_ascii_digit()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
+            if !evoke_connectors::trigger::valid_env_name(name) {
                 e.push(err(
                     &format!("env.{name}"),
                     "names are letters, digits and `_`, not starting with a digit",
@@ -370,46 +387,11 @@ fn err(field: &str, message: &str) -> FieldError {
     }
 }
 
-fn size(v: &Value) -> Result<ByteSize, String> {
-    match v {
-        Value::String(s) => s.parse(),
-        Value::Number(n) => n.as_u64().map(ByteSize).ok_or_else(|| format!("{n} is not a size")),
-        _ => Err("must be a size such as \"64Mi\"".into()),
-    }
-}
-
-fn duration(v: &Value) -> Result<Duration, String> {
-    match v {
-        Value::String(s) => units::parse_duration(s),
-        _ => Err("must be a duration string such as \"5s\"".into()),
-    }
-}
-
-fn count64(v: &Value) -> Result<u64, String> {
-    match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a whole number")),
-        Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a whole number")),
-        _ => Err("must be a whole number".into()),
-    }
-}
-
-fn count(v: &Value) -> Result<u32, String> {
-    match v {
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| format!("{n} is not a whole number")),
-        Value::String(s) => s.trim().parse().map_err(|_| format!("`{s}` is not a whole number")),
-        _ => Err("must be a whole number".into()),
-    }
-}
-
-fn destination(v: &Value) -> Result<Option<Destination>, String> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => s.parse().map(Some),
-        _ => Err("must be a string such as \"nats:results\"".into()),
+/// serde's message for one field, without the position it adds.
+fn field_message(m: &str) -> String {
+    match m.find(" at line ") {
+        Some(i) => m[..i].to_string(),
+        None => m.to_string(),
     }
 }
 
