@@ -262,27 +262,20 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, String> {
     for name in invoker.registry.subscribe().borrow().keys() {
         per_fn.insert(name.clone(), (0, 0));
     }
-    let count = |subject: &str, prefix: &str| {
-        subject
-            .strip_prefix(prefix)
-            .and_then(|r| r.strip_prefix('.'))
-            .and_then(|r| r.split('.').next())
-            .map(str::to_string)
-    };
     for (subject, n) in b
         .subject_counts(bus::STREAM_EVENTS, &format!("{}.>", bus::SUBJECT_INVOKE))
         .await?
     {
-        if let Some(f) = count(&subject, bus::SUBJECT_INVOKE) {
-            per_fn.entry(f).or_default().0 += n;
+        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_INVOKE) {
+            per_fn.entry(f.to_string()).or_default().0 += n;
         }
     }
     for (subject, n) in b
         .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
         .await?
     {
-        if let Some(f) = count(&subject, bus::SUBJECT_DLQ) {
-            per_fn.entry(f).or_default().1 += n;
+        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_DLQ) {
+            per_fn.entry(f.to_string()).or_default().1 += n;
         }
     }
     let events = b.js.get_stream(bus::STREAM_EVENTS).await.map_err(|e| e.to_string())?;

@@ -69,7 +69,7 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(id) = self.invocation.and_then(|i| HeaderValue::from_str(&i).ok()) {
-            resp.headers_mut().insert(super::HDR_INVOCATION_ID, id);
+            resp.headers_mut().insert(super::HTTP_INVOCATION_ID, id);
         }
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert("retry-after", HeaderValue::from(secs));

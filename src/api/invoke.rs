@@ -13,7 +13,7 @@ use evoke_connectors::Event;
 use evoke_connectors::event::is_json_type;
 use serde_json::json;
 
-use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_ID, HDR_INVOCATION_TYPE, read_body};
+use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_body};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{EnqueueError, derived_invocation_id, new_invocation_id};
 use crate::registry::DeployedFunction;
@@ -143,7 +143,7 @@ pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
 
 fn set_id(h: &mut HeaderMap, id: &str) {
     if let Ok(v) = HeaderValue::from_str(id) {
-        h.insert(HDR_INVOCATION_ID, v);
+        h.insert(HTTP_INVOCATION_ID, v);
     }
 }
 

@@ -22,8 +22,9 @@ pub use error::ApiError;
 use crate::invoker::Invoker;
 use crate::registry::DeployedFunction;
 
-/// Header carrying the invocation id on invoke responses.
-pub const HDR_INVOCATION_ID: &str = "x-evoke-invocation-id";
+/// HTTP header carrying the invocation id on invoke responses (the NATS
+/// header on queued events is [`crate::bus::HDR_INVOCATION_ID`]).
+pub const HTTP_INVOCATION_ID: &str = "x-evoke-invocation-id";
 /// Header selecting async invocation.
 pub const HDR_INVOCATION_TYPE: &str = "x-evoke-invocation-type";
 /// Header set to `true` on an async answer for an event already queued.

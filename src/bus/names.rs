@@ -64,6 +64,22 @@ pub fn sync_subject(function: &str) -> String {
     format!("{SUBJECT_SYNC}.{function}")
 }
 
+/// Every relayed sync invocation (what worker nodes subscribe to).
+pub fn sync_filter() -> String {
+    format!("{SUBJECT_SYNC}.*")
+}
+
+/// The function a subject under `prefix` belongs to: `evoke.invoke.<fn>`,
+/// `evoke.dlq.<fn>.<id>`, `evoke.sync.<fn>`, `evoke.logs.<fn>`.
+pub fn function_in<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    subject
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .split('.')
+        .next()
+        .filter(|f| !f.is_empty())
+}
+
 /// Why a subject may not be a destination, if it may not: NATS internals
 /// (`$JS`, `$KV`, `$O`, `$SYS`, anything starting with `$`), reply inboxes,
 /// and evoke's own namespace (queues, dead letters, logs, relays).
@@ -76,5 +92,20 @@ pub fn reserved_subject(subject: &str) -> Option<&'static str> {
         Some("`evoke.` subjects are evoke's own (queues, dead letters, logs, sync relays)")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_name_their_function_and_back() {
+        assert_eq!(function_in(&invoke_subject("f-1"), SUBJECT_INVOKE), Some("f-1"));
+        assert_eq!(function_in(&dlq_subject("f-1", "abc"), SUBJECT_DLQ), Some("f-1"));
+        assert_eq!(function_in(&sync_subject("g"), SUBJECT_SYNC), Some("g"));
+        assert_eq!(function_in("evoke.invokes.f", SUBJECT_INVOKE), None);
+        assert_eq!(function_in("evoke.invoke.", SUBJECT_INVOKE), None);
+        assert!(reserved_subject(&invoke_subject("f")).is_some());
     }
 }

@@ -52,7 +52,7 @@ impl Client {
         let status = resp.status();
         let id = resp
             .headers()
-            .get("x-evoke-invocation-id")
+            .get(crate::api::HTTP_INVOCATION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = resp.text().await.unwrap_or_default();

@@ -98,7 +98,7 @@ pub async fn invoke(client: &Client, a: InvokeArgs, json: bool) -> anyhow::Resul
     let resp = client.send(req).await?;
     let id = resp
         .headers()
-        .get("x-evoke-invocation-id")
+        .get(crate::api::HTTP_INVOCATION_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();

@@ -350,19 +350,4 @@ impl Invoker {
         })?;
         Ok(())
     }
-
-    /// Dead letters per function, for metrics.
-    pub async fn dlq_depths(&self) -> Result<Vec<(String, u64)>, String> {
-        let subjects = self
-            .bus
-            .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
-            .await?;
-        let mut depth = std::collections::BTreeMap::<String, u64>::new();
-        for (subject, n) in subjects {
-            if let Some(f) = subject.split('.').nth(2) {
-                *depth.entry(f.to_string()).or_default() += n;
-            }
-        }
-        Ok(depth.into_iter().collect())
-    }
 }

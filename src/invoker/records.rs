@@ -18,13 +18,9 @@ pub enum Status {
     DeadLettered,
 }
 
-/// How the invocation was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    Sync,
-    Async,
-}
+/// How the invocation was asked for: the same `sync`/`async` a webhook
+/// trigger is configured with.
+pub use evoke_connectors::trigger::Mode;
 
 /// The class of an attempt's error: function errors count against retries,
 /// system errors do not.

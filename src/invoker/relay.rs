@@ -172,7 +172,7 @@ impl Invoker {
     /// Joins the queue group of worker nodes; once this returns, relayed
     /// invocations can reach this node.
     pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, String> {
-        let subject = format!("{}.*", bus::SUBJECT_SYNC);
+        let subject = bus::sync_filter();
         let sub = self
             .bus
             .client
@@ -197,7 +197,9 @@ impl Invoker {
             let invoker = self.clone();
             tokio::spawn(async move {
                 let Some(reply_to) = msg.reply.clone() else { return };
-                let function = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+                let function = bus::function_in(msg.subject.as_str(), bus::SUBJECT_SYNC)
+                    .unwrap_or_default()
+                    .to_string();
                 let run = match serde_json::from_slice::<Request>(&msg.payload) {
                     Err(e) => system_run(format!("unreadable relayed request: {e}")),
                     Ok(req) => match (invoker.registry.get(&function).await, Event::from_value(req.event)) {

@@ -217,11 +217,7 @@ pub const DEPTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(15
 async fn depths(bus: &crate::bus::Bus, stream: &str, prefix: &str) -> Result<HashMap<String, u64>, String> {
     let mut out = HashMap::new();
     for (subject, n) in bus.subject_counts(stream, &format!("{prefix}.>")).await? {
-        let function = subject
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|rest| rest.split('.').next());
-        if let Some(f) = function {
+        if let Some(f) = crate::bus::function_in(&subject, prefix) {
             *out.entry(f.to_string()).or_default() += n;
         }
     }
