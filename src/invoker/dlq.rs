@@ -297,11 +297,7 @@ impl Invoker {
                 Status::Queued,
             )
         });
-        record.redrives += 1;
-        record.clear_attempts();
-        record.status = Status::Queued;
-        record.finished_at = None;
-        record.updated_at = Utc::now();
+        record.redrive(record.redrives + 1);
         // Written before the event is queued, so a worker never reads the
         // old history; the redrive number in the header resets it anyway.
         self.put_record_acked(&record).await?;

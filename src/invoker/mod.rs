@@ -2,7 +2,8 @@
 //! error class, dead letters, destinations and invocation records.
 //!
 //! # Layout
-//! - [`worker`]: one durable pull consumer per function; the retry state machine.
+//! - [`worker`]: one durable pull consumer per function, running events.
+//! - `settle`: the outcome of an attempt: ack, retry by error class, or DLQ.
 //! - [`retry`]: backoff timing, in one place.
 //! - [`records`]: invocation records (KV EVOKE_INVOCATIONS).
 //! - [`dlq`]: the dead-letter queue (stream EVOKE_DLQ): list, show, redrive.
@@ -13,6 +14,7 @@ pub mod dlq;
 pub mod records;
 pub mod relay;
 pub mod retry;
+mod settle;
 pub mod worker;
 
 use std::sync::Arc;
@@ -20,7 +22,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
-use chrono::Utc;
 use evoke_connectors::Event;
 use sha2::{Digest, Sha256};
 
@@ -30,7 +31,7 @@ use crate::observe::logs::{LogBatch, LogLine};
 use crate::observe::metrics::Metrics;
 use crate::registry::triggers::TriggerRegistry;
 use crate::registry::{DeployedFunction, Registry};
-use records::{Attempt, AttemptError, Mode, Record, Status};
+use records::{Mode, Record, Status};
 
 /// Why an async invocation could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -119,18 +120,20 @@ impl Invoker {
         event
             .extensions
             .insert(evoke_connectors::event::EXT_ATTEMPT.into(), "1".into());
-        let mut record = Record::new(id, f.name.as_str(), Mode::Sync, &event.id, Status::Running);
-        let started_at = Utc::now();
+        let mut record = Record::new(id, f.name.as_str(), Mode::Sync, &event.id, Status::Queued);
+        let started = record.start_attempt(&self.node);
         let run = self.executor.invoke(f, &event, f.spec.timeout).await;
         self.publish_logs(f.name.as_str(), id, &run.logs);
         self.observe(f, &run);
-        record.push_attempt(attempt_of(1, started_at, &run, &self.node));
-        record.status = if run.result.is_ok() {
-            Status::Succeeded
-        } else {
-            Status::Failed
-        };
-        finish(&mut record, &run);
+        record.end_attempt(started, &run, &self.node);
+        record.finish(
+            if run.result.is_ok() {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            },
+            Some(&run),
+        );
         self.put_record(&record).await;
         run
     }
@@ -292,35 +295,6 @@ impl Invoker {
 /// Whether an id can be a KV key and a subject token.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The attempt entry for a finished run.
-pub fn attempt_of(number: u32, started_at: chrono::DateTime<Utc>, run: &Run, node: &str) -> Attempt {
-    let started = matches!(&run.result, Ok(_) | Err(InvokeError::Function { .. }));
-    Attempt {
-        number,
-        started_at,
-        duration_ms: Some(run.duration.as_secs_f64() * 1000.0),
-        start: started.then(|| if run.cold.is_some() { "cold" } else { "warm" }.to_string()),
-        cold_start: run.cold.clone(),
-        error: run.result.as_ref().err().map(AttemptError::from_invoke),
-        node: node.to_string(),
-    }
-}
-
-/// Fills the record's summary fields from the last run.
-pub fn finish(record: &mut Record, run: &Run) {
-    let now = Utc::now();
-    record.updated_at = now;
-    if matches!(record.status, Status::Succeeded | Status::Failed | Status::DeadLettered) {
-        record.finished_at = Some(now);
-    }
-    record.duration_ms = Some(run.duration.as_secs_f64() * 1000.0);
-    if let Some(a) = record.attempts.last()
-        && a.start.is_some()
-    {
-        record.start = a.start.clone();
-    }
 }
 
 /// Whether a publish failed because nothing listens on the subject.

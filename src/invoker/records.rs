@@ -1,12 +1,16 @@
 //! Invocation records: what `GET /v1/invocations/{id}` shows. Kept in KV
-//! bucket EVOKE_INVOCATIONS (7 days), written without waiting for the ack on
-//! the hot path (the publish is pipelined; the worker's retry bookkeeping
+//! bucket EVOKE_INVOCATIONS (15 days), written without waiting for the ack
+//! on the hot path (the publish is pipelined; the worker's retry bookkeeping
 //! waits for it).
+//!
+//! Every change of a record's status and attempts goes through the methods
+//! here: [`Record::start_attempt`], [`Record::end_attempt`],
+//! [`Record::finish`], [`Record::redrive`], [`Record::fail_attempt`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, MAX_ERROR_BYTES, cap_text};
+use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, MAX_ERROR_BYTES, Run, cap_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,6 +73,13 @@ impl AttemptError {
 /// a record always fits in one NATS message.
 pub const KEEP_FIRST_ATTEMPTS: usize = 3;
 pub const KEEP_LAST_ATTEMPTS: usize = 20;
+
+/// What [`Record::end_attempt`] needs of an attempt it ends.
+#[derive(Debug, Clone, Copy)]
+pub struct StartedAttempt {
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+}
 
 /// Attempts dropped from the middle of a long history.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -189,6 +200,90 @@ impl Record {
     pub fn clear_attempts(&mut self) {
         self.attempts.clear();
         self.omitted = None;
+    }
+
+    /// An attempt starts now on `node`: the record says `running`. Returns
+    /// what [`Record::end_attempt`] needs.
+    pub fn start_attempt(&mut self, node: &str) -> StartedAttempt {
+        let number = self.attempt_count() + 1;
+        let started_at = Utc::now();
+        self.status = Status::Running;
+        self.updated_at = started_at;
+        self.push_attempt(Attempt {
+            number,
+            started_at,
+            duration_ms: None,
+            start: None,
+            cold_start: None,
+            error: None,
+            node: node.to_string(),
+        });
+        StartedAttempt { number, started_at }
+    }
+
+    /// The attempt started last ended with `run` (on `node`).
+    pub fn end_attempt(&mut self, started: StartedAttempt, run: &Run, node: &str) {
+        let ran = matches!(&run.result, Ok(_) | Err(InvokeError::Function { .. }));
+        let attempt = Attempt {
+            number: started.number,
+            started_at: started.started_at,
+            duration_ms: Some(run.duration.as_secs_f64() * 1000.0),
+            start: ran.then(|| if run.cold.is_some() { "cold" } else { "warm" }.to_string()),
+            cold_start: run.cold.clone(),
+            error: run.result.as_ref().err().map(AttemptError::from_invoke),
+            node: node.to_string(),
+        };
+        match self.attempts.last_mut() {
+            Some(last) if last.number == started.number => *last = attempt,
+            _ => self.push_attempt(attempt),
+        }
+    }
+
+    /// Marks the last attempt failed with `error`, whatever the run said
+    /// (its result could not be delivered).
+    pub fn fail_attempt(&mut self, error: AttemptError) {
+        if let Some(last) = self.attempts.last_mut() {
+            last.error = Some(error);
+        }
+    }
+
+    /// Moves to `status` (`queued` again for a retry, or an end state),
+    /// with the last run's summary when there was one.
+    pub fn finish(&mut self, status: Status, run: Option<&Run>) {
+        let now = Utc::now();
+        self.status = status;
+        self.updated_at = now;
+        self.finished_at = matches!(status, Status::Succeeded | Status::Failed | Status::DeadLettered).then_some(now);
+        if let Some(run) = run {
+            self.duration_ms = Some(run.duration.as_secs_f64() * 1000.0);
+        }
+        if let Some(a) = self.attempts.last()
+            && a.start.is_some()
+        {
+            self.start = a.start.clone();
+        }
+    }
+
+    /// Put back on the queue by redrive number `n`: the history starts over.
+    pub fn redrive(&mut self, n: u32) {
+        self.redrives = n;
+        self.clear_attempts();
+        self.finish(Status::Queued, None);
+    }
+
+    /// An attempt that never ran (the event was refused before it could):
+    /// recorded as a system error.
+    pub fn refused(&mut self, node: &str, message: String) {
+        let now = Utc::now();
+        self.push_attempt(Attempt {
+            number: self.attempt_count() + 1,
+            started_at: now,
+            duration_ms: Some(0.0),
+            start: None,
+            cold_start: None,
+            error: Some(AttemptError::system(message)),
+            node: node.to_string(),
+        });
     }
 
     /// Before delivery number `delivered` runs: marks attempts that started

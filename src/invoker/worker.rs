@@ -25,17 +25,16 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
 use async_nats::jetstream::{AckKind, Message};
-use chrono::Utc;
 use evoke_connectors::Event;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
-use super::dlq::DeadLetter;
-use super::records::{Attempt, AttemptError, Mode, Record, Status};
-use super::{Invoker, attempt_of, finish, retry};
+use super::records::{Mode, Record, Status};
+use super::settle::Settling;
+use super::{Invoker, retry};
 use crate::bus;
-use crate::executor::InvokeError;
+use crate::executor::Run;
 use crate::registry::{DeployedFunction, Functions};
 use crate::supervise::{Supervised, reconcile, stop_all};
 
@@ -230,6 +229,45 @@ async fn keep_alive<F: Future>(invoker: &Invoker, msg: &Message, work: F) -> F::
     }
 }
 
+/// What a queued message says about its invocation.
+struct Delivery {
+    id: String,
+    /// JetStream's delivery count (1 on the first).
+    delivered: i64,
+    /// The redrive number, when `dlq redrive` put it back.
+    redrive: Option<u32>,
+    age: Duration,
+}
+
+impl Delivery {
+    fn of(msg: &Message) -> Option<Delivery> {
+        let info = match msg.info() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "message without JetStream metadata");
+                return None;
+            }
+        };
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        Some(Delivery {
+            id: header(bus::HDR_INVOCATION_ID).unwrap_or_else(super::new_invocation_id),
+            delivered: info.delivered,
+            // Older evoke wrote "1" for every redrive.
+            redrive: header(bus::HDR_REDRIVEN).map(|v| v.parse().unwrap_or(1)),
+            age: Duration::from_secs_f64(
+                (time::OffsetDateTime::now_utc() - info.published)
+                    .as_seconds_f64()
+                    .max(0.0),
+            ),
+        })
+    }
+}
+
 /// Processes one queued event to one of: acked after success, NAKed for a
 /// retry, or acked after a successful dead-lettering. Holds `run_slot`
 /// while the function runs and a settle slot while the outcome is stored.
@@ -240,323 +278,96 @@ async fn handle(
     run_slot: OwnedSemaphorePermit,
     settles: Arc<Semaphore>,
 ) {
-    let (delivered, published) = match msg.info() {
-        Ok(i) => (i.delivered, i.published),
-        Err(e) => {
-            tracing::error!(error = %e, "message without JetStream metadata");
-            return;
-        }
+    let Some(d) = Delivery::of(&msg) else { return };
+    let settling = Settling {
+        invoker,
+        f,
+        msg: &msg,
+        age: d.age,
     };
-    let header = |name: &str| {
-        msg.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    let id = header(bus::HDR_INVOCATION_ID).unwrap_or_else(super::new_invocation_id);
-    // The redrive number (older evoke wrote "1" for every redrive).
-    let redrive: Option<u32> = header(bus::HDR_REDRIVEN).map(|v| v.parse().unwrap_or(1));
-    let age = Duration::from_secs_f64((time::OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0));
-
     let mut event = match Event::from_json(&msg.payload) {
         Ok(e) => e,
         Err(e) => {
-            let raw = String::from_utf8_lossy(&msg.payload).into_owned();
-            let mut record = Record::new(&id, f.name.as_str(), Mode::Async, "", Status::DeadLettered);
-            record.push_attempt(Attempt {
-                number: 1,
-                started_at: Utc::now(),
-                duration_ms: Some(0.0),
-                start: None,
-                cold_start: None,
-                error: Some(AttemptError::system(format!("malformed event: {e}"))),
-                node: invoker.node.clone(),
-            });
-            let entry = DeadLetter {
-                id: id.clone(),
-                function: f.name.to_string(),
-                reason: format!("malformed event: {e}"),
-                dead_lettered_at: Utc::now(),
-                attempts: record.attempts.clone(),
-                event: serde_json::json!({ "id": id, "source": "evoke", "type": "evoke.malformed", "data": raw }),
-                seq: None,
-            };
             drop(run_slot);
-            keep_alive(invoker, &msg, settle_dead(invoker, f, &msg, &mut record, entry, None)).await;
+            keep_alive(invoker, &msg, settling.malformed(&d.id, e.to_string())).await;
             return;
         }
     };
-
-    let fresh = || Record::new(&id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
-    let mut record = if delivered > 1 || redrive.is_some() {
-        match invoker.get_record(&id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => fresh(),
-            Err(e) => {
-                // Not "no record": running now would forget the attempts
-                // (and the retries) so far. A system error: try later.
-                drop(run_slot);
-                let reason = format!("cannot read the invocation record: {e}");
-                retry_unrecorded(invoker, f, &msg, fresh(), &event, age, delivered, reason).await;
-                return;
-            }
+    let mut record = match record_of(invoker, f, &d, &event).await {
+        Ok(r) => r,
+        Err(reason) => {
+            drop(run_slot);
+            let fresh = Record::new(&d.id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+            settling.unrecorded(fresh, &event, d.delivered, reason).await;
+            return;
         }
-    } else {
-        fresh()
     };
-    if let Some(n) = redrive
-        && record.redrives < n
-    {
-        // The redrive's own record write did not land: start over here.
-        record.redrives = n;
-        record.clear_attempts();
-    }
-    record.account_for_lost_attempts(u64::try_from(delivered).unwrap_or(0));
-
-    if age > f.spec.max_event_age {
-        let reason = format!(
-            "the event is {} old, past the function's max_event_age of {}",
-            crate::units::format_duration(Duration::from_secs(age.as_secs())),
-            crate::units::format_duration(f.spec.max_event_age)
-        );
-        let entry = dead_letter_entry(f, &record, &event, reason);
+    if d.age > f.spec.max_event_age {
         drop(run_slot);
-        keep_alive(invoker, &msg, settle_dead(invoker, f, &msg, &mut record, entry, None)).await;
+        keep_alive(invoker, &msg, settling.expired(record, &event)).await;
         return;
     }
 
-    let number = record.attempt_count() + 1;
     let fn_attempt = record.function_failures() + 1;
+    let started = record.start_attempt(&invoker.node);
+    // Every attempt counts here, lost and system-error ones too, so a
+    // function can tell any redelivery from the first delivery.
     event
         .extensions
-        // Every attempt counts here, lost and system-error ones too, so a
-        // function can tell any redelivery from the first delivery.
-        .insert(evoke_connectors::event::EXT_ATTEMPT.into(), number.to_string());
-    let started_at = Utc::now();
-    record.status = Status::Running;
-    record.updated_at = started_at;
-    record.push_attempt(Attempt {
-        number,
-        started_at,
-        duration_ms: None,
-        start: None,
-        cold_start: None,
-        error: None,
-        node: invoker.node.clone(),
-    });
-    let run = {
-        // The run slot bounds how long it may wait for an instance.
-        let invoke = keep_alive(
-            invoker,
-            &msg,
-            invoker.executor.invoke(f, &event, Duration::from_secs(600)),
-        );
-        tokio::pin!(invoke);
-        // Most invocations end within milliseconds: only a slower one gets
-        // a `running` record (one publish fewer per event). A node dying
-        // before that is still accounted for by the delivery count.
-        tokio::select! {
-            run = &mut invoke => run,
-            _ = tokio::time::sleep(RUNNING_AFTER) => {
-                invoker.put_record(&record).await;
-                invoke.await
-            }
-        }
-    };
+        .insert(evoke_connectors::event::EXT_ATTEMPT.into(), started.number.to_string());
+    let run = run_alive(invoker, f, &msg, &event, &record).await;
     // Results are settled beside new runs: wait for a settle slot (the
     // backpressure of slow destinations), then free the run slot.
     let settle_slot = settles.acquire_owned().await;
     drop(run_slot);
-    invoker.publish_logs(f.name.as_str(), &id, &run.logs);
+    invoker.publish_logs(f.name.as_str(), &d.id, &run.logs);
     invoker.observe(f, &run);
-    if let Some(last) = record.attempts.last_mut() {
-        *last = attempt_of(number, started_at, &run, &invoker.node);
-    }
-    keep_alive(
-        invoker,
-        &msg,
-        settle(invoker, f, &msg, record, &event, &run, fn_attempt, age),
-    )
-    .await;
+    record.end_attempt(started, &run, &invoker.node);
+    keep_alive(invoker, &msg, settling.ran(record, &event, &run, fn_attempt)).await;
     drop(settle_slot);
 }
 
-/// Stores the outcome of a run: ack, retry, or dead letter.
-#[allow(clippy::too_many_arguments)]
-async fn settle(
-    invoker: &Invoker,
-    f: &DeployedFunction,
-    msg: &Message,
-    mut record: Record,
-    event: &Event,
-    run: &crate::executor::Run,
-    fn_attempt: u32,
-    age: Duration,
-) {
-    let id = record.id.clone();
-    match &run.result {
-        Ok(output) => {
-            record.status = Status::Succeeded;
-            finish(&mut record, run);
-            if let Some(dest) = &f.spec.on_success {
-                let dest_event = super::destinations::destination_event(&record, event, Some(output), None);
-                if let Err(e) = invoker.deliver(dest, &dest_event).await {
-                    // Not the function's fault (a destination or NATS away):
-                    // a system error, so the event runs again later and its
-                    // result is delivered then, until its max age; only then
-                    // is it dead-lettered, with the reason.
-                    if let Some(last) = record.attempts.last_mut() {
-                        last.error = Some(AttemptError::system(format!(
-                            "the function succeeded, but its result was not delivered: {e}"
-                        )));
-                    }
-                    let delay = retry::system_delay(record.system_failures());
-                    if age + delay > f.spec.max_event_age {
-                        let entry = dead_letter_entry(f, &record, event, e);
-                        settle_dead(invoker, f, msg, &mut record, entry, None).await;
-                    } else {
-                        invoker.metrics.retry(f.name.as_str(), "system");
-                        reschedule(invoker, msg, &mut record, run, delay).await;
-                    }
-                    return;
-                }
-            }
-            invoker.put_record_durable(&record).await;
-            ack(msg, &id).await;
+/// The invocation's record: read back on a redelivery or a redrive (a read
+/// that fails is a system error, never "no record": that would forget the
+/// attempts and retries so far), with lost attempts accounted for.
+async fn record_of(invoker: &Invoker, f: &DeployedFunction, d: &Delivery, event: &Event) -> Result<Record, String> {
+    let fresh = || Record::new(&d.id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+    let mut record = if d.delivered > 1 || d.redrive.is_some() {
+        invoker
+            .get_record(&d.id)
+            .await
+            .map_err(|e| format!("cannot read the invocation record: {e}"))?
+            .unwrap_or_else(fresh)
+    } else {
+        fresh()
+    };
+    if let Some(n) = d.redrive
+        && record.redrives < n
+    {
+        // The redrive's own record write did not land: start over here.
+        record.redrive(n);
+    }
+    record.account_for_lost_attempts(u64::try_from(d.delivered).unwrap_or(0));
+    Ok(record)
+}
+
+/// Runs the event, telling JetStream it is alive; an invocation past
+/// [`RUNNING_AFTER`] gets a `running` record (most end sooner: one publish
+/// fewer per event, and a node dying before that is still accounted for by
+/// the delivery count).
+async fn run_alive(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: &Message, event: &Event, record: &Record) -> Run {
+    // The run slot bounds how long it may wait for an instance.
+    let invoke = keep_alive(
+        invoker,
+        msg,
+        invoker.executor.invoke(f, event, Duration::from_secs(600)),
+    );
+    tokio::pin!(invoke);
+    tokio::select! {
+        run = &mut invoke => run,
+        _ = tokio::time::sleep(RUNNING_AFTER) => {
+            invoker.put_record(record).await;
+            invoke.await
         }
-        Err(InvokeError::Function { message, .. }) => {
-            if fn_attempt <= f.spec.retries {
-                let delay = retry::function_delay(fn_attempt);
-                invoker.metrics.retry(f.name.as_str(), "function");
-                reschedule(invoker, msg, &mut record, run, delay).await;
-            } else {
-                let reason = format!("function error on all {} attempts; last: {message}", f.spec.retries + 1);
-                let entry = dead_letter_entry(f, &record, event, reason);
-                finish(&mut record, run);
-                settle_dead(invoker, f, msg, &mut record, entry, Some(event)).await;
-            }
-        }
-        Err(e @ (InvokeError::System(_) | InvokeError::Busy(_) | InvokeError::Capacity(_))) => {
-            let delay = retry::system_delay(record.system_failures());
-            if age + delay > f.spec.max_event_age {
-                let reason = format!("system error until the event's max_event_age ran out; last: {e}");
-                let entry = dead_letter_entry(f, &record, event, reason);
-                finish(&mut record, run);
-                settle_dead(invoker, f, msg, &mut record, entry, Some(event)).await;
-            } else {
-                invoker.metrics.retry(f.name.as_str(), "system");
-                reschedule(invoker, msg, &mut record, run, delay).await;
-            }
-        }
-    }
-}
-
-/// A system error before the function ran, with no readable record: retry
-/// later (backoff by delivery count) or, past the event's max age, dead
-/// letter it with what is known.
-#[allow(clippy::too_many_arguments)]
-async fn retry_unrecorded(
-    invoker: &Invoker,
-    f: &DeployedFunction,
-    msg: &Message,
-    mut record: Record,
-    event: &Event,
-    age: Duration,
-    delivered: i64,
-    reason: String,
-) {
-    tracing::warn!(invocation = %record.id, error = %reason, "system error before running; retrying later");
-    let delay = retry::system_delay(u32::try_from(delivered).unwrap_or(u32::MAX));
-    if age + delay > f.spec.max_event_age {
-        record.push_attempt(Attempt {
-            number: u32::try_from(delivered).unwrap_or(u32::MAX),
-            started_at: Utc::now(),
-            duration_ms: Some(0.0),
-            start: None,
-            cold_start: None,
-            error: Some(AttemptError::system(reason.clone())),
-            node: invoker.node.clone(),
-        });
-        let reason = format!("system error until the event's max_event_age ran out; last: {reason}");
-        let entry = dead_letter_entry(f, &record, event, reason);
-        keep_alive(
-            invoker,
-            msg,
-            settle_dead(invoker, f, msg, &mut record, entry, Some(event)),
-        )
-        .await;
-        return;
-    }
-    invoker.metrics.retry(f.name.as_str(), "system");
-    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-        tracing::warn!(invocation = %record.id, error = %e, "cannot schedule retry");
-    }
-}
-
-fn dead_letter_entry(f: &DeployedFunction, record: &Record, event: &Event, reason: String) -> DeadLetter {
-    DeadLetter {
-        id: record.id.clone(),
-        function: f.name.to_string(),
-        reason,
-        dead_lettered_at: Utc::now(),
-        attempts: record.attempts.clone(),
-        event: event.to_value(),
-        seq: None,
-    }
-}
-
-/// Stores the attempt (waiting for it: the next delivery reads it) and
-/// asks JetStream to redeliver after `delay`.
-async fn reschedule(
-    invoker: &Invoker,
-    msg: &Message,
-    record: &mut Record,
-    run: &crate::executor::Run,
-    delay: Duration,
-) {
-    record.status = Status::Queued;
-    finish(record, run);
-    invoker.put_record_durable(record).await;
-    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-        // The ack deadline redelivers it anyway.
-        tracing::warn!(invocation = %record.id, error = %e, "cannot schedule retry");
-    }
-}
-
-/// Dead-letters an event: DLQ publish acked by JetStream, then the record,
-/// the `on_failure` destination, and finally the ack of the original.
-async fn settle_dead(
-    invoker: &Invoker,
-    f: &DeployedFunction,
-    msg: &Message,
-    record: &mut Record,
-    entry: DeadLetter,
-    request: Option<&Event>,
-) {
-    if let Err(e) = invoker.dead_letter(&entry, record.redrives).await {
-        // Not stored: leave the event on the queue and try again later.
-        tracing::error!(invocation = %record.id, error = %e, "cannot dead-letter; will retry");
-        let _ = msg.ack_with(AckKind::Nak(Some(retry::system_delay(1)))).await;
-        return;
-    }
-    record.status = Status::DeadLettered;
-    record.updated_at = Utc::now();
-    record.finished_at = Some(record.updated_at);
-    invoker.put_record_durable(record).await;
-    if let (Some(dest), Some(request)) = (&f.spec.on_failure, request) {
-        let dest_event = super::destinations::destination_event(record, request, None, Some(&entry.reason));
-        if let Err(e) = invoker.deliver(dest, &dest_event).await {
-            // The dead letter holds the event; nothing is lost.
-            tracing::warn!(invocation = %record.id, error = %e, "on_failure destination failed");
-        }
-    }
-    ack(msg, &record.id).await;
-}
-
-async fn ack(msg: &Message, id: &str) {
-    if let Err(e) = msg.ack().await {
-        // Redelivered later; the function may see a duplicate (its attempt
-        // number tells it so).
-        tracing::warn!(invocation = id, error = %e, "ack failed");
     }
 }
