@@ -9,6 +9,7 @@
 //! - [`trigger`]: a trigger = source config + filter + function, validated with
 //!   field paths; [`trigger::SourceConfig`] is the closed list of source kinds.
 //! - [`filter`]: which events reach the function.
+//! - [`backoff`]: every retry delay of evoke and its sources, as named policies.
 //! - [`webhook`]: webhook authentication and request-to-event mapping.
 //! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
 //! - [`lease`]: one holder at a time, for sources that run on one node only.
@@ -17,6 +18,7 @@
 //!
 //! Nothing here touches wasmtime or the invoker: sources only publish.
 
+pub mod backoff;
 pub mod contract;
 pub mod cron;
 pub mod event;

@@ -9,7 +9,6 @@
 //! away: every source uses it rather than its own loop.
 
 use std::future::Future;
-use std::time::Duration;
 
 use crate::event::Event;
 
@@ -85,7 +84,7 @@ pub async fn deliver<S: Sink>(
         Err(SinkError::Rejected(reason) | SinkError::Unavailable(reason)) => reason,
     };
     tracing::warn!(function, event = %event.id, %reason, "the queue refused the event; parking it in the dead-letter queue");
-    let mut delay = Duration::from_millis(100);
+    let mut delays = crate::backoff::PUBLISH.delays();
     loop {
         let parked = tokio::select! {
             r = sink.park(function, event, dedupe_id, &reason) => r,
@@ -94,12 +93,12 @@ pub async fn deliver<S: Sink>(
         match parked {
             Ok(()) => return Some(Delivered::Parked(reason)),
             Err(e) => {
+                let delay = delays.next().unwrap_or(crate::backoff::PUBLISH.max);
                 tracing::warn!(function, event = %event.id, error = %e, "event not parked yet; retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut stop => return None,
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -111,8 +110,9 @@ pub trait StateStore: Send + Sync + 'static {
     fn save(&self, key: &str, value: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// Publishes, retrying with exponential backoff (100 ms up to 10 s) while
-/// JetStream is unavailable, until stored, rejected, or `stop` resolves.
+/// Publishes, retrying with the [`crate::backoff::PUBLISH`] backoff (100 ms
+/// up to 10 s) while JetStream is unavailable, until stored, rejected, or
+/// `stop` resolves.
 /// Returns `None` when stopped first: the caller must not acknowledge.
 pub async fn publish_until_stored<S: Sink>(
     sink: &S,
@@ -122,7 +122,7 @@ pub async fn publish_until_stored<S: Sink>(
     stop: impl Future<Output = ()>,
 ) -> Option<Result<Published, SinkError>> {
     tokio::pin!(stop);
-    let mut delay = Duration::from_millis(100);
+    let mut delays = crate::backoff::PUBLISH.delays();
     loop {
         let attempt = tokio::select! {
             r = sink.publish(function, event, dedupe_id) => r,
@@ -130,12 +130,12 @@ pub async fn publish_until_stored<S: Sink>(
         };
         match attempt {
             Err(SinkError::Unavailable(e)) => {
+                let delay = delays.next().unwrap_or(crate::backoff::PUBLISH.max);
                 tracing::warn!(function, event = %event.id, error = %e, "event not stored yet; retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut stop => return None,
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
             other => return Some(other),
         }
@@ -145,6 +145,7 @@ pub async fn publish_until_stored<S: Sink>(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use super::*;
 

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`worker`]: one durable pull consumer per function, running events.
 //! - `settle`: the outcome of an attempt: ack, retry by error class, or DLQ.
-//! - [`retry`]: backoff timing, in one place.
+//! - backoff timing lives in `evoke_connectors::backoff`, shared with the sources.
 //! - [`records`]: invocation records (KV EVOKE_INVOCATIONS).
 //! - [`dlq`]: the dead-letter queue (stream EVOKE_DLQ): list, show, redrive.
 //! - [`destinations`]: `on_success` / `on_failure` delivery.
@@ -13,7 +13,6 @@ pub mod destinations;
 pub mod dlq;
 pub mod records;
 pub mod relay;
-pub mod retry;
 mod settle;
 pub mod worker;
 
@@ -24,6 +23,8 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
 use evoke_connectors::Event;
 use sha2::{Digest, Sha256};
+
+pub use evoke_connectors::backoff as retry;
 
 use crate::bus::{self, Bus};
 use crate::executor::{Executor, InvokeError, Run};

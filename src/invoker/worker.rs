@@ -119,7 +119,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = retry::system_delay(failures).min(Duration::from_secs(10));
+                    let delay = retry::RECONNECT.delay(failures);
                     tracing::warn!(function = %name, error = %e, "cannot open the event consumer; retrying in {delay:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
@@ -151,7 +151,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 consumer = None;
                 drop(slots);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = tokio::time::sleep(retry::RECONNECT.min) => continue,
                     _ = stop.changed() => break,
                 }
             }
@@ -176,7 +176,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 Some(Err(e)) => {
                     tracing::debug!(function = %name, error = %e, "consumer hiccup; reopening the consumer");
                     consumer = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(retry::RECONNECT.min).await;
                     break;
                 }
                 None => break,

@@ -184,6 +184,7 @@ impl<T: Entry> Catalog<T> {
     /// nothing changed meanwhile is missed and nothing is read twice.
     pub async fn run_watch(self, mut shutdown: tokio::sync::broadcast::Receiver<()>) {
         let mut last: u64 = 0;
+        let mut failures = 0;
         loop {
             let watch = if last == 0 {
                 self.kv.watch_with_history(">").await
@@ -193,13 +194,16 @@ impl<T: Entry> Catalog<T> {
             let mut watch = match watch {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the registry; retrying");
+                    failures += 1;
+                    let delay = crate::invoker::retry::RECONNECT.delay(failures);
+                    tracing::warn!(error = %e, "cannot watch the registry; retrying in {delay:?}");
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(delay) => continue,
                         _ = shutdown.recv() => return,
                     }
                 }
             };
+            failures = 0;
             if last > 0 {
                 tracing::info!(bucket = %self.bucket(), from = last + 1, "registry watch resumed");
             }
@@ -230,7 +234,7 @@ impl<T: Entry> Catalog<T> {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(crate::invoker::retry::RECONNECT.min) => {}
                 _ = shutdown.recv() => return,
             }
         }

@@ -1,36 +1,81 @@
-//! Retry timing, in one place: short jittered backoff for function errors
-//! (counted against `retries`), exponential backoff for system errors
-//! (bounded only by the event's maximum age), both from `backon`; and the
-//! fixed pauses of the few inline retries (destinations, outcome records).
+//! Backoff timing, in one place, for evoke and its sources: named
+//! exponential policies (from `backon`) for every loop that waits before
+//! trying again, and the fixed pauses of the few short inline retries.
+//!
+//! - [`FUNCTION`]: after a function error (counted against `retries`).
+//! - [`SYSTEM`]: after a system error (bounded only by the event's max age).
+//! - [`PUBLISH`]: a source waiting for JetStream to take an event.
+//! - [`RECONNECT`]: a consumer or watch re-subscribing after a NATS loss.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+/// An exponential backoff: `min`, doubling up to `max`, optionally jittered
+/// (up to one more delay on top, so nodes retrying together spread out).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub min: Duration,
+    pub max: Duration,
+    pub jitter: bool,
+}
+
+pub const FUNCTION: Policy = Policy {
+    min: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    jitter: true,
+};
+
+pub const SYSTEM: Policy = Policy {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+    jitter: true,
+};
+
+pub const PUBLISH: Policy = Policy {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+    jitter: false,
+};
+
+pub const RECONNECT: Policy = Policy {
+    min: Duration::from_millis(200),
+    max: Duration::from_secs(10),
+    jitter: true,
+};
+
+impl Policy {
+    fn builder(&self) -> ExponentialBuilder {
+        let b = ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .without_max_times();
+        if self.jitter { b.with_jitter() } else { b }
+    }
+
+    /// The delay before retry number `n` (1-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        self.builder()
+            .build()
+            .nth(n.saturating_sub(1) as usize)
+            .unwrap_or(self.min)
+    }
+
+    /// The delays before each retry, in turn, forever.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        self.builder().build()
+    }
+}
+
 /// Delay before retry number `n` (1-based) after a function error.
 pub fn function_delay(n: u32) -> Duration {
-    nth(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times(),
-        n,
-    )
+    FUNCTION.delay(n)
 }
 
 /// Delay before retry number `n` (1-based) after a system error.
 pub fn system_delay(n: u32) -> Duration {
-    nth(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_secs(1))
-            .with_max_delay(Duration::from_secs(300))
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times(),
-        n,
-    )
+    SYSTEM.delay(n)
 }
 
 /// Pauses between the three quick tries of a destination delivery.
@@ -73,13 +118,6 @@ where
     result
 }
 
-fn nth(builder: ExponentialBuilder, n: u32) -> Duration {
-    builder
-        .build()
-        .nth(n.saturating_sub(1) as usize)
-        .unwrap_or(Duration::from_secs(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +152,8 @@ mod tests {
         assert!(system_delay(1) >= Duration::from_secs(1));
         assert!(system_delay(5) >= Duration::from_secs(16));
         assert!(system_delay(100) <= Duration::from_secs(600));
+        let publish: Vec<u128> = PUBLISH.delays().take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(publish[..3], [100, 200, 400]);
+        assert_eq!(publish[8], 10_000, "capped");
     }
 }
