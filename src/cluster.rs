@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::bus;
+use crate::bus::{self, NatsError, OrNats};
 use crate::invoker::Invoker;
 
 /// How often a node beats.
@@ -174,7 +174,7 @@ fn evoke_streams() -> Vec<String> {
 
 /// Gathers the cluster's state. Costs a handful of NATS requests plus one
 /// per function with queued events: for operators, not for hot paths.
-pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, String> {
+pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, NatsError> {
     let b = &invoker.bus;
     let info = b.client.server_info();
     let mut warnings = Vec::new();
@@ -184,7 +184,7 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, String> {
     }
 
     let mut nodes = Vec::new();
-    let mut keys = b.nodes.keys().await.map_err(|e| e.to_string())?;
+    let mut keys = b.nodes.keys().await.nats("listing nodes")?;
     while let Some(key) = keys.next().await {
         let Ok(key) = key else { continue };
         if let Ok(Some(v)) = b.nodes.get(&key).await
@@ -278,7 +278,7 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, String> {
             per_fn.entry(f.to_string()).or_default().1 += n;
         }
     }
-    let events = b.js.get_stream(bus::STREAM_EVENTS).await.map_err(|e| e.to_string())?;
+    let events = b.js.get_stream(bus::STREAM_EVENTS).await.nats("opening the queue")?;
     let mut functions = Vec::new();
     for (name, (queued, dead_letters)) in per_fn {
         let mut oldest_event_age_s = None;

@@ -129,7 +129,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));
         }
         if config.workers {
-            let relay = invoker.relay_subscription().await.map_err(anyhow::Error::msg)?;
+            let relay = invoker.relay_subscription().await?;
             tasks.push(tokio::spawn(invoker.clone().serve_relayed(relay, shutdown.subscribe())));
             tasks.push(tokio::spawn(worker::run(
                 invoker.clone(),

@@ -102,10 +102,10 @@ pub const RECORD_PAUSES: [Duration; 5] = [
 
 /// Tries `attempt` once, then once more after each pause, until it
 /// succeeds; returns the last error.
-pub async fn with_pauses<T, F, Fut>(pauses: &[Duration], mut attempt: F) -> Result<T, String>
+pub async fn with_pauses<T, E, F, Fut>(pauses: &[Duration], mut attempt: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut result = attempt().await;
     for pause in pauses {

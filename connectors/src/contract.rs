@@ -115,10 +115,10 @@ pub struct MemoryState {
 }
 
 impl StateStore for MemoryState {
-    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+    async fn load(&self, key: &str) -> Result<Option<String>, crate::source::StateError> {
         Ok(self.values.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
     }
-    async fn save(&self, key: &str, value: &str) -> Result<(), String> {
+    async fn save(&self, key: &str, value: &str) -> Result<(), crate::source::StateError> {
         self.values
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -15,13 +15,24 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// The lease store did not answer (the holder cannot tell whether it still
+/// holds its lease).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("lease store unavailable: {0}")]
+pub struct LeaseError(pub String);
+
 /// Where leases live. A token identifies one holding (a KV revision).
 pub trait LeaseStore: Send + Sync + 'static {
     /// Takes `key` for `holder` if nobody holds it: `Some(token)`, or `None`
     /// when it is held.
-    fn acquire(&self, key: &str, holder: &str) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+    fn acquire(&self, key: &str, holder: &str) -> impl Future<Output = Result<Option<u64>, LeaseError>> + Send;
     /// Renews a holding: `Some(new token)`, or `None` when it was lost.
-    fn renew(&self, key: &str, holder: &str, token: u64) -> impl Future<Output = Result<Option<u64>, String>> + Send;
+    fn renew(
+        &self,
+        key: &str,
+        holder: &str,
+        token: u64,
+    ) -> impl Future<Output = Result<Option<u64>, LeaseError>> + Send;
     /// Gives a holding up (best effort: it expires anyway).
     fn release(&self, key: &str, token: u64) -> impl Future<Output = ()> + Send;
 }
@@ -131,9 +142,9 @@ impl MemoryLeases {
             .map(|(h, _, _)| h.clone())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), LeaseError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err("lease store unreachable (test)".into())
+            Err(LeaseError("unreachable (test)".into()))
         } else {
             Ok(())
         }
@@ -141,7 +152,7 @@ impl MemoryLeases {
 }
 
 impl LeaseStore for MemoryLeases {
-    async fn acquire(&self, key: &str, holder: &str) -> Result<Option<u64>, String> {
+    async fn acquire(&self, key: &str, holder: &str) -> Result<Option<u64>, LeaseError> {
         self.check()?;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if held.get(key).is_some_and(|(_, _, at)| at.elapsed() < self.ttl) {
@@ -152,7 +163,7 @@ impl LeaseStore for MemoryLeases {
         Ok(Some(token))
     }
 
-    async fn renew(&self, key: &str, holder: &str, token: u64) -> Result<Option<u64>, String> {
+    async fn renew(&self, key: &str, holder: &str, token: u64) -> Result<Option<u64>, LeaseError> {
         self.check()?;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         match held.get(key) {

@@ -106,9 +106,15 @@ pub async fn deliver<S: Sink>(
 
 /// Small durable state of sources (cursors, last fire times), kept in NATS KV.
 pub trait StateStore: Send + Sync + 'static {
-    fn load(&self, key: &str) -> impl Future<Output = Result<Option<String>, String>> + Send;
-    fn save(&self, key: &str, value: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn load(&self, key: &str) -> impl Future<Output = Result<Option<String>, StateError>> + Send;
+    fn save(&self, key: &str, value: &str) -> impl Future<Output = Result<(), StateError>> + Send;
 }
+
+/// The state store did not answer: the source carries on (a cursor not
+/// saved means at most a duplicate tick later, which dedupe absorbs).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("source state unavailable: {0}")]
+pub struct StateError(pub String);
 
 /// Publishes, retrying with the [`crate::backoff::PUBLISH`] backoff (100 ms
 /// up to 10 s) while JetStream is unavailable, until stored, rejected, or

@@ -77,3 +77,47 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+// Every error of the layers below the API maps to its HTTP answer here, and
+// only here: handlers just use `?`.
+
+impl From<crate::bus::NatsError> for ApiError {
+    fn from(e: crate::bus::NatsError) -> ApiError {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> ApiError {
+        match e {
+            crate::registry::RegistryError::Nats(_) => ApiError::unavailable(e.to_string()),
+            crate::registry::RegistryError::Corrupt { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "CorruptEntry", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::invoker::RecordError> for ApiError {
+    fn from(e: crate::invoker::RecordError) -> ApiError {
+        match e {
+            crate::invoker::RecordError::Nats(e) => e.into(),
+            crate::invoker::RecordError::Unreadable { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "CorruptEntry", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::invoker::dlq::DlqError> for ApiError {
+    fn from(e: crate::invoker::dlq::DlqError) -> ApiError {
+        use crate::invoker::dlq::DlqError;
+        match e {
+            DlqError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+            DlqError::Nats(e) => e.into(),
+            DlqError::TooLarge(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "DeadLetterTooLarge", e.to_string())
+            }
+        }
+    }
+}

@@ -39,12 +39,7 @@ fn parse_name(name: &str) -> Result<FunctionName, ApiError> {
 }
 
 pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
-    let fns = s
-        .invoker
-        .registry
-        .list()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let fns = s.invoker.registry.list().await?;
     Ok(Json(
         json!({ "functions": fns.iter().map(|(_, f)| view(f)).collect::<Vec<_>>() }),
     ))
@@ -56,12 +51,7 @@ pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> R
 }
 
 pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let existed = s
-        .invoker
-        .registry
-        .delete(&name)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let existed = s.invoker.registry.delete(&name).await?;
     if !existed {
         return Err(ApiError::not_found("function", &name));
     }
@@ -225,12 +215,7 @@ async fn deploy_code(
         revision: 0,
     };
     let key = f.name.to_string();
-    let f = s
-        .invoker
-        .registry
-        .put(&key, f)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let f = s.invoker.registry.put(&key, f).await?;
     tracing::info!(function = %f.name, digest = %f.digest, kind = ?f.kind, "deployed");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(view(&f))))

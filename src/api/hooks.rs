@@ -26,13 +26,7 @@ pub async fn hook(
     req: Request,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("webhook trigger", &trigger);
-    let stored = s
-        .invoker
-        .triggers
-        .get(&trigger)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
-        .ok_or_else(not_found)?;
+    let stored = s.invoker.triggers.get(&trigger).await?.ok_or_else(not_found)?;
     let spec = stored
         .parsed()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InvalidTrigger", e))?;

@@ -119,8 +119,7 @@ impl ApiState {
         self.invoker
             .registry
             .get(name)
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .await?
             .ok_or_else(|| ApiError::not_found("function", name))
     }
 }

@@ -1,22 +1,17 @@
 //! Invocation records, dead letters, logs, health and metrics.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
 use crate::bus;
-use crate::invoker::dlq::DlqError;
-use crate::observe::logs::LogBatch;
 use crate::observe::metrics::StateLabel;
 
 pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
@@ -62,9 +57,7 @@ pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 
 /// `GET /v1/status`: the cluster as this node sees it.
 pub async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
-    let status = crate::cluster::status(&s.invoker)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let status = crate::cluster::status(&s.invoker).await?;
     Ok(Json(serde_json::to_value(status).unwrap_or_default()))
 }
 
@@ -72,8 +65,7 @@ pub async fn invocation(State(s): State<Arc<ApiState>>, Path(id): Path<String>) 
     let record = s
         .invoker
         .get_record(&id)
-        .await
-        .map_err(ApiError::unavailable)?
+        .await?
         .ok_or_else(|| ApiError::not_found("invocation", &id))?;
     Ok(Json(serde_json::to_value(record).unwrap_or_default()))
 }
@@ -94,8 +86,7 @@ async fn dlq_function(s: &ApiState, name: &str) -> Result<(), ApiError> {
                 .invoker
                 .bus
                 .subject_counts(bus::STREAM_DLQ, &bus::dlq_filter(name))
-                .await
-                .map_err(ApiError::unavailable)?
+                .await?
                 .iter()
                 .map(|(_, n)| n)
                 .sum();
@@ -111,11 +102,7 @@ pub async fn dlq_list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     dlq_function(&s, &name).await?;
-    let entries = s
-        .invoker
-        .dlq_list(&name, q.limit.unwrap_or(100))
-        .await
-        .map_err(ApiError::unavailable)?;
+    let entries = s.invoker.dlq_list(&name, q.limit.unwrap_or(100)).await?;
     Ok(Json(json!({ "dead_letters": entries })))
 }
 
@@ -127,8 +114,7 @@ pub async fn dlq_show(
     let entry = s
         .invoker
         .dlq_get(&name, &id)
-        .await
-        .map_err(ApiError::unavailable)?
+        .await?
         .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
     Ok(Json(serde_json::to_value(entry).unwrap_or_default()))
 }
@@ -159,10 +145,7 @@ pub async fn dlq_redrive(
             ));
         }
     };
-    let out = s.invoker.dlq_redrive(&name, ids).await.map_err(|e| match e {
-        DlqError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
-        DlqError::Nats(m) => ApiError::unavailable(m),
-    })?;
+    let out = s.invoker.dlq_redrive(&name, ids).await?;
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
 
@@ -182,90 +165,17 @@ pub async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     s.function(&name).await?;
-    let deliver_policy = match &q.since {
-        Some(since) => {
-            let d = crate::units::parse_duration(since)
-                .map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
-            // A window longer than the logs are kept reads them all.
-            let start = time::Duration::try_from(d)
-                .ok()
-                .and_then(|d| time::OffsetDateTime::now_utc().checked_sub(d))
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            DeliverPolicy::ByStartTime { start_time: start }
-        }
-        None => DeliverPolicy::All,
+    let since = q
+        .since
+        .as_deref()
+        .map(crate::units::parse_duration)
+        .transpose()
+        .map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
+    let query = crate::observe::logs::Query {
+        since,
+        invocation: q.invocation.clone(),
+        follow: q.follow,
     };
-    let stream = s
-        .invoker
-        .bus
-        .js
-        .get_stream(bus::STREAM_LOGS)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: bus::logs_subject(&name),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let empty = s
-        .invoker
-        .bus
-        .subject_counts(bus::STREAM_LOGS, &bus::logs_subject(&name))
-        .await
-        .map(|c| c.iter().all(|(_, n)| *n == 0))
-        .unwrap_or(false);
-    let follow = q.follow;
-    let invocation = q.invocation.clone();
-    let lines = futures::stream::unfold((messages, false, empty), move |(mut messages, done, empty)| {
-        let invocation = invocation.clone();
-        async move {
-            if done || (empty && !follow) {
-                return None;
-            }
-            loop {
-                let wait = if follow {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::from_secs(2)
-                };
-                let next = tokio::time::timeout(wait, messages.next()).await;
-                let msg = match next {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(_))) => continue,
-                    _ => return None,
-                };
-                let last = !follow && msg.info().map(|i| i.pending == 0).unwrap_or(true);
-                let Ok(batch) = serde_json::from_slice::<LogBatch>(&msg.payload) else {
-                    if last {
-                        return None;
-                    }
-                    continue;
-                };
-                if invocation.as_ref().is_some_and(|i| *i != batch.invocation) {
-                    if last {
-                        return None;
-                    }
-                    continue;
-                }
-                let mut out = String::new();
-                for l in &batch.lines {
-                    let v = json!({
-                        "time": l.time, "level": l.level, "stream": l.stream,
-                        "function": batch.function, "invocation": batch.invocation, "message": l.message,
-                    });
-                    out.push_str(&v.to_string());
-                    out.push('\n');
-                }
-                return Some((Ok::<_, std::io::Error>(out), (messages, last, false)));
-            }
-        }
-    });
+    let lines = crate::observe::logs::read(&s.invoker.bus, &name, query).await?;
     Ok(([("content-type", "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }

@@ -71,12 +71,7 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
 }
 
 pub async fn list(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
-    let all = s
-        .invoker
-        .triggers
-        .list()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let all = s.invoker.triggers.list().await?;
     let mut out = Vec::new();
     for (_, t) in all {
         out.push(view(&s, &t).await);
@@ -89,8 +84,7 @@ pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> R
         .invoker
         .triggers
         .get(&name)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .await?
         .ok_or_else(|| ApiError::not_found("trigger", &name))?;
     Ok(Json(view(&s, &t).await))
 }
@@ -171,24 +165,14 @@ pub async fn put(
         updated_at: Utc::now(),
         revision: 0,
     };
-    let stored = s
-        .invoker
-        .triggers
-        .put(&name, stored)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let stored = s.invoker.triggers.put(&name, stored).await?;
     tracing::info!(trigger = %name, kind = spec.source.kind(), function = %spec.function, "trigger saved");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(view(&s, &stored).await)))
 }
 
 pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let existed = s
-        .invoker
-        .triggers
-        .delete(&name)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let existed = s.invoker.triggers.delete(&name).await?;
     if !existed {
         return Err(ApiError::not_found("trigger", &name));
     }

@@ -52,6 +52,30 @@ const HEADER_ROOM: usize = 4096;
 /// reason and slimmed attempts.
 const DEAD_LETTER_ROOM: usize = 12 << 10;
 
+/// NATS did not do what was asked (unreachable, timed out, refused): a
+/// system error, worth trying again later. Says what was being done.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{doing}: {message}")]
+pub struct NatsError {
+    pub doing: String,
+    pub message: String,
+}
+
+/// `result.nats("reading the record")`: any error as a [`NatsError`] with
+/// what was being done.
+pub trait OrNats<T> {
+    fn nats(self, doing: &str) -> Result<T, NatsError>;
+}
+
+impl<T, E: std::fmt::Display> OrNats<T> for Result<T, E> {
+    fn nats(self, doing: &str) -> Result<T, NatsError> {
+        self.map_err(|e| NatsError {
+            doing: doing.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to NATS at {url}: {source}")]
@@ -153,13 +177,14 @@ impl Bus {
     }
 
     /// Message counts per subject of `stream` matching `filter`.
-    pub async fn subject_counts(&self, stream: &str, filter: &str) -> Result<Vec<(String, u64)>, String> {
-        let stream = self.js.get_stream(stream).await.map_err(|e| e.to_string())?;
-        let subjects = stream.info_with_subjects(filter).await.map_err(|e| e.to_string())?;
+    pub async fn subject_counts(&self, stream: &str, filter: &str) -> Result<Vec<(String, u64)>, NatsError> {
+        let doing = "counting messages";
+        let stream = self.js.get_stream(stream).await.nats(doing)?;
+        let subjects = stream.info_with_subjects(filter).await.nats(doing)?;
         let counts: Vec<Result<(String, usize), _>> = subjects.collect().await;
         counts
             .into_iter()
-            .map(|r| r.map(|(s, n)| (s, n as u64)).map_err(|e| e.to_string()))
+            .map(|r| r.map(|(s, n)| (s, n as u64)).nats(doing))
             .collect()
     }
 

@@ -263,6 +263,33 @@ pub(crate) fn is_pool_full(e: &wasmtime::Error) -> bool {
         .any(|c| c.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some())
 }
 
+/// Why the executor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot set up wasmtime: {0}")]
+    Setup(String),
+    #[error("cannot use the code cache: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+/// Why a function's code could not be made ready to run on this node (a
+/// system error: the code was valid when it was deployed).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Fetch(String),
+    #[error("stored code {digest} no longer loads: {error}")]
+    Code { digest: String, error: CodeError },
+    #[error("stored code {digest} is a {found:?}, not a {kind:?}")]
+    WrongKind {
+        digest: String,
+        found: GuestKind,
+        kind: GuestKind,
+    },
+    #[error("compiling or loading code crashed: {0}")]
+    Crashed(String),
+}
+
 /// Hex sha256 digest of code, as `sha256:<hex>`.
 pub fn digest(code: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(code)))
@@ -274,16 +301,16 @@ impl Executor {
     pub fn new(
         config: ExecutorConfig,
         code: Option<async_nats::jetstream::object_store::ObjectStore>,
-    ) -> anyhow::Result<Executor> {
-        let engine = engine::build(config.pool_instances, config.fuel).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    ) -> Result<Executor, ExecutorError> {
+        let setup = |e: wasmtime::Error| ExecutorError::Setup(format!("{e:#}"));
+        let engine = engine::build(config.pool_instances, config.fuel).map_err(setup)?;
         let cache = Arc::new(CodeCache::new(&config.cache_dir, &engine)?);
         let mut component_linker = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(setup)?;
         bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            .map_err(setup)?;
         let mut module_linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| &mut s.wasi)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| &mut s.wasi).map_err(setup)?;
         Ok(Executor {
             engine,
             cache,
@@ -345,7 +372,7 @@ impl Executor {
         };
         let (loaded, mut cold) = match self.loaded(function).await {
             Ok(x) => x,
-            Err(message) => return failed(InvokeError::System(message)),
+            Err(e) => return failed(InvokeError::System(e.to_string())),
         };
         let permit = match tokio::time::timeout(wait, loaded.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
@@ -396,7 +423,7 @@ impl Executor {
 
     /// Gets the loaded version of a function, loading it if needed. Returns
     /// load phases only to the caller that did the loading.
-    async fn loaded(&self, function: &Arc<DeployedFunction>) -> Result<(Arc<Loaded>, Option<ColdStart>), String> {
+    async fn loaded(&self, function: &Arc<DeployedFunction>) -> Result<(Arc<Loaded>, Option<ColdStart>), LoadError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             match slots.get(function.name.as_str()) {
@@ -418,14 +445,14 @@ impl Executor {
             .get_or_try_init(|| async {
                 let (loaded, p) = self.load(function).await?;
                 phases = Some(p);
-                Ok::<_, String>(Arc::new(loaded))
+                Ok::<_, LoadError>(Arc::new(loaded))
             })
             .await?
             .clone();
         Ok((loaded, phases))
     }
 
-    async fn load(&self, function: &Arc<DeployedFunction>) -> Result<(Loaded, ColdStart), String> {
+    async fn load(&self, function: &Arc<DeployedFunction>) -> Result<(Loaded, ColdStart), LoadError> {
         let mut phases = ColdStart::default();
         let kind = function.kind;
         let digest = function.digest.clone();
@@ -434,7 +461,7 @@ impl Executor {
         // Reading and deserializing compiled code blocks: off the runtime.
         let cached = tokio::task::spawn_blocking(move || cache.load(&engine, &key, kind))
             .await
-            .map_err(|e| format!("loading cached code crashed: {e}"))?;
+            .map_err(|e| LoadError::Crashed(e.to_string()))?;
         let compiled = match cached {
             Some(c) => {
                 phases.cached_code = true;
@@ -456,17 +483,25 @@ impl Executor {
                     Ok::<_, CodeError>((found, compiled))
                 })
                 .await
-                .map_err(|e| format!("compiler crashed: {e}"))?
-                .map_err(|e| format!("stored code for {digest} no longer compiles: {e}"))?;
+                .map_err(|e| LoadError::Crashed(e.to_string()))?
+                .map_err(|e| LoadError::Code {
+                    digest: digest.clone(),
+                    error: e,
+                })?;
                 if found != kind {
-                    return Err(format!("stored code for {digest} is a {found:?}, not a {kind:?}"));
+                    return Err(LoadError::WrongKind { digest, found, kind });
                 }
                 phases.compile_or_load_us = t.elapsed().as_micros() as u64;
                 compiled
             }
         };
         let prepared =
-            guest::prepare(kind, compiled, &self.component_linker, &self.module_linker).map_err(|e| e.to_string())?;
+            guest::prepare(kind, compiled, &self.component_linker, &self.module_linker).map_err(|error| {
+                LoadError::Code {
+                    digest: function.digest.clone(),
+                    error,
+                }
+            })?;
         let loaded = Loaded {
             function: function.clone(),
             prepared,
@@ -478,35 +513,41 @@ impl Executor {
         Ok((loaded, phases))
     }
 
-    async fn fetch(&self, digest: &str) -> Result<Bytes, String> {
+    async fn fetch(&self, digest: &str) -> Result<Bytes, LoadError> {
         let store = self
             .code
             .as_ref()
-            .ok_or_else(|| format!("code {digest} is not cached and this node has no code store"))?;
-        let name = cache::digest_hex(digest).ok_or_else(|| format!("`{digest}` is not a sha256 digest"))?;
+            .ok_or_else(|| LoadError::Fetch(format!("code {digest} is not cached and this node has no code store")))?;
+        let name =
+            cache::digest_hex(digest).ok_or_else(|| LoadError::Fetch(format!("`{digest}` is not a sha256 digest")))?;
         let mut object = store
             .get(name)
             .await
-            .map_err(|e| format!("cannot fetch code {digest} from NATS: {e}"))?;
+            .map_err(|e| LoadError::Fetch(format!("cannot fetch code {digest} from NATS: {e}")))?;
         let mut buf = Vec::new();
         object
             .read_to_end(&mut buf)
             .await
-            .map_err(|e| format!("cannot read code {digest} from NATS: {e}"))?;
+            .map_err(|e| LoadError::Fetch(format!("cannot read code {digest} from NATS: {e}")))?;
         if self::digest(&buf) != digest {
-            return Err(format!("code fetched for {digest} does not match its digest"));
+            return Err(LoadError::Fetch(format!(
+                "code fetched for {digest} does not match its digest"
+            )));
         }
         Ok(Bytes::from(buf))
     }
 
     /// Keeps `reserved` instances of a component function warm on this node.
     /// Concurrent calls for one function return at once: one prewarm runs.
-    pub async fn prewarm(&self, function: &Arc<DeployedFunction>) -> Result<u32, String> {
+    pub async fn prewarm(&self, function: &Arc<DeployedFunction>) -> Result<u32, InvokeError> {
         let want = function.spec.reserved as usize;
         if want == 0 {
             return Ok(0);
         }
-        let (loaded, _) = self.loaded(function).await?;
+        let (loaded, _) = self
+            .loaded(function)
+            .await
+            .map_err(|e| InvokeError::System(e.to_string()))?;
         if !matches!(loaded.prepared, Prepared::Component { .. }) {
             return Ok(0);
         }
@@ -519,8 +560,8 @@ impl Executor {
             let outer = tokio::time::Instant::from_std(deadline) + 2 * engine::EPOCH_TICK;
             let (warm, _, _) = tokio::time::timeout_at(outer, self.new_instance(&loaded, deadline))
                 .await
-                .map_err(|_| timeout_error(function.spec.timeout).to_string())?
-                .map_err(|(e, _)| e.to_string())?;
+                .map_err(|_| timeout_error(function.spec.timeout))?
+                .map_err(|(e, _)| e)?;
             loaded.idle().push(warm);
             made += 1;
         }

@@ -21,6 +21,15 @@ use super::records::Record;
 use crate::executor::Output;
 use crate::registry::Destination;
 
+/// A destination that did not take a result (a system error: the event is
+/// retried, see `settle`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("destination {destination} failed: {message}")]
+pub struct DeliveryError {
+    pub destination: String,
+    pub message: String,
+}
+
 /// Builds the event a destination receives.
 pub fn destination_event(record: &Record, request: &Event, output: Option<&Output>, error: Option<&str>) -> Event {
     let succeeded = output.is_some();
@@ -57,10 +66,13 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
 impl Invoker {
     /// Delivers to a destination, retrying briefly; the error says where it
     /// failed.
-    pub async fn deliver(&self, dest: &Destination, event: &Event) -> Result<(), String> {
+    pub async fn deliver(&self, dest: &Destination, event: &Event) -> Result<(), DeliveryError> {
         super::retry::with_pauses(&super::retry::DESTINATION_PAUSES, || self.deliver_once(dest, event))
             .await
-            .map_err(|last| format!("destination {dest} failed: {last}"))
+            .map_err(|last| DeliveryError {
+                destination: dest.to_string(),
+                message: last,
+            })
     }
 
     async fn deliver_once(&self, dest: &Destination, event: &Event) -> Result<(), String> {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Invoker;
 use super::records::{Attempt, Status};
-use crate::bus;
+use crate::bus::{self, NatsError, OrNats};
 
 /// One dead event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,8 +51,11 @@ pub struct RedriveFailure {
 pub enum DlqError {
     #[error("no dead letter `{id}` for function `{function}`")]
     NotFound { function: String, id: String },
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// A dead letter that cannot be one message, even slimmed.
     #[error("{0}")]
-    Nats(String),
+    TooLarge(String),
 }
 
 /// Error messages in a dead letter that had to be slimmed to fit.
@@ -65,8 +68,9 @@ impl DeadLetter {
     /// it fits, else with shorter errors, fewer attempts, and finally no
     /// attempts (the invocation record keeps the whole history). The event
     /// itself is always kept: the queue only takes events that leave room.
-    pub fn encode(&self, max: usize) -> Result<Vec<u8>, String> {
-        let encode = |d: &DeadLetter| serde_json::to_vec(d).map_err(|e| e.to_string());
+    pub fn encode(&self, max: usize) -> Result<Vec<u8>, DlqError> {
+        // Serializing strings and JSON values cannot fail.
+        let encode = |d: &DeadLetter| Ok::<_, DlqError>(serde_json::to_vec(d).unwrap_or_default());
         let payload = encode(self)?;
         if payload.len() <= max {
             return Ok(payload);
@@ -89,17 +93,17 @@ impl DeadLetter {
         if payload.len() <= max {
             return Ok(payload);
         }
-        Err(format!(
+        Err(DlqError::TooLarge(format!(
             "the dead letter is {} bytes even without its attempts; NATS takes {max}",
             payload.len()
-        ))
+        )))
     }
 }
 
 impl Invoker {
     /// Publishes a dead letter and waits for JetStream. Only after this may
     /// the original event be acknowledged.
-    pub async fn dead_letter(&self, entry: &DeadLetter, redrives: u32) -> Result<(), String> {
+    pub async fn dead_letter(&self, entry: &DeadLetter, redrives: u32) -> Result<(), DlqError> {
         let mut headers = HeaderMap::new();
         // Deduplicates a retried dead-lettering of the same attempt history.
         let msg_id = format!("{}.{}.{}", entry.id, redrives, entry.attempts.len());
@@ -114,8 +118,8 @@ impl Invoker {
                 Bytes::from(payload),
             )
             .await
-            .map_err(|e| format!("cannot publish dead letter: {e}"))?;
-        ack.await.map_err(|e| format!("dead letter not stored: {e}"))?;
+            .nats("publishing a dead letter")?;
+        ack.await.nats("storing a dead letter")?;
         self.metrics
             .dead_letters
             .get_or_create(&crate::observe::metrics::FnLabel {
@@ -130,7 +134,7 @@ impl Invoker {
     /// counts it (`evoke_events_parked_total`). An event too large for even
     /// a dead letter keeps its attributes and loses its data, said in the
     /// reason.
-    pub async fn park(&self, function: &str, event: &Event, id: &str, reason: &str) -> Result<(), String> {
+    pub async fn park(&self, function: &str, event: &Event, id: &str, reason: &str) -> Result<(), DlqError> {
         let now = Utc::now();
         let mut record = super::records::Record::new(
             id,
@@ -179,12 +183,12 @@ impl Invoker {
         Ok(())
     }
 
-    async fn dlq_stream(&self) -> Result<stream::Stream, String> {
-        self.bus.js.get_stream(bus::STREAM_DLQ).await.map_err(|e| e.to_string())
+    async fn dlq_stream(&self) -> Result<stream::Stream, NatsError> {
+        self.bus.js.get_stream(bus::STREAM_DLQ).await.nats("opening the DLQ")
     }
 
     /// Lists dead letters of a function, oldest first, at most `limit`.
-    pub async fn dlq_list(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>, String> {
+    pub async fn dlq_list(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>, NatsError> {
         let filter = bus::dlq_filter(function);
         let total: u64 = self
             .bus
@@ -204,13 +208,13 @@ impl Invoker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            .nats("reading the DLQ")?;
+        let mut messages = consumer.messages().await.nats("reading the DLQ")?;
         let mut out = Vec::new();
         while out.len() < limit {
             let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
             let Ok(Some(Ok(msg))) = next else { break };
-            let info = msg.info().map_err(|e| e.to_string())?;
+            let info = msg.info().nats("reading the DLQ")?;
             let pending = info.pending;
             let seq = info.stream_sequence;
             if let Ok(mut entry) = serde_json::from_slice::<DeadLetter>(&msg.payload) {
@@ -225,7 +229,7 @@ impl Invoker {
     }
 
     /// Reads one dead letter.
-    pub async fn dlq_get(&self, function: &str, id: &str) -> Result<Option<DeadLetter>, String> {
+    pub async fn dlq_get(&self, function: &str, id: &str) -> Result<Option<DeadLetter>, NatsError> {
         if !super::valid_id(id) {
             return Ok(None);
         }
@@ -235,12 +239,12 @@ impl Invoker {
             .await
         {
             Ok(raw) => {
-                let mut entry: DeadLetter = serde_json::from_slice(&raw.payload).map_err(|e| e.to_string())?;
+                let mut entry: DeadLetter = serde_json::from_slice(&raw.payload).nats("reading a dead letter")?;
                 entry.seq = Some(raw.sequence);
                 Ok(Some(entry))
             }
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e).nats("reading a dead letter"),
         }
     }
 
@@ -253,7 +257,7 @@ impl Invoker {
             Some(ids) => {
                 let mut v = Vec::new();
                 for id in ids {
-                    match self.dlq_get(function, &id).await.map_err(DlqError::Nats)? {
+                    match self.dlq_get(function, &id).await? {
                         Some(e) => v.push(e),
                         None => {
                             return Err(DlqError::NotFound {
@@ -265,9 +269,9 @@ impl Invoker {
                 }
                 v
             }
-            None => self.dlq_list(function, usize::MAX).await.map_err(DlqError::Nats)?,
+            None => self.dlq_list(function, usize::MAX).await?,
         };
-        let stream = self.dlq_stream().await.map_err(DlqError::Nats)?;
+        let stream = self.dlq_stream().await?;
         let mut out = Redriven::default();
         for entry in entries {
             match self.redrive_one(&entry, &stream).await {
@@ -300,7 +304,7 @@ impl Invoker {
         record.redrive(record.redrives + 1);
         // Written before the event is queued, so a worker never reads the
         // old history; the redrive number in the header resets it anyway.
-        self.put_record_acked(&record).await?;
+        self.put_record_acked(&record).await.map_err(|e| e.to_string())?;
         // One dead letter (its stream sequence) is redriven at most once per
         // JetStream duplicate window.
         let msg_id = format!("{}.r.{seq}", entry.id);

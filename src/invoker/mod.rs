@@ -26,13 +26,24 @@ use sha2::{Digest, Sha256};
 
 pub use evoke_connectors::backoff as retry;
 
-use crate::bus::{self, Bus};
+use crate::bus::{self, Bus, NatsError, OrNats};
 use crate::executor::{Executor, InvokeError, Run};
 use crate::observe::logs::{LogBatch, LogLine};
 use crate::observe::metrics::Metrics;
 use crate::registry::triggers::TriggerRegistry;
 use crate::registry::{DeployedFunction, Registry};
 use records::{Mode, Record, Status};
+
+/// Why an invocation record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// Stored, but not a record this evoke can read: a system error too
+    /// (never "no record": that would forget attempts and retries).
+    #[error("invocation record {id} is unreadable: {message}")]
+    Unreadable { id: String, message: String },
+}
 
 /// Why an async invocation could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -172,15 +183,23 @@ impl Invoker {
     }
 
     /// Reads an invocation record.
-    pub async fn get_record(&self, id: &str) -> Result<Option<Record>, String> {
+    pub async fn get_record(&self, id: &str) -> Result<Option<Record>, RecordError> {
         if !valid_id(id) {
             return Ok(None);
         }
-        let entry = self.bus.invocations.get(id).await.map_err(|e| e.to_string())?;
+        let entry = self
+            .bus
+            .invocations
+            .get(id)
+            .await
+            .nats("reading an invocation record")?;
         match entry {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| format!("invocation record {id} is unreadable: {e}")),
+                .map_err(|e| RecordError::Unreadable {
+                    id: id.to_string(),
+                    message: e.to_string(),
+                }),
             None => Ok(None),
         }
     }
@@ -233,9 +252,10 @@ impl Invoker {
 
     /// Stores a record and waits for JetStream (used where retry bookkeeping
     /// depends on it).
-    pub async fn put_record_acked(&self, record: &Record) -> Result<(), String> {
-        let ack = self.publish_record(record, false).await.map_err(|e| e.to_string())?;
-        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    pub async fn put_record_acked(&self, record: &Record) -> Result<(), NatsError> {
+        let doing = "storing an invocation record";
+        let ack = self.publish_record(record, false).await.nats(doing)?;
+        ack.await.map(|_| ()).nats(doing)
     }
 
     /// Stores a record that must not be lost (an outcome), retrying through

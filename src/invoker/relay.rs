@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use super::{Invoker, retry};
 use crate::bus;
+use crate::bus::OrNats;
 use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, Output, Run};
 use crate::registry::DeployedFunction;
 
@@ -171,15 +172,19 @@ impl Invoker {
 
     /// Joins the queue group of worker nodes; once this returns, relayed
     /// invocations can reach this node.
-    pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, String> {
+    pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, crate::bus::NatsError> {
         let subject = bus::sync_filter();
         let sub = self
             .bus
             .client
             .queue_subscribe(subject, bus::SYNC_QUEUE.into())
             .await
-            .map_err(|e| format!("cannot serve relayed sync invocations: {e}"))?;
-        self.bus.client.flush().await.map_err(|e| e.to_string())?;
+            .nats("subscribing to relayed sync invocations")?;
+        self.bus
+            .client
+            .flush()
+            .await
+            .nats("subscribing to relayed sync invocations")?;
         Ok(sub)
     }
 

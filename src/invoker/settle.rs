@@ -43,7 +43,7 @@ impl Settling<'_> {
                         record.fail_attempt(AttemptError::system(format!(
                             "the function succeeded, but its result was not delivered: {e}"
                         )));
-                        self.system_error(record, event, Some(run), e, false).await;
+                        self.system_error(record, event, Some(run), e.to_string(), false).await;
                         return;
                     }
                 }

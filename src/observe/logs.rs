@@ -137,3 +137,97 @@ mod tests {
         assert!(lines.last().unwrap().message.contains("lines dropped"));
     }
 }
+
+/// What to read of a function's logs.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only lines newer than this (a window longer than the logs are kept
+    /// reads them all).
+    pub since: Option<std::time::Duration>,
+    /// Only lines of this invocation.
+    pub invocation: Option<String>,
+    /// Keep the stream open for new lines.
+    pub follow: bool,
+}
+
+/// A function's log lines from stream EVOKE_LOGS, as NDJSON chunks (one
+/// JSON object per line: time, level, stream, function, invocation,
+/// message). Without `follow` the stream ends at the last line stored.
+pub async fn read(
+    bus: &crate::bus::Bus,
+    function: &str,
+    q: Query,
+) -> Result<impl futures::Stream<Item = Result<String, std::io::Error>> + Send + use<>, crate::bus::NatsError> {
+    use async_nats::jetstream::consumer::{self, DeliverPolicy};
+    use futures::StreamExt;
+
+    use crate::bus::{self, OrNats};
+
+    let deliver_policy = match q.since {
+        Some(d) => DeliverPolicy::ByStartTime {
+            start_time: time::Duration::try_from(d)
+                .ok()
+                .and_then(|d| time::OffsetDateTime::now_utc().checked_sub(d))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        },
+        None => DeliverPolicy::All,
+    };
+    let doing = "reading logs";
+    let stream = bus.js.get_stream(bus::STREAM_LOGS).await.nats(doing)?;
+    let messages = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: bus::logs_subject(function),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .nats(doing)?
+        .messages()
+        .await
+        .nats(doing)?;
+    let empty = bus
+        .subject_counts(bus::STREAM_LOGS, &bus::logs_subject(function))
+        .await
+        .map(|c| c.iter().all(|(_, n)| *n == 0))
+        .unwrap_or(false);
+    let Query { invocation, follow, .. } = q;
+    Ok(futures::stream::unfold(
+        (messages, false, empty),
+        move |(mut messages, done, empty)| {
+            let invocation = invocation.clone();
+            async move {
+                if done || (empty && !follow) {
+                    return None;
+                }
+                let wait = std::time::Duration::from_secs(if follow { 3600 } else { 2 });
+                loop {
+                    let msg = match tokio::time::timeout(wait, messages.next()).await {
+                        Ok(Some(Ok(m))) => m,
+                        Ok(Some(Err(_))) => continue,
+                        _ => return None,
+                    };
+                    let last = !follow && msg.info().map(|i| i.pending == 0).unwrap_or(true);
+                    let batch = serde_json::from_slice::<LogBatch>(&msg.payload)
+                        .ok()
+                        .filter(|b| invocation.as_ref().is_none_or(|i| *i == b.invocation));
+                    let Some(batch) = batch else {
+                        if last {
+                            return None;
+                        }
+                        continue;
+                    };
+                    let mut out = String::new();
+                    for l in &batch.lines {
+                        let v = serde_json::json!({
+                            "time": l.time, "level": l.level, "stream": l.stream,
+                            "function": batch.function, "invocation": batch.invocation, "message": l.message,
+                        });
+                        out.push_str(&v.to_string());
+                        out.push('\n');
+                    }
+                    return Some((Ok(out), (messages, last, false)));
+                }
+            }
+        },
+    ))
+}

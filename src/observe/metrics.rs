@@ -214,7 +214,11 @@ impl Metrics {
 pub const DEPTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Events per function in one stream, summed from its subject counts.
-async fn depths(bus: &crate::bus::Bus, stream: &str, prefix: &str) -> Result<HashMap<String, u64>, String> {
+async fn depths(
+    bus: &crate::bus::Bus,
+    stream: &str,
+    prefix: &str,
+) -> Result<HashMap<String, u64>, crate::bus::NatsError> {
     let mut out = HashMap::new();
     for (subject, n) in bus.subject_counts(stream, &format!("{prefix}.>")).await? {
         if let Some(f) = crate::bus::function_in(&subject, prefix) {

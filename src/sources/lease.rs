@@ -5,7 +5,7 @@
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
-use evoke_connectors::lease::LeaseStore;
+use evoke_connectors::lease::{LeaseError, LeaseStore};
 
 pub struct KvLeases {
     kv: kv::Store,
@@ -18,19 +18,19 @@ impl KvLeases {
 }
 
 impl LeaseStore for KvLeases {
-    async fn acquire(&self, key: &str, holder: &str) -> Result<Option<u64>, String> {
+    async fn acquire(&self, key: &str, holder: &str) -> Result<Option<u64>, LeaseError> {
         match self.kv.create(key, Bytes::from(holder.to_string())).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(LeaseError(e.to_string())),
         }
     }
 
-    async fn renew(&self, key: &str, holder: &str, token: u64) -> Result<Option<u64>, String> {
+    async fn renew(&self, key: &str, holder: &str, token: u64) -> Result<Option<u64>, LeaseError> {
         match self.kv.update(key, Bytes::from(holder.to_string()), token).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(LeaseError(e.to_string())),
         }
     }
 

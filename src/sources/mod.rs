@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use evoke_connectors::Event;
-use evoke_connectors::source::{Published, Sink, SinkError, StateStore};
+use evoke_connectors::source::{Published, Sink, SinkError, StateError, StateStore};
 use evoke_connectors::trigger::SourceConfig;
 use tokio::sync::broadcast;
 
@@ -52,7 +52,7 @@ impl Sink for NatsSink {
         self.invoker
             .park(function, event, &id, reason)
             .await
-            .map_err(SinkError::Unavailable)
+            .map_err(|e| SinkError::Unavailable(e.to_string()))
     }
 }
 
@@ -68,17 +68,17 @@ impl KvState {
 }
 
 impl StateStore for KvState {
-    async fn load(&self, key: &str) -> Result<Option<String>, String> {
-        let v = self.kv.get(key).await.map_err(|e| e.to_string())?;
+    async fn load(&self, key: &str) -> Result<Option<String>, StateError> {
+        let v = self.kv.get(key).await.map_err(|e| StateError(e.to_string()))?;
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
-    async fn save(&self, key: &str, value: &str) -> Result<(), String> {
+    async fn save(&self, key: &str, value: &str) -> Result<(), StateError> {
         self.kv
             .put(key, Bytes::from(value.to_string()))
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| StateError(e.to_string()))
     }
 }
 
