@@ -170,6 +170,8 @@ impl Node {
                 secrets: crate::api::Secrets {
                     overrides: config.secret_overrides.clone(),
                 },
+                sink: Arc::new(crate::sources::NatsSink::new(invoker.clone())),
+                state: Arc::new(crate::sources::KvState::new(invoker.bus.state.clone())),
             });
             let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
                 format!(

@@ -118,6 +118,11 @@ impl StateStore for MemoryState {
     async fn load(&self, key: &str) -> Result<Option<String>, crate::source::StateError> {
         Ok(self.values.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
     }
+    async fn forget(&self, key: &str) -> Result<(), crate::source::StateError> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
+    }
+
     async fn save(&self, key: &str, value: &str) -> Result<(), crate::source::StateError> {
         self.values
             .lock()

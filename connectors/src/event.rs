@@ -176,6 +176,34 @@ impl Event {
         Ok(Some(event))
     }
 
+    /// Reads a CloudEvent from an HTTP request, in structured mode
+    /// (`application/cloudevents+json`) or binary mode (`ce-*` headers);
+    /// `None` when the request is not a CloudEvent. `headers` are (name,
+    /// value) pairs. `time` is optional in CloudEvents: an event without one
+    /// gets the time it was received.
+    pub fn from_http<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+        body: Bytes,
+    ) -> Result<Option<Event>, EventError> {
+        let content_type = headers
+            .clone()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.to_string());
+        let essence = content_type
+            .as_deref()
+            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let event = if essence.as_deref() == Some("application/cloudevents+json") {
+            Some(Event::from_json(&body)?)
+        } else {
+            Event::from_binary(headers, content_type, body)?
+        };
+        Ok(event.map(|mut e| {
+            e.time.get_or_insert_with(Utc::now);
+            e
+        }))
+    }
+
     /// Decodes CloudEvents structured JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;

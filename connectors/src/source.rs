@@ -108,6 +108,8 @@ pub async fn deliver<S: Sink>(
 pub trait StateStore: Send + Sync + 'static {
     fn load(&self, key: &str) -> impl Future<Output = Result<Option<String>, StateError>> + Send;
     fn save(&self, key: &str, value: &str) -> impl Future<Output = Result<(), StateError>> + Send;
+    /// Removes `key` (its trigger is gone).
+    fn forget(&self, key: &str) -> impl Future<Output = Result<(), StateError>> + Send;
 }
 
 /// The state store did not answer: the source carries on (a cursor not

@@ -37,6 +37,15 @@ impl SourceConfig {
             SourceConfig::Cron(_) => "cron",
         }
     }
+
+    /// The state key where trigger `name`'s source notes its last event
+    /// (a cron cursor, a webhook's last delivery), for `evoke triggers`.
+    pub fn last_event_key(&self, name: &str) -> String {
+        match self {
+            SourceConfig::Webhook(_) => crate::webhook::last_event_key(name),
+            SourceConfig::Cron(_) => crate::cron::cursor_key(name),
+        }
+    }
 }
 
 /// Whether the caller waits for the function (webhooks only).

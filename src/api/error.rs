@@ -121,3 +121,44 @@ impl From<crate::invoker::dlq::DlqError> for ApiError {
         }
     }
 }
+
+impl From<crate::invoker::EnqueueError> for ApiError {
+    fn from(e: crate::invoker::EnqueueError) -> ApiError {
+        match e {
+            crate::invoker::EnqueueError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", e.to_string())
+            }
+            crate::invoker::EnqueueError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<evoke_connectors::source::SinkError> for ApiError {
+    fn from(e: evoke_connectors::source::SinkError) -> ApiError {
+        match e {
+            evoke_connectors::source::SinkError::Rejected(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", m)
+            }
+            evoke_connectors::source::SinkError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<evoke_connectors::webhook::Refusal> for ApiError {
+    fn from(e: evoke_connectors::webhook::Refusal) -> ApiError {
+        use evoke_connectors::webhook::{AuthError, Refusal};
+        match e {
+            Refusal::Method(_) => ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", e.to_string()),
+            Refusal::AuthRequired => ApiError::new(StatusCode::FORBIDDEN, "AuthRequired", e.to_string()),
+            // The node is misconfigured, not the sender: a 5xx, which
+            // senders (GitHub, Stripe) retry once it is fixed.
+            Refusal::Auth(AuthError::NoSecret(_)) => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SecretNotConfigured", e.to_string());
+                e.retry_after = Some(60);
+                e
+            }
+            Refusal::Auth(_) => ApiError::new(StatusCode::UNAUTHORIZED, "InvalidSignature", e.to_string()),
+            Refusal::Event(_) => ApiError::bad_request("InvalidEvent", e.to_string()),
+        }
+    }
+}

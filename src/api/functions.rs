@@ -10,7 +10,6 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
-use crate::bus;
 use crate::registry::{DeployedFunction, FunctionName, FunctionSpec};
 
 fn view(f: &DeployedFunction) -> Value {
@@ -51,14 +50,8 @@ pub async fn show(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> R
 }
 
 pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let existed = s.invoker.registry.delete(&name).await?;
-    if !existed {
+    if !s.invoker.remove_function(&name).await? {
         return Err(ApiError::not_found("function", &name));
-    }
-    // Events still queued for it can never run: drop them with the consumer.
-    if let Ok(stream) = s.invoker.bus.js.get_stream(bus::STREAM_EVENTS).await {
-        let _ = stream.delete_consumer(&bus::consumer_name(&name)).await;
-        let _ = stream.purge().filter(bus::invoke_subject(&name)).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -195,15 +188,7 @@ async fn deploy_code(
             Json(json!({ "dry_run": true, "name": name, "kind": kind, "digest": digest })),
         ));
     }
-    let object = digest.trim_start_matches("sha256:").to_string();
-    let store = &s.invoker.bus.code;
-    if store.info(&object).await.is_err() {
-        let mut reader = std::io::Cursor::new(code);
-        store
-            .put(object.as_str(), &mut reader)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("cannot store the code in NATS: {e}")))?;
-    }
+    s.invoker.store_code(&digest, code).await?;
     let existed = s.invoker.registry.get(name.as_str()).await.ok().flatten().is_some();
     let f = DeployedFunction {
         name,

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_body};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
-use crate::invoker::{EnqueueError, derived_invocation_id, new_invocation_id};
+use crate::invoker::{derived_invocation_id, new_invocation_id};
 use crate::registry::DeployedFunction;
 
 pub async fn invoke(
@@ -49,25 +49,25 @@ pub async fn invoke(
 /// `X-Evoke-Duplicate: true`, with the id of the invocation already queued.
 pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &str) -> Result<Response, ApiError> {
     match s.invoker.enqueue(f, event, id).await {
-        Ok(duplicate) => {
-            let body = if duplicate {
-                json!({ "id": id, "duplicate": true })
-            } else {
-                json!({ "id": id })
-            };
-            let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
-            set_id(resp.headers_mut(), id);
-            if duplicate {
-                resp.headers_mut()
-                    .insert(HDR_DUPLICATE, HeaderValue::from_static("true"));
-            }
-            Ok(resp)
-        }
-        Err(e @ EnqueueError::TooLarge { .. }) => {
-            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "EventTooLarge", e.to_string()).with_invocation(id))
-        }
-        Err(e) => Err(ApiError::unavailable(e.to_string()).with_invocation(id)),
+        Ok(duplicate) => Ok(queued(id, duplicate)),
+        Err(e) => Err(ApiError::from(e).with_invocation(id)),
     }
+}
+
+/// The 202 for an event on the queue.
+pub fn queued(id: &str, duplicate: bool) -> Response {
+    let body = if duplicate {
+        json!({ "id": id, "duplicate": true })
+    } else {
+        json!({ "id": id })
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    set_id(resp.headers_mut(), id);
+    if duplicate {
+        resp.headers_mut()
+            .insert(HDR_DUPLICATE, HeaderValue::from_static("true"));
+    }
+    resp
 }
 
 /// Response headers a function may not set: they describe the connection or
@@ -147,35 +147,14 @@ fn set_id(h: &mut HeaderMap, id: &str) {
     }
 }
 
-/// Reads a CloudEvent from a request in structured mode
-/// (`application/cloudevents+json`) or binary mode (`ce-*` headers); `None`
+/// Reads a CloudEvent from a request (structured or binary mode); `None`
 /// when the request is not a CloudEvent.
 pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
-    let mut event = match parse_cloudevent(headers, body)? {
-        Some(e) => e,
-        None => return Ok(None),
-    };
-    // `time` is optional in CloudEvents; evoke records when it received it.
-    event.time.get_or_insert_with(chrono::Utc::now);
-    Ok(Some(event))
-}
-
-fn parse_cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let ce = |e: evoke_connectors::EventError| ApiError::bad_request("InvalidEvent", e.to_string());
-    let essence = content_type
-        .as_deref()
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    if essence.as_deref() == Some("application/cloudevents+json") {
-        return Event::from_json(&body).map(Some).map_err(ce);
-    }
-    let pairs = headers
+    let pairs: Vec<(&str, &str)> = headers
         .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)));
-    Event::from_binary(pairs, content_type, body).map_err(ce)
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    Event::from_http(pairs.iter().copied(), body).map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))
 }
 
 /// Builds the event and its invocation id from an invoke request. An async

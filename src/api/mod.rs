@@ -93,6 +93,10 @@ pub struct ApiState {
     pub loopback: bool,
     /// Where webhook secrets come from.
     pub secrets: Secrets,
+    /// Where the webhook source queues what it receives (the source contract).
+    pub sink: Arc<crate::sources::NatsSink>,
+    /// Where sources keep their small state (a webhook's last event).
+    pub state: Arc<crate::sources::KvState>,
 }
 
 /// Webhook secrets by environment variable name: this process's environment,

@@ -15,14 +15,16 @@ use crate::bus;
 use crate::observe::metrics::StateLabel;
 
 pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
-    let nats = s.invoker.bus.client.connection_state();
-    let ok = matches!(nats, async_nats::connection::State::Connected);
+    let bus = &s.invoker.bus;
+    let ok = bus.connected();
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "status": if ok { "ok" } else { "degraded" }, "nats": format!("{nats:?}").to_lowercase(), "node": s.invoker.node }))).into_response()
+    let body =
+        json!({ "status": if ok { "ok" } else { "degraded" }, "nats": bus.connection_state(), "node": s.invoker.node });
+    (status, Json(body)).into_response()
 }
 
 /// Prometheus text. Cheap to scrape: counters are kept in memory, instance

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
+use evoke_connectors::source::StateStore;
 use evoke_connectors::trigger::{SourceConfig, TriggerSpec, check_name};
 use evoke_connectors::webhook::Scheme;
 use serde_json::{Value, json};
@@ -13,14 +14,6 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiState};
 use crate::registry::FieldError;
 use crate::registry::triggers::StoredTrigger;
-
-/// The state key with a trigger's last event.
-pub fn last_event_key(name: &str, kind: &str) -> String {
-    match kind {
-        "cron" => evoke_connectors::cron::cursor_key(name),
-        _ => format!("hook.{name}"),
-    }
-}
 
 async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
     let spec = match t.parsed() {
@@ -50,11 +43,8 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
     } else {
         "active"
     };
-    let last = match s.invoker.bus.state.get(last_event_key(&t.name, kind)).await {
-        Ok(Some(v)) => {
-            let text = String::from_utf8_lossy(&v).into_owned();
-            serde_json::from_str::<Value>(&text).unwrap_or(json!({ "time": text }))
-        }
+    let last = match s.state.load(&spec.source.last_event_key(&t.name)).await {
+        Ok(Some(text)) => serde_json::from_str::<Value>(&text).unwrap_or(json!({ "time": text })),
         _ => Value::Null,
     };
     let mut v = json!({
@@ -172,12 +162,13 @@ pub async fn put(
 }
 
 pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let stored = s.invoker.triggers.get(&name).await?;
     let existed = s.invoker.triggers.delete(&name).await?;
     if !existed {
         return Err(ApiError::not_found("trigger", &name));
     }
-    for kind in ["cron", "webhook"] {
-        let _ = s.invoker.bus.state.delete(last_event_key(&name, kind)).await;
+    if let Some(spec) = stored.and_then(|t| t.parsed().ok()) {
+        let _ = s.state.forget(&spec.source.last_event_key(&name)).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -188,6 +188,16 @@ impl Bus {
             .collect()
     }
 
+    /// Whether the connection to NATS is up now.
+    pub fn connected(&self) -> bool {
+        matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+    }
+
+    /// The connection state, for `/healthz`.
+    pub fn connection_state(&self) -> String {
+        format!("{:?}", self.client.connection_state()).to_lowercase()
+    }
+
     /// The largest record or dead letter evoke publishes: the server's
     /// limit less room for headers.
     pub fn max_record(&self) -> usize {

@@ -182,6 +182,31 @@ impl Invoker {
         Ok(stored.duplicate)
     }
 
+    /// Stores code in the object store under its digest (once: code is
+    /// content-addressed).
+    pub async fn store_code(&self, digest: &str, code: Bytes) -> Result<(), NatsError> {
+        let object = digest.trim_start_matches("sha256:");
+        let store = &self.bus.code;
+        if store.info(object).await.is_err() {
+            let mut reader = std::io::Cursor::new(code);
+            store.put(object, &mut reader).await.nats("storing the code")?;
+        }
+        Ok(())
+    }
+
+    /// Removes a function: its spec, and the events still queued for it
+    /// (they can never run) with its consumer. False when it did not exist.
+    pub async fn remove_function(&self, name: &str) -> Result<bool, crate::registry::RegistryError> {
+        if !self.registry.delete(name).await? {
+            return Ok(false);
+        }
+        if let Ok(stream) = self.bus.js.get_stream(bus::STREAM_EVENTS).await {
+            let _ = stream.delete_consumer(&bus::consumer_name(name)).await;
+            let _ = stream.purge().filter(bus::invoke_subject(name)).await;
+        }
+        Ok(true)
+    }
+
     /// Reads an invocation record.
     pub async fn get_record(&self, id: &str) -> Result<Option<Record>, RecordError> {
         if !valid_id(id) {

@@ -73,6 +73,10 @@ impl StateStore for KvState {
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    async fn forget(&self, key: &str) -> Result<(), StateError> {
+        self.kv.delete(key).await.map_err(|e| StateError(e.to_string()))
+    }
+
     async fn save(&self, key: &str, value: &str) -> Result<(), StateError> {
         self.kv
             .put(key, Bytes::from(value.to_string()))
