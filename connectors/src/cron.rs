@@ -233,18 +233,15 @@ mod tests {
         let mut c = config(CatchUp::None);
         c.schedule = "@every 1s".into();
         let sink = Arc::new(MemorySink::failing(4));
-        let state = Arc::new(MemoryState::default());
+        // Every cursor save is checked: its tick must already be stored.
+        let state = Arc::new(StoredFirst {
+            sink: sink.clone(),
+            inner: MemoryState::default(),
+        });
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(run("t".into(), "f".into(), c, sink.clone(), state.clone(), rx));
         // The sink refuses the first tick 4 times (1.5 s of backoff).
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        if sink.events().is_empty() {
-            assert!(
-                state.load(&cursor_key("t")).await.unwrap().is_none(),
-                "cursor advanced before the event was stored"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(3000)).await;
+        tokio::time::sleep(Duration::from_millis(4000)).await;
         tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await
@@ -299,6 +296,30 @@ mod tests {
             last_parked,
             "the cursor stands at the last parked tick"
         );
+    }
+
+    /// A state store that fails the test when a cursor is saved for a tick
+    /// the sink has not stored.
+    struct StoredFirst {
+        sink: Arc<MemorySink>,
+        inner: MemoryState,
+    }
+
+    impl StateStore for StoredFirst {
+        async fn load(&self, key: &str) -> Result<Option<String>, crate::source::StateError> {
+            self.inner.load(key).await
+        }
+        async fn save(&self, key: &str, value: &str) -> Result<(), crate::source::StateError> {
+            let at = DateTime::parse_from_rfc3339(value).unwrap();
+            assert!(
+                self.sink.events().iter().any(|e| e.time == Some(at.into())),
+                "cursor advanced to {value} before its tick was stored"
+            );
+            self.inner.save(key, value).await
+        }
+        async fn forget(&self, key: &str) -> Result<(), crate::source::StateError> {
+            self.inner.forget(key).await
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! evoke keeps one wire format everywhere: CloudEvents *structured* JSON
 //! (`application/cloudevents+json`). Data whose content type is JSON and
-//! which parses as JSON is embedded as `data`; any other data travels as
-//! `data_base64`, so bytes survive untouched.
+//! which parses as JSON is embedded as `data` (so it comes back as the same
+//! JSON value, not necessarily the same bytes: whitespace and key order may
+//! change); text is a `data` string; anything else travels as
+//! `data_base64`, byte for byte.
 
 use std::collections::BTreeMap;
 

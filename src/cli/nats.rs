@@ -160,7 +160,7 @@ impl ManagedNats {
         bail!("nats-server did not start listening on {addr} within {within:?}")
     }
 
-    /// Kills the server (simulating a crash when `graceful` is false).
+    /// Kills the server (SIGKILL: what a crash looks like to its clients).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

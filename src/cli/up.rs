@@ -80,7 +80,17 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
                     }
                     _ => 4222,
                 };
-                let child = ManagedNats::start(&bin, &args.data_dir.join("nats"), port)?;
+                let dir = args.data_dir.join("nats");
+                // 4222 may be taken between the probe and the start (another
+                // `evoke up` starting beside this one): then any free port.
+                let child = match ManagedNats::start(&bin, &dir, port) {
+                    Err(e) if port == 4222 && format!("{e:#}").contains("address already in use") => {
+                        let port = free_port()?;
+                        eprintln!("evoke: port 4222 was taken meanwhile; starting the managed nats-server on {port}");
+                        ManagedNats::start(&bin, &dir, port)?
+                    }
+                    other => other?,
+                };
                 eprintln!(
                     "evoke: started managed nats-server ({}) at {}",
                     bin.display(),

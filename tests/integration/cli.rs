@@ -134,8 +134,28 @@ fn help_explains_the_commands() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["up", "deploy", "invoke", "invocations", "functions", "dlq", "logs"] {
-        assert!(text.contains(cmd), "{cmd} missing from --help");
+    // Each command is a line of the command list, with what it does: not
+    // just a word somewhere in the about text.
+    let commands = text.split("Commands:").nth(1).expect("a command list");
+    let commands = commands.split("Options:").next().unwrap();
+    for cmd in [
+        "up",
+        "serve",
+        "deploy",
+        "invoke",
+        "invocations",
+        "functions",
+        "dlq",
+        "logs",
+        "triggers",
+        "apply",
+        "status",
+    ] {
+        let line = commands
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(cmd))
+            .unwrap_or_else(|| panic!("{cmd} missing from the command list:\n{commands}"));
+        assert!(line.split_whitespace().count() > 2, "{cmd} has no description: {line}");
     }
 }
 
