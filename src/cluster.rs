@@ -178,11 +178,33 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, NatsError> {
     let b = &invoker.bus;
     let info = b.client.server_info();
     let mut warnings = Vec::new();
-    let state = format!("{:?}", b.client.connection_state()).to_lowercase();
+    let state = b.connection_state();
     if state != "connected" {
         warnings.push(format!("this node is {state} from NATS"));
     }
+    let nodes = nodes(b, &mut warnings).await?;
+    let streams = streams(b, &info, &mut warnings).await;
+    let functions = functions(invoker, &mut warnings).await?;
+    Ok(ClusterStatus {
+        node: invoker.node.clone(),
+        nodes,
+        nats: NatsStatus {
+            state,
+            server_name: info.server_name.clone(),
+            version: info.version.clone(),
+            cluster: info.cluster.clone(),
+            servers: info.connect_urls.clone(),
+            configured: b.url.clone(),
+        },
+        replicas: b.replicas,
+        streams,
+        functions,
+        warnings,
+    })
+}
 
+/// The nodes beating into EVOKE_NODES, with warnings for silent ones.
+async fn nodes(b: &bus::Bus, warnings: &mut Vec<String>) -> Result<Vec<Beat>, NatsError> {
     let mut nodes = Vec::new();
     let mut keys = b.nodes.keys().await.nats("listing nodes")?;
     while let Some(key) = keys.next().await {
@@ -208,8 +230,13 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, NatsError> {
     if !nodes.iter().any(|n| n.roles.workers) {
         warnings.push("no node runs workers: async events wait".into());
     }
+    Ok(nodes)
+}
 
-    let servers = info.connect_urls.clone();
+/// Replicas, leader and peers of every stream evoke keeps, with warnings
+/// for R1 state on a cluster, leaderless streams and lagging replicas.
+async fn streams(b: &bus::Bus, info: &async_nats::ServerInfo, warnings: &mut Vec<String>) -> Vec<StreamStatus> {
+    let on_cluster = info.cluster.is_some();
     let mut streams = Vec::new();
     for name in evoke_streams() {
         let Ok(mut s) = b.js.get_stream(&name).await else {
@@ -217,65 +244,58 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, NatsError> {
             continue;
         };
         let Ok(i) = s.info().await else { continue };
-        let cluster = i.cluster.clone();
+        let cluster = i.cluster.clone().unwrap_or_default();
         let peers: Vec<PeerStatus> = cluster
-            .as_ref()
-            .map(|c| {
-                c.replicas
-                    .iter()
-                    .map(|p| PeerStatus {
-                        name: p.name.clone(),
-                        current: p.current,
-                        offline: p.offline,
-                        lag: p.lag,
-                    })
-                    .collect()
+            .replicas
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.clone(),
+                current: p.current,
+                offline: p.offline,
+                lag: p.lag,
             })
-            .unwrap_or_default();
-        let leader = cluster.and_then(|c| c.leader);
-        if i.config.num_replicas < 2 && info.cluster.is_some() && servers.len() >= 2 {
+            .collect();
+        if i.config.num_replicas < 2 && on_cluster && info.connect_urls.len() >= 2 {
             warnings.push(format!(
                 "{name} has 1 replica on a NATS cluster: losing its server loses it (start nodes with --replicas 3)"
             ));
         }
-        if leader.is_none() && info.cluster.is_some() {
+        if cluster.leader.is_none() && on_cluster {
             warnings.push(format!("{name} has no leader (electing, or no quorum)"));
         }
         for p in peers.iter().filter(|p| p.offline || !p.current) {
-            warnings.push(format!(
-                "{name}: replica on {} is {}",
-                p.name,
-                if p.offline { "offline" } else { "behind" }
-            ));
+            let what = if p.offline { "offline" } else { "behind" };
+            warnings.push(format!("{name}: replica on {} is {what}", p.name));
         }
         streams.push(StreamStatus {
             name,
             replicas: i.config.num_replicas,
-            leader,
+            leader: cluster.leader,
             peers,
             messages: i.state.messages,
             bytes: i.state.bytes,
         });
     }
+    streams
+}
 
+/// Queue depth, oldest event and dead letters of every function (deployed,
+/// or with events left), with a warning for each that has dead letters.
+async fn functions(invoker: &Invoker, warnings: &mut Vec<String>) -> Result<Vec<FunctionStatus>, NatsError> {
+    let b = &invoker.bus;
     let mut per_fn: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for name in invoker.registry.subscribe().borrow().keys() {
         per_fn.insert(name.clone(), (0, 0));
     }
-    for (subject, n) in b
-        .subject_counts(bus::STREAM_EVENTS, &format!("{}.>", bus::SUBJECT_INVOKE))
-        .await?
-    {
-        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_INVOKE) {
-            per_fn.entry(f.to_string()).or_default().0 += n;
-        }
-    }
-    for (subject, n) in b
-        .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
-        .await?
-    {
-        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_DLQ) {
-            per_fn.entry(f.to_string()).or_default().1 += n;
+    for (stream, prefix, dlq) in [
+        (bus::STREAM_EVENTS, bus::SUBJECT_INVOKE, false),
+        (bus::STREAM_DLQ, bus::SUBJECT_DLQ, true),
+    ] {
+        for (subject, n) in b.subject_counts(stream, &format!("{prefix}.>")).await? {
+            if let Some(f) = bus::function_in(&subject, prefix) {
+                let counts = per_fn.entry(f.to_string()).or_default();
+                if dlq { counts.1 += n } else { counts.0 += n }
+            }
         }
     }
     let events = b.js.get_stream(bus::STREAM_EVENTS).await.nats("opening the queue")?;
@@ -302,20 +322,5 @@ pub async fn status(invoker: &Invoker) -> Result<ClusterStatus, NatsError> {
             dead_letters,
         });
     }
-    Ok(ClusterStatus {
-        node: invoker.node.clone(),
-        nodes,
-        nats: NatsStatus {
-            state,
-            server_name: info.server_name.clone(),
-            version: info.version.clone(),
-            cluster: info.cluster.clone(),
-            servers,
-            configured: b.url.clone(),
-        },
-        replicas: b.replicas,
-        streams,
-        functions,
-        warnings,
-    })
+    Ok(functions)
 }

@@ -239,61 +239,8 @@ impl Event {
             })
             .transpose()?;
         let mut datacontenttype = optional(&mut m, "datacontenttype")?;
-        let data = match (m.remove("data"), m.remove("data_base64")) {
-            (Some(_), Some(_)) => {
-                return Err(EventError::Invalid {
-                    name: "data".into(),
-                    reason: "`data` and `data_base64` are mutually exclusive".into(),
-                });
-            }
-            (None, Some(Value::String(b64))) => {
-                Bytes::from(BASE64.decode(b64.as_bytes()).map_err(|e| EventError::Invalid {
-                    name: "data_base64".into(),
-                    reason: e.to_string(),
-                })?)
-            }
-            (None, Some(_)) => {
-                return Err(EventError::Invalid {
-                    name: "data_base64".into(),
-                    reason: "must be a string".into(),
-                });
-            }
-            (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_some_and(is_json_type) => {
-                Bytes::from(s.into_bytes())
-            }
-            (Some(v), None) => {
-                if datacontenttype.is_none() {
-                    datacontenttype = Some("application/json".into());
-                }
-                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-            }
-            (None, None) => Bytes::new(),
-        };
-        let mut extensions = BTreeMap::new();
-        for (k, v) in m {
-            if CORE.contains(&k.as_str()) {
-                continue;
-            }
-            if !valid_extension_name(&k) {
-                return Err(EventError::Invalid {
-                    name: k,
-                    reason: "extension names are lower-case letters and digits".into(),
-                });
-            }
-            let v = match v {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Null => continue,
-                _ => {
-                    return Err(EventError::Invalid {
-                        name: k,
-                        reason: "extension values are strings, numbers or booleans".into(),
-                    });
-                }
-            };
-            extensions.insert(k, v);
-        }
+        let data = take_data(&mut m, &mut datacontenttype)?;
+        let extensions = take_extensions(m)?;
         Ok(Event {
             id,
             source,
@@ -317,6 +264,73 @@ pub fn is_json_type(ct: &str) -> bool {
 /// CloudEvents extension names: `[a-z0-9]{1,20}` (evoke allows longer).
 pub fn valid_extension_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// `data` or `data_base64` as bytes; JSON data without a content type
+/// declares itself `application/json`.
+fn take_data(m: &mut Map<String, Value>, datacontenttype: &mut Option<String>) -> Result<Bytes, EventError> {
+    let data = match (m.remove("data"), m.remove("data_base64")) {
+        (Some(_), Some(_)) => {
+            return Err(EventError::Invalid {
+                name: "data".into(),
+                reason: "`data` and `data_base64` are mutually exclusive".into(),
+            });
+        }
+        (None, Some(Value::String(b64))) => {
+            Bytes::from(BASE64.decode(b64.as_bytes()).map_err(|e| EventError::Invalid {
+                name: "data_base64".into(),
+                reason: e.to_string(),
+            })?)
+        }
+        (None, Some(_)) => {
+            return Err(EventError::Invalid {
+                name: "data_base64".into(),
+                reason: "must be a string".into(),
+            });
+        }
+        (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_some_and(is_json_type) => {
+            Bytes::from(s.into_bytes())
+        }
+        (Some(v), None) => {
+            if datacontenttype.is_none() {
+                *datacontenttype = Some("application/json".into());
+            }
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        (None, None) => Bytes::new(),
+    };
+    Ok(data)
+}
+
+/// Every attribute left once the core ones are taken: the extensions, with
+/// CloudEvents' naming and value rules.
+fn take_extensions(m: Map<String, Value>) -> Result<BTreeMap<String, String>, EventError> {
+    let mut extensions = BTreeMap::new();
+    for (k, v) in m {
+        if CORE.contains(&k.as_str()) {
+            continue;
+        }
+        if !valid_extension_name(&k) {
+            return Err(EventError::Invalid {
+                name: k,
+                reason: "extension names are lower-case letters and digits".into(),
+            });
+        }
+        let v = match v {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            _ => {
+                return Err(EventError::Invalid {
+                    name: k,
+                    reason: "extension values are strings, numbers or booleans".into(),
+                });
+            }
+        };
+        extensions.insert(k, v);
+    }
+    Ok(extensions)
 }
 
 /// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as

@@ -269,8 +269,25 @@ async fn ensure_stream(js: &jetstream::Context, mut config: stream::Config) -> R
     Ok(())
 }
 
+/// Creates (or updates) every stream, bucket and store evoke uses.
 async fn setup(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
-    let streams = [
+    for config in streams() {
+        ensure_stream(
+            js,
+            stream::Config {
+                num_replicas: replicas,
+                ..config
+            },
+        )
+        .await?;
+    }
+    ensure_buckets(js, replicas).await?;
+    ensure_code_store(js, replicas).await
+}
+
+/// The event queue, the dead letters and the logs.
+fn streams() -> [stream::Config; 3] {
+    [
         stream::Config {
             name: STREAM_EVENTS.into(),
             subjects: vec![format!("{SUBJECT_INVOKE}.>")],
@@ -297,17 +314,12 @@ async fn setup(js: &jetstream::Context, replicas: usize) -> Result<(), BusError>
             description: Some("evoke: function logs".into()),
             ..Default::default()
         },
-    ];
-    for config in streams {
-        ensure_stream(
-            js,
-            stream::Config {
-                num_replicas: replicas,
-                ..config
-            },
-        )
-        .await?;
-    }
+    ]
+}
+
+/// Every KV bucket, with its history and time to live; replicas grow,
+/// never shrink.
+async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
     let buckets = [
         (KV_FUNCTIONS, "evoke: deployed functions", 5, Duration::ZERO),
         (KV_INVOCATIONS, "evoke: invocation records", 1, RECORDS_MAX_AGE),
@@ -332,39 +344,39 @@ async fn setup(js: &jetstream::Context, replicas: usize) -> Result<(), BusError>
         .await
         .map_err(setup_err(bucket))?;
     }
-    match js.get_object_store(OBJ_CODE).await {
-        Ok(_) => {
-            // The object store is a stream: grow its replicas like the others.
-            let name = format!("OBJ_{OBJ_CODE}");
-            if let Ok(mut s) = js.get_stream(&name).await
-                && let Ok(info) = s.info().await
-                && info.config.num_replicas < replicas
-            {
-                let config = stream::Config {
-                    num_replicas: replicas,
-                    ..info.config.clone()
-                };
-                js.update_stream(config).await.map_err(setup_err(OBJ_CODE))?;
-            }
-        }
-        Err(_) => {
-            match js
-                .create_object_store(object_store::Config {
-                    bucket: OBJ_CODE.into(),
-                    description: Some("evoke: function code by sha256".into()),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(_) => {}
-                // Another node created it in the meantime.
-                Err(_) if js.get_object_store(OBJ_CODE).await.is_ok() => {}
-                Err(e) => return Err(setup_err(OBJ_CODE)(e)),
-            }
-        }
-    }
     Ok(())
+}
+
+/// The code store, created once; its stream's replicas grow like the rest.
+async fn ensure_code_store(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
+    if js.get_object_store(OBJ_CODE).await.is_ok() {
+        let name = format!("OBJ_{OBJ_CODE}");
+        if let Ok(mut s) = js.get_stream(&name).await
+            && let Ok(info) = s.info().await
+            && info.config.num_replicas < replicas
+        {
+            let config = stream::Config {
+                num_replicas: replicas,
+                ..info.config.clone()
+            };
+            js.update_stream(config).await.map_err(setup_err(OBJ_CODE))?;
+        }
+        return Ok(());
+    }
+    let created = js
+        .create_object_store(object_store::Config {
+            bucket: OBJ_CODE.into(),
+            description: Some("evoke: function code by sha256".into()),
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another node created it in the meantime.
+        Err(_) if js.get_object_store(OBJ_CODE).await.is_ok() => Ok(()),
+        Err(e) => Err(setup_err(OBJ_CODE)(e)),
+    }
 }
 
 #[cfg(test)]

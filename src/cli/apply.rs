@@ -34,7 +34,10 @@ pub struct Change {
     pub action: Action,
 }
 
-/// Applies a manifest; returns the changes (also printed unless `quiet`).
+/// One step of a plan: what changes, and the request that changes it.
+type Step = (Change, reqwest::RequestBuilder);
+
+/// Applies a manifest; returns the changes (also printed, as text or JSON).
 pub async fn apply(
     client: &Client,
     path: &Path,
@@ -42,101 +45,23 @@ pub async fn apply(
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<Vec<Change>> {
-    let manifest = match Manifest::load(path) {
-        Ok(m) => m,
-        Err(errors) => {
-            let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message)).collect();
-            bail!(
-                "{} is invalid, nothing was applied:\n{}",
-                path.display(),
-                lines.join("\n")
-            );
-        }
+    let manifest = Manifest::load(path).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message)).collect();
+        anyhow::anyhow!(
+            "{} is invalid, nothing was applied:\n{}",
+            path.display(),
+            lines.join("\n")
+        )
+    })?;
+    let deployed = Deployed {
+        functions: list(client, "/v1/functions", "functions").await?,
+        triggers: list(client, "/v1/triggers", "triggers").await?,
     };
-    let functions = list(client, "/v1/functions", "functions").await?;
-    let triggers = list(client, "/v1/triggers", "triggers").await?;
-
-    // Plan, and collect every problem the server sees in a dry run.
     let mut problems = Vec::new();
-    let mut plan: Vec<(Change, Option<reqwest::RequestBuilder>)> = Vec::new();
-    for (name, f) in &manifest.functions {
-        let spec = serde_json::to_value(&f.spec)?;
-        let action = match functions.get(name) {
-            None => Action::Created,
-            Some(cur) if cur["digest"] == digest(&f.code).as_str() && cur["spec"] == spec => Action::Unchanged,
-            Some(_) => Action::Updated,
-        };
-        if action != Action::Unchanged {
-            let check = deploy_request(client, name, &spec, &f.code, true);
-            if let Err(e) = client.json(check).await {
-                problems.push(format!("  functions.{name}: {e}"));
-            }
-        }
-        let req = deploy_request(client, name, &spec, &f.code, false);
-        plan.push((
-            Change {
-                kind: "function",
-                name: name.clone(),
-                action,
-            },
-            Some(req),
-        ));
-    }
-    for (name, t) in &manifest.triggers {
-        if !manifest.functions.contains_key(&t.function) && !functions.contains_key(&t.function) {
-            problems.push(format!(
-                "  triggers.{name}.function: function `{}` is neither in the manifest nor deployed",
-                t.function
-            ));
-        }
-        let body = t.to_value();
-        let action = match triggers.get(name) {
-            None => Action::Created,
-            Some(cur) if cur["spec"] == body => Action::Unchanged,
-            Some(_) => Action::Updated,
-        };
-        if action != Action::Unchanged {
-            let check = client
-                .request(Method::PUT, &format!("/v1/triggers/{name}"))
-                .query(&[("dry_run", "true")])
-                .json(&body);
-            if let Err(e) = client.json(check).await {
-                problems.push(format!("  triggers.{name}: {e}"));
-            }
-        }
-        let req = client.request(Method::PUT, &format!("/v1/triggers/{name}")).json(&body);
-        plan.push((
-            Change {
-                kind: "trigger",
-                name: name.clone(),
-                action,
-            },
-            Some(req),
-        ));
-    }
+    let mut plan = plan_functions(client, &manifest, &deployed, &mut problems).await?;
+    plan.extend(plan_triggers(client, &manifest, &deployed, &mut problems).await);
     if prune {
-        for name in triggers.keys().filter(|n| !manifest.triggers.contains_key(*n)) {
-            let req = client.request(Method::DELETE, &format!("/v1/triggers/{name}"));
-            plan.push((
-                Change {
-                    kind: "trigger",
-                    name: name.clone(),
-                    action: Action::Deleted,
-                },
-                Some(req),
-            ));
-        }
-        for name in functions.keys().filter(|n| !manifest.functions.contains_key(*n)) {
-            let req = client.request(Method::DELETE, &format!("/v1/functions/{name}"));
-            plan.push((
-                Change {
-                    kind: "function",
-                    name: name.clone(),
-                    action: Action::Deleted,
-                },
-                Some(req),
-            ));
-        }
+        plan.extend(plan_prune(client, &manifest, &deployed));
     }
     if !problems.is_empty() {
         bail!(
@@ -145,13 +70,116 @@ pub async fn apply(
             problems.join("\n")
         );
     }
+    let changes = execute(client, plan, dry_run, json).await?;
+    report(&changes, dry_run, json)?;
+    Ok(changes)
+}
 
+/// What the server has now, by name.
+struct Deployed {
+    functions: BTreeMap<String, Value>,
+    triggers: BTreeMap<String, Value>,
+}
+
+/// Creates or updates for the manifest's functions; what the server's dry
+/// run refuses goes to `problems`.
+async fn plan_functions(
+    client: &Client,
+    manifest: &Manifest,
+    deployed: &Deployed,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Vec<Step>> {
+    let mut plan = Vec::new();
+    for (name, f) in &manifest.functions {
+        let spec = serde_json::to_value(&f.spec)?;
+        let action = match deployed.functions.get(name) {
+            None => Action::Created,
+            Some(cur) if cur["digest"] == digest(&f.code).as_str() && cur["spec"] == spec => Action::Unchanged,
+            Some(_) => Action::Updated,
+        };
+        if action != Action::Unchanged
+            && let Err(e) = client.json(deploy_request(client, name, &spec, &f.code, true)).await
+        {
+            problems.push(format!("  functions.{name}: {e}"));
+        }
+        let change = Change {
+            kind: "function",
+            name: name.clone(),
+            action,
+        };
+        plan.push((change, deploy_request(client, name, &spec, &f.code, false)));
+    }
+    Ok(plan)
+}
+
+/// Creates or updates for the manifest's triggers, checked as above.
+async fn plan_triggers(
+    client: &Client,
+    manifest: &Manifest,
+    deployed: &Deployed,
+    problems: &mut Vec<String>,
+) -> Vec<Step> {
+    let mut plan = Vec::new();
+    for (name, t) in &manifest.triggers {
+        if !manifest.functions.contains_key(&t.function) && !deployed.functions.contains_key(&t.function) {
+            problems.push(format!(
+                "  triggers.{name}.function: function `{}` is neither in the manifest nor deployed",
+                t.function
+            ));
+        }
+        let body = t.to_value();
+        let action = match deployed.triggers.get(name) {
+            None => Action::Created,
+            Some(cur) if cur["spec"] == body => Action::Unchanged,
+            Some(_) => Action::Updated,
+        };
+        let put = || client.request(Method::PUT, &format!("/v1/triggers/{name}")).json(&body);
+        if action != Action::Unchanged
+            && let Err(e) = client.json(put().query(&[("dry_run", "true")])).await
+        {
+            problems.push(format!("  triggers.{name}: {e}"));
+        }
+        let change = Change {
+            kind: "trigger",
+            name: name.clone(),
+            action,
+        };
+        plan.push((change, put()));
+    }
+    plan
+}
+
+/// Deletes for what the manifest no longer has: triggers before the
+/// functions they use.
+fn plan_prune(client: &Client, manifest: &Manifest, deployed: &Deployed) -> Vec<Step> {
+    let triggers = deployed
+        .triggers
+        .keys()
+        .filter(|n| !manifest.triggers.contains_key(*n))
+        .map(|n| ("trigger", n, format!("/v1/triggers/{n}")));
+    let functions = deployed
+        .functions
+        .keys()
+        .filter(|n| !manifest.functions.contains_key(*n))
+        .map(|n| ("function", n, format!("/v1/functions/{n}")));
+    triggers
+        .chain(functions)
+        .map(|(kind, name, path)| {
+            let change = Change {
+                kind,
+                name: name.clone(),
+                action: Action::Deleted,
+            };
+            (change, client.request(Method::DELETE, &path))
+        })
+        .collect()
+}
+
+/// Sends every change (none on a dry run), printing each as it goes.
+async fn execute(client: &Client, plan: Vec<Step>, dry_run: bool, json: bool) -> anyhow::Result<Vec<Change>> {
     let mut changes = Vec::new();
     for (change, req) in plan {
-        if change.action != Action::Unchanged
-            && !dry_run
-            && let Some(req) = req
-        {
+        if change.action != Action::Unchanged && !dry_run {
             client.send(req).await.map_err(|e| {
                 anyhow::anyhow!("{} {}: {e} (changes before it were applied)", change.kind, change.name)
             })?;
@@ -176,6 +204,11 @@ pub async fn apply(
         }
         changes.push(change);
     }
+    Ok(changes)
+}
+
+/// The closing summary line, or the whole result as JSON.
+fn report(changes: &[Change], dry_run: bool, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
@@ -191,7 +224,7 @@ pub async fn apply(
             count(Action::Unchanged)
         );
     }
-    Ok(changes)
+    Ok(())
 }
 
 fn deploy_request(client: &Client, name: &str, spec: &Value, code: &[u8], dry_run: bool) -> reqwest::RequestBuilder {

@@ -102,33 +102,10 @@ impl Executor {
         };
         let instantiate_us = t.elapsed().as_micros() as u64;
         let t = Instant::now();
-        if let Some(init) = init {
-            let init_fn = match instance.get_typed_func::<(), (Result<(), String>,)>(&mut store, init) {
-                Ok(f) => f,
-                Err(e) => {
-                    return Err((
-                        InvokeError::System(format!("`init` has the wrong signature: {e:#}")),
-                        vec![],
-                    ));
-                }
-            };
-            let result = with_room!(self, init_fn.call_async(&mut store, ()).await);
-            match result {
-                Ok((Ok(()),)) => {}
-                Ok((Err(message),)) => {
-                    let logs = drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]);
-                    return Err((
-                        InvokeError::function(FunctionErrorKind::Error, format!("init failed: {message}")),
-                        logs,
-                    ));
-                }
-                Err(e) => {
-                    return Err((
-                        classify(&mut store, e, f),
-                        drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)]),
-                    ));
-                }
-            }
+        if let Some(init) = init
+            && let Err(e) = self.init(&mut store, &instance, *init, f).await
+        {
+            return Err((e, drain(&mut store, &[("stdout", &stdout), ("stderr", &stderr)])));
         }
         let init_us = t.elapsed().as_micros() as u64;
         Ok((
@@ -142,6 +119,27 @@ impl Executor {
             instantiate_us,
             init_us,
         ))
+    }
+
+    /// Runs a new instance's `init` export (the initializer).
+    async fn init(
+        &self,
+        store: &mut Store<ComponentState>,
+        instance: &wasmtime::component::Instance,
+        init: wasmtime::component::ComponentExportIndex,
+        f: &DeployedFunction,
+    ) -> Result<(), InvokeError> {
+        let init_fn = instance
+            .get_typed_func::<(), (Result<(), String>,)>(&mut *store, init)
+            .map_err(|e| InvokeError::System(format!("`init` has the wrong signature: {e:#}")))?;
+        match with_room!(self, init_fn.call_async(&mut *store, ()).await) {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(message),)) => Err(InvokeError::function(
+                FunctionErrorKind::Error,
+                format!("init failed: {message}"),
+            )),
+            Err(e) => Err(classify(store, e, f)),
+        }
     }
 
     pub(super) async fn run_component(
@@ -214,8 +212,7 @@ impl Executor {
             .stdout(stdout.clone())
             .stderr(stderr.clone());
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
-        let mut instantiate_us = 0;
-        let (exit, all_logs) = match &loaded.prepared {
+        let (exit, logs, instantiate_us) = match &loaded.prepared {
             Prepared::Command { pre } => {
                 let state = ComponentState {
                     wasi: builder.build(),
@@ -225,7 +222,7 @@ impl Executor {
                 let mut store = self.new_store(state, deadline);
                 let t = Instant::now();
                 let instance = with_room!(self, pre.instantiate_async(&mut store).await);
-                instantiate_us = t.elapsed().as_micros() as u64;
+                let instantiate_us = t.elapsed().as_micros() as u64;
                 let exit = match instance {
                     Ok(cmd) => match with_room!(self, cmd.wasi_cli_run().call_run(&mut store).await) {
                         Ok(Ok(())) => Ok(0),
@@ -234,61 +231,63 @@ impl Executor {
                     },
                     Err(e) => Err(classify(&mut store, e, f)),
                 };
-                (exit, drain(&mut store, &[("stderr", &stderr)]))
+                (exit, drain(&mut store, &[("stderr", &stderr)]), instantiate_us)
             }
             Prepared::Module { pre } => {
-                let mut store = self.new_store(
-                    ModuleState {
-                        wasi: builder.build_p1(),
-                        sandbox,
-                    },
-                    deadline,
-                );
+                let state = ModuleState {
+                    wasi: builder.build_p1(),
+                    sandbox,
+                };
+                let mut store = self.new_store(state, deadline);
                 let t = Instant::now();
                 let instance = with_room!(self, pre.instantiate_async(&mut store).await);
-                instantiate_us = t.elapsed().as_micros() as u64;
-                let exit = match instance {
-                    Ok(instance) => match instance.get_typed_func::<(), ()>(&mut store, "_start") {
-                        Ok(start) => match with_room!(self, start.call_async(&mut store, ()).await) {
-                            Ok(()) => Ok(0),
-                            Err(e) => exit_code(&mut store, e, f),
-                        },
-                        Err(e) => Err(InvokeError::System(format!("`_start` has the wrong signature: {e:#}"))),
+                let instantiate_us = t.elapsed().as_micros() as u64;
+                let exit = match instance.map(|i| i.get_typed_func::<(), ()>(&mut store, "_start")) {
+                    Ok(Ok(start)) => match with_room!(self, start.call_async(&mut store, ()).await) {
+                        Ok(()) => Ok(0),
+                        Err(e) => exit_code(&mut store, e, f),
                     },
+                    Ok(Err(e)) => Err(InvokeError::System(format!("`_start` has the wrong signature: {e:#}"))),
                     Err(e) => Err(classify(&mut store, e, f)),
                 };
-                (exit, drain(&mut store, &[("stderr", &stderr)]))
+                (exit, drain(&mut store, &[("stderr", &stderr)]), instantiate_us)
             }
-            Prepared::Component { .. } => (Err(InvokeError::System("not a command".into())), vec![]),
+            Prepared::Component { .. } => (Err(InvokeError::System("not a command".into())), vec![], 0),
         };
-        let (out, out_dropped) = stdout.take();
-        let result = match exit {
-            Ok(0) if out_dropped > 0 || out.len() > self.config.max_output => Err(InvokeError::Function {
+        let result = exit.and_then(|code| self.command_result(code, &stdout, &logs));
+        (result, logs, Some((instantiate_us, 0)))
+    }
+
+    /// What a command's exit code and stdout make: its output (within the
+    /// output limit) on 0, else an exit-code error quoting its last stderr
+    /// line.
+    fn command_result(&self, code: i32, stdout: &CappedPipe, logs: &[LogLine]) -> Result<Output, InvokeError> {
+        let (out, dropped) = stdout.take();
+        if code != 0 {
+            let last = logs
+                .iter()
+                .rev()
+                .find(|l| l.stream == "stderr")
+                .map(|l| l.message.clone());
+            return Err(InvokeError::function(
+                FunctionErrorKind::ExitCode,
+                match last {
+                    Some(line) => format!("the command exited with code {code}: {line}"),
+                    None => format!("the command exited with code {code}"),
+                },
+            ));
+        }
+        if dropped > 0 || out.len() > self.config.max_output {
+            return Err(InvokeError::Function {
                 kind: FunctionErrorKind::OutputTooLarge,
                 message: format!(
                     "the function wrote {} bytes to stdout; the limit is {} bytes",
-                    out.len() as u64 + out_dropped,
+                    out.len() as u64 + dropped,
                     self.config.max_output
                 ),
-            }),
-            Ok(0) => Ok(command_output(out)),
-            Ok(code) => {
-                let last = all_logs
-                    .iter()
-                    .rev()
-                    .find(|l| l.stream == "stderr")
-                    .map(|l| l.message.clone());
-                Err(InvokeError::function(
-                    FunctionErrorKind::ExitCode,
-                    match last {
-                        Some(line) => format!("the command exited with code {code}: {line}"),
-                        None => format!("the command exited with code {code}"),
-                    },
-                ))
-            }
-            Err(e) => Err(e),
-        };
-        (result, all_logs, Some((instantiate_us, 0)))
+            });
+        }
+        Ok(command_output(out))
     }
 }
 
@@ -306,7 +305,7 @@ fn drain<T: HasSandbox>(store: &mut Store<T>, pipes: &[(&str, &CappedPipe)]) -> 
 fn classify<T: HasSandbox>(store: &mut Store<T>, e: wasmtime::Error, f: &DeployedFunction) -> InvokeError {
     if super::is_pool_full(&e) {
         return InvokeError::Capacity(format!(
-            "this node's instance pool is full ({e}); the invocation is retried later (start nodes with a larger --pool, or lower max_instances)"
+            "this node's instance pool is full ({e}); the invocation is retried later (start nodes with a larger --pool-instances, or lower max_instances)"
         ));
     }
     if let Some(wasmtime::Trap::OutOfFuel) = e.downcast_ref::<wasmtime::Trap>() {
