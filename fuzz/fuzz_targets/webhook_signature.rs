@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
         cfg.timestamp_header = (which & 4 != 0).then(|| "x-ts".into());
         cfg.encoding = (which & 8 != 0).then_some(Encoding::Base64);
         cfg.prefix = (which & 16 != 0).then(|| "sha256=".into());
-        cfg.tolerance = (which & 32 != 0).then(|| tolerance.to_string());
+        cfg.tolerance = (which & 32 != 0)
+            .then(|| evoke_connectors::units::parse_duration(tolerance).ok())
+            .flatten();
     }
     let _ = cfg.check();
     let header = |name: &str| match name.to_ascii_lowercase().as_str() {
