@@ -566,3 +566,44 @@ impl Drop for EvokeProcess {
         self.kill();
     }
 }
+
+/// Polls `check` every 100 ms until it gives `Some`, or panics with `what`
+/// after `within`: for conditions that come true "soon" on a loaded machine
+/// (never a fixed sleep followed by an assertion).
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(start.elapsed() < within, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `count` stops changing for `quiet` (a source that was
+/// stopped stops producing), and returns its value.
+pub async fn settled<F, Fut>(within: Duration, quiet: Duration, mut count: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let start = Instant::now();
+    let mut last = count().await;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = count().await;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return last;
+        }
+        assert!(start.elapsed() < within, "still changing after {within:?}: {last}");
+    }
+}

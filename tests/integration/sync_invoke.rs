@@ -144,7 +144,14 @@ async fn reserved_instances_are_warm_and_idle_ones_are_reclaimed() {
 
     assert_eq!(node.invoke("brief", "").await.headers()["x-evoke-start"], "cold");
     assert_eq!(node.invoke("brief", "").await.headers()["x-evoke-start"], "warm");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The reaper drops the idle instance after its idle timeout...
+    let none_idle = r#"evoke_instances{function="brief",state="idle"} 0"#;
+    assert!(
+        node.wait_metric(none_idle, Duration::from_secs(20)).await,
+        "{}",
+        node.metrics().await
+    );
+    // ...so the next call is cold again.
     assert_eq!(
         node.invoke("brief", "").await.headers()["x-evoke-start"],
         "cold",

@@ -7,7 +7,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Nats, TestNode, config, example, queued_events};
+use crate::common::{Nats, TestNode, config, eventually, example, queued_events, settled};
 
 async fn node_with_secrets(nats: &Nats, secrets: &[(&str, &str)]) -> TestNode {
     let dir = tempfile::TempDir::new().unwrap();
@@ -192,7 +192,11 @@ async fn cron_fires_in_its_time_zone_once_per_tick_across_three_nodes() {
         "timezone":"Asia/Shanghai","payload":{"name":"tick"}});
     let (status, v) = nodes[0].put_trigger("tick", spec).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let url = nats.url();
+    eventually(Duration::from_secs(20), "three ticks", || async {
+        (queued_events(&url, "hello").await.len() >= 3).then_some(())
+    })
+    .await;
     let resp = nodes[1]
         .http
         .delete(nodes[1].url("/v1/triggers/tick"))
@@ -200,7 +204,10 @@ async fn cron_fires_in_its_time_zone_once_per_tick_across_three_nodes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(Duration::from_secs(20), Duration::from_millis(1500), || async {
+        queued_events(&url, "hello").await.len()
+    })
+    .await;
 
     let events = queued_events(&nats.url(), "hello").await;
     assert!(events.len() >= 2, "ticks fired: {}", events.len());
@@ -253,10 +260,15 @@ async fn cron_catches_up_after_every_node_was_down() {
     c.workers = false;
     let started = Utc::now();
     let node = TestNode::with_config(c, dir).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let events = queued_events(&nats.url(), "hello").await;
     // Ticks scheduled before the node started were caught up; later ones are
-    // its regular firing.
+    // its regular firing. Catching up is quick, but the machine may be busy.
+    let url = nats.url();
+    let events = eventually(Duration::from_secs(20), "catching up", || async {
+        let events = queued_events(&url, "hello").await;
+        let n = events[before..].iter().filter(|e| e.time.unwrap() <= started).count();
+        (n >= 3).then_some(events)
+    })
+    .await;
     let caught_up: Vec<_> = events[before..].iter().filter(|e| e.time.unwrap() <= started).collect();
     assert_eq!(caught_up.len(), 3, "the newest 3 of the 6 missed ticks: {events:?}");
     let times: Vec<_> = caught_up.iter().map(|e| e.time.unwrap()).collect();
@@ -276,32 +288,40 @@ async fn a_trigger_changed_live_takes_effect_without_restart() {
     let node = TestNode::with_config(c, dir).await;
     node.deploy_ok("hello", &example("hello"), &[]).await;
     let spec = |name: &str| json!({"function":"hello","kind":"cron","schedule":"* * * * * *","payload":{"name":name}});
+    let url = nats.url();
+    let names = || async {
+        queued_events(&url, "hello")
+            .await
+            .iter()
+            .map(|e| {
+                serde_json::from_slice::<Value>(&e.data).unwrap()["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<String>>()
+    };
     assert_eq!(node.put_trigger("live", spec("before")).await.0, StatusCode::CREATED);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    eventually(Duration::from_secs(20), "a tick from the first version", || async {
+        names().await.contains(&"before".to_string()).then_some(())
+    })
+    .await;
     assert_eq!(node.put_trigger("live", spec("after")).await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    eventually(Duration::from_secs(20), "a tick from the changed version", || async {
+        names().await.contains(&"after".to_string()).then_some(())
+    })
+    .await;
     let resp = node.http.delete(node.url("/v1/triggers/live")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let events = queued_events(&nats.url(), "hello").await;
-    let names: Vec<String> = events
-        .iter()
-        .map(|e| {
-            serde_json::from_slice::<Value>(&e.data).unwrap()["name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    // A deleted trigger stops firing: the count settles (and a trigger that
+    // kept firing would never let it).
+    settled(Duration::from_secs(20), Duration::from_millis(2500), || async {
+        names().await.len()
+    })
+    .await;
+    let names = names().await;
     assert!(names.first().map(String::as_str) == Some("before"), "{names:?}");
     assert!(names.last().map(String::as_str) == Some("after"), "{names:?}");
-    let settled = events.len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        queued_events(&nats.url(), "hello").await.len(),
-        settled,
-        "a deleted trigger stops firing"
-    );
     node.stop().await;
 }
 
