@@ -2,12 +2,18 @@
 //! functions.
 //!
 //! # Layout
-//! - [`bus`]: NATS JetStream: connection, streams, buckets, subject names.
-//! - [`registry`]: function specs (validation, storage in KV, live watch).
-//! - [`executor`]: the wasmtime sandbox: engine, code cache, instance pools.
-//! - [`invoker`]: sync runs, the async queue, retries, DLQ, destinations, records.
-//! - [`api`]: the HTTP API (`/v1`, `/healthz`, `/metrics`).
-//! - [`sources`]: event sources running on a node (cron), over the connectors crate.
+//! - [`bus`]: NATS JetStream: connection (servers, credentials, TLS),
+//!   streams and buckets with their replicas, subject names, `NatsError`.
+//! - [`registry`]: function and trigger specs (validation, storage in KV,
+//!   live watch).
+//! - [`executor`]: the wasmtime sandbox: engine, code cache, instance pools,
+//!   limits.
+//! - [`invoker`]: sync runs, the async queue (workers, and settling each
+//!   outcome by error class), records, DLQ, destinations, relays.
+//! - [`api`]: the HTTP API (`/v1`, `/hooks`, `/healthz`, `/metrics`); every
+//!   lower error maps to its HTTP answer in `api/error.rs`.
+//! - [`sources`]: the `Sink` and state store sources use on a node, the
+//!   source manager (cron), and leases for sources that run on one node.
 //! - [`supervise`]: one task per named spec, following a watched registry.
 //! - [`cluster`]: node heartbeats and the cluster status (`evoke status`).
 //! - [`observe`]: function logs and Prometheus metrics.
@@ -16,7 +22,8 @@
 //! - [`cli`]: the `evoke` command (client commands and `up`/`serve`).
 //! - [`units`]: sizes and durations as users write them.
 //!
-//! The event envelope lives in the `evoke-connectors` crate, beside the sources.
+//! The event envelope, the source contract, every source (webhook, cron),
+//! leases and backoff policies live in the `evoke-connectors` crate.
 
 pub mod api;
 pub mod bus;
