@@ -2,8 +2,10 @@
 //!
 //! Users write a trigger as one flat table (in `evoke.toml` or as JSON):
 //! `function`, `kind`, optional `filter`, and the fields of that kind. Every
-//! problem is reported with the field it is about. Adding a source kind is one
-//! module plus one arm of [`SourceConfig`].
+//! problem is reported with the field it is about. Adding a source kind is
+//! its module plus one line in `source_kinds!` below; the compiler then
+//! points at each match that must handle it (its checks here, its state
+//! key, and in evoke how a node runs it and how `evoke triggers` shows it).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -21,23 +23,48 @@ pub struct TriggerSpec {
     pub filter: Option<Filter>,
 }
 
-/// Every kind of source, closed: the compiler finds every place a new kind
-/// needs handling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SourceConfig {
-    Webhook(WebhookConfig),
-    Cron(CronConfig),
+/// Declares [`SourceConfig`] from one list of source kinds: its name in
+/// `kind = "..."`, its variant and its config type. Adding a source is its
+/// module plus one line here; the compiler then names every place that must
+/// handle the new variant (there are no wildcard arms over kinds).
+macro_rules! source_kinds {
+    ($($name:literal => $variant:ident($config:ty)),+ $(,)?) => {
+        /// Every kind of source, closed.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "lowercase")]
+        pub enum SourceConfig {
+            $($variant($config)),+
+        }
+
+        impl SourceConfig {
+            /// Every kind's name, as `kind = "..."` takes it.
+            pub const KINDS: &[&str] = &[$($name),+];
+
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SourceConfig::$variant(_) => $name),+
+                }
+            }
+
+            /// Reads the config of source kind `kind` from `body` (the
+            /// table without `kind`), keeping the path of a bad field;
+            /// `None` when there is no such kind.
+            fn read(kind: &str, body: Value) -> Option<Result<SourceConfig, serde_path_to_error::Error<serde_json::Error>>> {
+                match kind {
+                    $($name => Some(serde_path_to_error::deserialize(body).map(SourceConfig::$variant)),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+source_kinds! {
+    "webhook" => Webhook(WebhookConfig),
+    "cron" => Cron(CronConfig),
 }
 
 impl SourceConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Webhook(_) => "webhook",
-            SourceConfig::Cron(_) => "cron",
-        }
-    }
-
     /// The state key where trigger `name`'s source notes its last event
     /// (a cron cursor, a webhook's last delivery), for `evoke triggers`.
     pub fn last_event_key(&self, name: &str) -> String {
@@ -163,27 +190,22 @@ impl TriggerSpec {
         if function.is_none() && !problems.iter().any(|(f, _)| f == "function") {
             problems.push(("function".into(), "is required".into()));
         }
-        let source = match rest.get("kind").and_then(Value::as_str) {
+        let kinds = SourceConfig::KINDS.join(", ");
+        let kind = rest.remove("kind");
+        let source = match kind.as_ref().and_then(Value::as_str) {
             None => {
-                problems.push(("kind".into(), "is required: webhook or cron".into()));
+                problems.push(("kind".into(), format!("is required: one of {kinds}")));
                 None
             }
-            Some(k) if !["webhook", "cron"].contains(&k) => {
-                problems.push((
-                    "kind".into(),
-                    format!("`{k}` is not a source kind; use webhook or cron"),
-                ));
-                None
-            }
-            Some(kind) => {
-                let kind = kind.to_string();
-                rest.remove("kind");
-                let body = Value::Object(rest);
-                let parsed = match kind.as_str() {
-                    "webhook" => serde_path_to_error::deserialize(body).map(SourceConfig::Webhook),
-                    _ => serde_path_to_error::deserialize(body).map(SourceConfig::Cron),
-                };
-                match parsed {
+            Some(kind) => match SourceConfig::read(kind, Value::Object(rest)) {
+                None => {
+                    problems.push((
+                        "kind".into(),
+                        format!("`{kind}` is not a source kind; use one of {kinds}"),
+                    ));
+                    None
+                }
+                Some(parsed) => match parsed {
                     Ok(s) => Some(s),
                     Err(e) => {
                         let inner = e.inner().to_string();
@@ -194,8 +216,8 @@ impl TriggerSpec {
                         problems.push((field, inner));
                         None
                     }
-                }
-            }
+                },
+            },
         };
         if let Some(source) = &source {
             problems.extend(check_source(source));

@@ -25,18 +25,20 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
     let (kind, function) = (spec.source.kind(), spec.function.clone());
     // A webhook whose secrets this node cannot find refuses every request:
     // say so where users look.
-    let misconfigured = match &spec.source {
-        SourceConfig::Webhook(w) if w.auth.scheme != Scheme::None => {
+    let (misconfigured, path) = match &spec.source {
+        SourceConfig::Webhook(w) => {
             let names = w.auth.secret_env.names();
-            w.auth.secret_env.resolve(|n| s.secrets.get(n)).is_empty().then(|| {
+            let unusable = w.auth.scheme != Scheme::None && w.auth.secret_env.resolve(|n| s.secrets.get(n)).is_empty();
+            let why = unusable.then(|| {
                 format!(
                     "no secret is set on node {}: {} unset or empty; every request is refused with 503 until it is set",
                     s.invoker.node,
                     names.join(", ")
                 )
-            })
+            });
+            (why, Some(format!("/hooks/{}", t.name)))
         }
-        _ => None,
+        SourceConfig::Cron(_) => (None, None),
     };
     let state = if misconfigured.is_some() {
         "misconfigured"
@@ -51,8 +53,8 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
         "name": t.name, "kind": kind, "function": function, "state": state,
         "last_event": last, "spec": t.spec, "updated_at": t.updated_at, "revision": t.revision,
     });
-    if kind == "webhook" {
-        v["path"] = json!(format!("/hooks/{}", t.name));
+    if let Some(path) = path {
+        v["path"] = json!(path);
     }
     if let Some(e) = misconfigured {
         v["error"] = json!(e);

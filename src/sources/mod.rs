@@ -116,17 +116,16 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                     continue;
                 }
             };
-            let SourceConfig::Cron(config) = spec.source else {
-                continue;
-            };
-            tracing::info!(trigger = %name, function = %spec.function, "cron trigger started");
             let (sink, state, trigger) = (sink.clone(), state.clone(), name.clone());
-            running.insert(
-                name,
-                Supervised::spawn(revision, |stop| {
+            let task = match spec.source {
+                SourceConfig::Cron(config) => Supervised::spawn(revision, |stop| {
                     evoke_connectors::cron::run(trigger, spec.function, config, sink, state, stop)
                 }),
-            );
+                // Served by the API at /hooks/<trigger>: no task here.
+                SourceConfig::Webhook(_) => continue,
+            };
+            tracing::info!(trigger = %name, "source started");
+            running.insert(name, task);
         }
         tokio::select! {
             changed = triggers.changed() => if changed.is_err() { break },
