@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
-use crate::bus;
 use crate::observe::metrics::StateLabel;
 
 pub async fn healthz(State(s): State<Arc<ApiState>>) -> Response {
@@ -84,15 +83,11 @@ async fn dlq_function(s: &ApiState, name: &str) -> Result<(), ApiError> {
     match s.function(name).await {
         Ok(_) => Ok(()),
         Err(e) if e.status == StatusCode::NOT_FOUND && crate::registry::valid_name(name) => {
-            let n: u64 = s
-                .invoker
-                .bus
-                .subject_counts(bus::STREAM_DLQ, &bus::dlq_filter(name))
-                .await?
-                .iter()
-                .map(|(_, n)| n)
-                .sum();
-            if n > 0 { Ok(()) } else { Err(e) }
+            if s.invoker.dlq_count(name).await? > 0 {
+                Ok(())
+            } else {
+                Err(e)
+            }
         }
         Err(e) => Err(e),
     }

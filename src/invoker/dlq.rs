@@ -187,16 +187,19 @@ impl Invoker {
         self.bus.js.get_stream(bus::STREAM_DLQ).await.nats("opening the DLQ")
     }
 
+    /// How many dead letters `function` has.
+    pub async fn dlq_count(&self, function: &str) -> Result<u64, NatsError> {
+        let counts = self
+            .bus
+            .subject_counts(bus::STREAM_DLQ, &bus::dlq_filter(function))
+            .await?;
+        Ok(counts.iter().map(|(_, n)| n).sum())
+    }
+
     /// Lists dead letters of a function, oldest first, at most `limit`.
     pub async fn dlq_list(&self, function: &str, limit: usize) -> Result<Vec<DeadLetter>, NatsError> {
         let filter = bus::dlq_filter(function);
-        let total: u64 = self
-            .bus
-            .subject_counts(bus::STREAM_DLQ, &filter)
-            .await?
-            .iter()
-            .map(|(_, n)| n)
-            .sum();
+        let total = self.dlq_count(function).await?;
         if total == 0 {
             return Ok(Vec::new());
         }
