@@ -19,30 +19,15 @@ use futures::stream::FuturesUnordered;
 /// JetStream block; returns them and their URLs.
 fn servers(dir: &std::path::Path, n: usize, sync: &str) -> anyhow::Result<(Vec<ManagedNats>, Vec<String>)> {
     let bin = find_server()?;
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let route_list = routes
-        .iter()
-        .map(|p| format!("nats-route://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut extra = format!("{sync}\nserver_name: s{i}\n");
-        if n > 1 {
-            extra.push_str(&format!(
-                "cluster {{\n  name: bench\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
-                routes[i]
-            ));
-        }
-        out.push(ManagedNats::start_with(
-            &bin,
-            &dir.join(format!("s{i}")),
-            ports[i],
-            &extra,
-        )?);
-    }
-    Ok((out, ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect()))
+    let servers = if n > 1 {
+        let names: Vec<String> = (1..=n).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        evoke::cli::nats::start_cluster(&bin, dir, &names, sync)?
+    } else {
+        vec![ManagedNats::start_with(&bin, &dir.join("s1"), free_port()?, sync)?]
+    };
+    let urls = servers.iter().map(ManagedNats::url).collect();
+    Ok((servers, urls))
 }
 
 async fn measure(urls: &[String], replicas: usize, n: usize) -> anyhow::Result<(f64, Duration, Duration)> {

@@ -63,6 +63,32 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts a JetStream cluster of managed servers on loopback, one per name
+/// (its directory under `dir`), routes and client ports picked free;
+/// `extra` goes into every server's configuration. Returns the servers and
+/// their client ports. Start it from a thread that lives as long as the
+/// servers should (see [`ManagedNats`]).
+pub fn start_cluster(bin: &Path, dir: &Path, names: &[&str], extra: &str) -> anyhow::Result<Vec<ManagedNats>> {
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+    let routes: Vec<u16> = names.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+    let route_list = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut servers = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let conf = format!(
+            "{extra}\nserver_name: {name}\ncluster {{\n  name: evoke\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
+            routes[i]
+        );
+        let member = dir.join(name);
+        let _ = std::fs::remove_dir_all(&member);
+        servers.push(ManagedNats::start_with(bin, &member, ports[i], &conf)?);
+    }
+    Ok(servers)
+}
+
 /// A running nats-server child; killed on drop. On Linux it is also killed
 /// when the *thread* that started it exits (that is how PR_SET_PDEATHSIG
 /// works): start it from a thread that lives as long as it should.

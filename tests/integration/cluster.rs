@@ -78,6 +78,16 @@ async fn send_load_to(n: usize, rate: u64, path: impl Fn(u64) -> String, targets
     Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap()
 }
 
+/// `GET /v1/status` of the node at `base`.
+async fn status_of(base: &str) -> Value {
+    reqwest::get(format!("{base}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Every request the load did not get a 202 for failed with `why` (a node
 /// that was down: "no answer"; NATS electing: "503"), never otherwise.
 fn refused_only_for(sent: &Sent, why: &str) {
@@ -285,12 +295,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let nodes = three_nodes(&cluster, &[]);
     let first = nodes[0].base();
     deploy_seq(&first, &cluster.urls()).await;
-    let status: Value = reqwest::get(format!("{first}/v1/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = status_of(&first).await;
     assert_eq!(
         status["replicas"], 3,
         "replicated by default on a 3-server cluster: {status}"
@@ -365,14 +370,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let mut ticks = Vec::new();
     let mut stable = 0;
     while stable < 3 {
-        let status: Value = http
-            .get(format!("{first}/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = status_of(&first).await;
         let queued = status["functions"]
             .as_array()
             .unwrap()
@@ -420,12 +418,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         logs()
     );
 
-    let status: Value = reqwest::get(format!("{first}/v1/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = status_of(&first).await;
     let events = status["streams"]
         .as_array()
         .unwrap()
@@ -448,12 +441,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     tokio::task::block_in_place(|| cluster.restart(victim));
     let start = Instant::now();
     loop {
-        let status: Value = reqwest::get(format!("{first}/v1/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = status_of(&first).await;
         let whole = status["streams"].as_array().unwrap().iter().all(|s| {
             s["peers"]
                 .as_array()
@@ -580,12 +568,7 @@ async fn a_partitioned_node_hands_its_events_over_and_rejoins() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     partition.set(true);
     check_every_accepted_ran(&a.base(), &cluster.urls(), &sent).await;
-    let status: Value = reqwest::get(format!("{}/v1/status", a.base()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = status_of(&a.base()).await;
     let ran_on: Vec<String> = {
         let mut nodes = Vec::new();
         for id in sent.accepted.values() {

@@ -75,28 +75,12 @@ impl NatsCluster {
         let dir = TempDir::new().expect("temp dir");
         let bin = find_server().expect("nats-server 2.10+ (scripts/test installs it)");
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let (servers, ports) = with_free_ports(|| {
-            let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
-            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
-            let route_list = routes
-                .iter()
-                .map(|p| format!("nats-route://127.0.0.1:{p}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            // Started from this thread: a managed server dies with the thread
-            // that started it (PR_SET_PDEATHSIG), so not from helper threads.
-            let mut servers = Vec::new();
-            for i in 0..n {
-                let extra = format!(
-                    "server_name: {}\ncluster {{\n  name: evoke\n  listen: 127.0.0.1:{}\n  routes: [{route_list}]\n}}\n",
-                    names[i], routes[i]
-                );
-                let d = dir.path().join(&names[i]);
-                let _ = std::fs::remove_dir_all(&d);
-                servers.push(Some(ManagedNats::start_with(&bin, &d, ports[i], &extra)?));
-            }
-            Ok((servers, ports))
-        });
+        // Started from this thread: a managed server dies with the thread
+        // that started it (PR_SET_PDEATHSIG), so not from helper threads.
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let started = with_free_ports(|| evoke::cli::nats::start_cluster(&bin, dir.path(), &refs, ""));
+        let ports = started.iter().map(|s| s.port).collect();
+        let servers = started.into_iter().map(Some).collect();
         let cluster = NatsCluster {
             servers,
             names,
