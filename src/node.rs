@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -84,6 +83,27 @@ fn default_node_name() -> String {
     format!("{host}-{}-{}", std::process::id(), &suffix[..6])
 }
 
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("refusing to serve the API on {0} without a token: set EVOKE_API_TOKEN, or listen on 127.0.0.1")]
+    NoToken(SocketAddr),
+    #[error("`{0}` is not a usable node name: use letters, digits, `-` and `_` (at most 128)")]
+    BadName(String),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    Nats(#[from] crate::bus::NatsError),
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
+    #[error("cannot listen on {addr}; is another evoke running? pick another with --http: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 pub struct Node {
     /// The address the API listens on (useful with port 0).
     pub addr: SocketAddr,
@@ -93,18 +113,12 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         if config.api_token.is_none() && !config.http_addr.ip().is_loopback() {
-            bail!(
-                "refusing to serve the API on {} without a token: set EVOKE_API_TOKEN, or listen on 127.0.0.1",
-                config.http_addr
-            );
+            return Err(NodeError::NoToken(config.http_addr));
         }
         if !crate::cluster::valid_node_name(&config.node_name) {
-            bail!(
-                "`{}` is not a usable node name: use letters, digits, `-` and `_` (at most 128)",
-                config.node_name
-            );
+            return Err(NodeError::BadName(config.node_name.clone()));
         }
         let metrics = Arc::new(Metrics::new());
         let events = metrics.clone();
@@ -173,13 +187,12 @@ impl Node {
                 sink: Arc::new(crate::sources::NatsSink::new(invoker.clone())),
                 state: Arc::new(crate::sources::KvState::new(invoker.bus.state.clone())),
             });
-            let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
-                format!(
-                    "cannot listen on {}; is another evoke running? pick another with --http",
-                    config.http_addr
-                )
-            })?;
-            addr = listener.local_addr()?;
+            let listen = |source| NodeError::Listen {
+                addr: config.http_addr,
+                source,
+            };
+            let listener = TcpListener::bind(config.http_addr).await.map_err(listen)?;
+            addr = listener.local_addr().map_err(listen)?;
             let mut api_stop = shutdown.subscribe();
             let app = api::router(state);
             tasks.push(tokio::spawn(async move {
