@@ -14,6 +14,8 @@
 //!   lower error maps to its HTTP answer in `api/error.rs`.
 //! - [`sources`]: the `Sink` and state store sources use on a node, the
 //!   source manager (cron), and leases for sources that run on one node.
+//! - [`stores`]: object stores (`[stores.NAME]`): specs, S3 clients, checks.
+//! - [`secrets`]: secrets by environment variable name.
 //! - [`supervise`]: one task per named spec, following a watched registry.
 //! - [`cluster`]: node heartbeats and the cluster status (`evoke status`).
 //! - [`observe`]: function logs and Prometheus metrics.
@@ -35,6 +37,8 @@ pub mod manifest;
 pub mod node;
 pub mod observe;
 pub mod registry;
+pub mod secrets;
 pub mod sources;
+pub mod stores;
 pub mod supervise;
 pub use evoke_connectors::units;

@@ -6,6 +6,11 @@
 //! memory = "64Mi"
 //! timeout = "5s"
 //!
+//! [stores.local]                 # an S3-compatible object store
+//! endpoint = "http://127.0.0.1:9000"
+//! access_key_env = "S3_ACCESS_KEY"  # credentials by variable name
+//! secret_key_env = "S3_SECRET_KEY"
+//!
 //! [triggers.tick]
 //! function = "hello"
 //! kind = "cron"
@@ -20,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use evoke_connectors::store::StoreConfig;
 use evoke_connectors::trigger::{TriggerSpec, check_name};
 use serde_json::Value;
 
@@ -37,6 +43,7 @@ pub struct ManifestFunction {
 pub struct Manifest {
     pub functions: BTreeMap<String, ManifestFunction>,
     pub triggers: BTreeMap<String, TriggerSpec>,
+    pub stores: BTreeMap<String, StoreConfig>,
 }
 
 /// The largest code file a manifest may name (the server's default limit).
@@ -114,9 +121,10 @@ impl Manifest {
             match key.as_str() {
                 "functions" => manifest.read_functions(value, base, &read, &mut errors),
                 "triggers" => manifest.read_triggers(value, &mut errors),
+                "stores" => manifest.read_stores(value, &mut errors),
                 other => errors.push(problem(
                     other.to_string(),
-                    "unknown section; use [functions.<name>] and [triggers.<name>]",
+                    "unknown section; use [functions.<name>], [triggers.<name>] and [stores.<name>]",
                 )),
             }
         }
@@ -171,6 +179,28 @@ impl Manifest {
             if let (Some(code_path), Some(code), Ok(spec)) = (code, bytes, spec) {
                 self.functions
                     .insert(name.clone(), ManifestFunction { code_path, code, spec });
+            }
+        }
+    }
+
+    fn read_stores(&mut self, value: &Value, errors: &mut Vec<FieldError>) {
+        let Value::Object(stores) = value else {
+            errors.push(problem("stores".into(), "must be a table of [stores.<name>]"));
+            return;
+        };
+        for (name, body) in stores {
+            let path = format!("stores.{name}");
+            if !crate::registry::valid_name(name) {
+                errors.push(problem(
+                    path.clone(),
+                    format!("`{name}` is not a valid store name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"),
+                ));
+            }
+            match StoreConfig::parse(body) {
+                Ok(s) => {
+                    self.stores.insert(name.clone(), s);
+                }
+                Err(problems) => errors.extend(problems.into_iter().map(|(f, m)| problem(under(&path, &f), m))),
             }
         }
     }

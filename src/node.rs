@@ -37,7 +37,8 @@ pub struct NodeConfig {
     pub ack_wait: Duration,
     /// Meter CPU with fuel (functions may then set a `fuel` budget).
     pub fuel: bool,
-    /// Webhook secrets by name, consulted before the environment.
+    /// Secrets by variable name (webhook secrets, store credentials),
+    /// consulted before the environment.
     pub secret_overrides: std::collections::HashMap<String, String>,
     /// Bearer token for `/metrics`. Without it, `/metrics` needs the API
     /// token when the node listens beyond loopback, and is open otherwise.
@@ -127,7 +128,16 @@ impl Node {
         exec_config.pool_instances = config.pool_instances;
         exec_config.fuel = config.fuel;
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
-        let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone());
+        let secrets = crate::secrets::Secrets {
+            overrides: config.secret_overrides.clone(),
+        };
+        let mut invoker = Invoker::new(
+            bus,
+            executor.clone(),
+            metrics,
+            config.node_name.clone(),
+            secrets.clone(),
+        );
         invoker.ack_wait = config.ack_wait;
         invoker.runs_locally = config.workers;
         if config.allow_link_local_destinations {
@@ -139,6 +149,9 @@ impl Node {
         let registry = invoker.registry.clone();
         tasks.push(tokio::spawn(registry.clone().run_watch(shutdown.subscribe())));
         tasks.push(tokio::spawn(invoker.triggers.clone().run_watch(shutdown.subscribe())));
+        tasks.push(tokio::spawn(
+            invoker.stores.registry.clone().run_watch(shutdown.subscribe()),
+        ));
         if config.sources {
             tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));
         }
@@ -181,9 +194,7 @@ impl Node {
                 max_event_size: config.max_event_size,
                 max_code_size: config.max_code_size,
                 loopback,
-                secrets: crate::api::Secrets {
-                    overrides: config.secret_overrides.clone(),
-                },
+                secrets,
                 sink: Arc::new(crate::sources::NatsSink::new(invoker.clone())),
                 state: Arc::new(crate::sources::KvState::new(invoker.bus.state.clone())),
             });

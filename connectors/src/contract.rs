@@ -42,6 +42,8 @@ pub struct MemorySink {
     pub park_down: Mutex<u32>,
     /// Parked events: (dedupe id, reason).
     pub parked: Mutex<Vec<(String, String)>>,
+    /// Set: JetStream "goes away" once this many events are stored.
+    pub outage_after: Mutex<Option<usize>>,
 }
 
 impl MemorySink {
@@ -85,6 +87,14 @@ impl Sink for MemorySink {
             return Err(SinkError::Rejected(reason));
         }
         let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .outage_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|n| stored.len() >= n)
+        {
+            return Err(SinkError::Unavailable("NATS went away (test)".into()));
+        }
         if stored.iter().any(|(id, _, _)| id == dedupe_id) {
             return Ok(Published::Duplicate);
         }

@@ -12,6 +12,8 @@
 //! - [`backoff`]: every retry delay of evoke and its sources, as named policies.
 //! - [`webhook`]: webhook authentication and request-to-event mapping.
 //! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
+//! - [`s3`]: the object storage source (notifications by webhook or SQS,
+//!   or polling) and [`store`]: the stores it and object access use.
 //! - [`lease`]: one holder at a time, for sources that run on one node only.
 //! - [`contract`]: the compliance checks every source's tests run.
 //! - [`units`]: sizes and durations as users write them.
@@ -24,10 +26,17 @@ pub mod cron;
 pub mod event;
 pub mod filter;
 pub mod lease;
+pub mod s3;
 pub mod schedule;
 pub mod source;
+pub mod store;
 pub mod trigger;
 pub mod units;
 pub mod webhook;
 
 pub use event::{Event, EventError};
+
+/// The AWS SDK crates the object storage source uses, for evoke's object
+/// access and destinations to use the same versions.
+#[cfg(feature = "s3")]
+pub use {aws_sdk_s3, aws_sdk_sqs};

@@ -84,14 +84,29 @@ pub async fn deliver<S: Sink>(
         Err(SinkError::Rejected(reason) | SinkError::Unavailable(reason)) => reason,
     };
     tracing::warn!(function, event = %event.id, %reason, "the queue refused the event; parking it in the dead-letter queue");
+    park_until_stored(sink, function, event, dedupe_id, &reason, stop).await?;
+    Some(Delivered::Parked(reason))
+}
+
+/// Parks `event` in the dead-letter queue with `reason`, retrying (with
+/// backoff) while JetStream is away. `None` when `stop` came first.
+pub async fn park_until_stored<S: Sink>(
+    sink: &S,
+    function: &str,
+    event: &Event,
+    dedupe_id: &str,
+    reason: &str,
+    stop: impl Future<Output = ()>,
+) -> Option<()> {
+    tokio::pin!(stop);
     let mut delays = crate::backoff::PUBLISH.delays();
     loop {
         let parked = tokio::select! {
-            r = sink.park(function, event, dedupe_id, &reason) => r,
+            r = sink.park(function, event, dedupe_id, reason) => r,
             _ = &mut stop => return None,
         };
         match parked {
-            Ok(()) => return Some(Delivered::Parked(reason)),
+            Ok(()) => return Some(()),
             Err(e) => {
                 let delay = delays.next().unwrap_or(crate::backoff::PUBLISH.max);
                 tracing::warn!(function, event = %event.id, error = %e, "event not parked yet; retrying in {delay:?}");

@@ -62,6 +62,7 @@ macro_rules! source_kinds {
 source_kinds! {
     "webhook" => Webhook(WebhookConfig),
     "cron" => Cron(CronConfig),
+    "s3" => S3(crate::s3::S3Config),
 }
 
 impl SourceConfig {
@@ -71,6 +72,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Webhook(_) => crate::webhook::last_event_key(name),
             SourceConfig::Cron(_) => crate::cron::cursor_key(name),
+            SourceConfig::S3(_) => crate::s3::last_event_key(name),
         }
     }
 }
@@ -252,7 +254,7 @@ fn join(a: &str, b: &str) -> String {
 }
 
 /// Pulls the field name out of serde's "unknown field `x`" / "missing field `x`".
-fn unknown_or_missing(message: &str) -> Option<String> {
+pub(crate) fn unknown_or_missing(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let end = start + message[start..].find('`')?;
     Some(message[start..end].to_string())
@@ -277,6 +279,7 @@ pub fn valid_name(s: &str) -> bool {
 fn check_source(source: &SourceConfig) -> Vec<Problem> {
     let mut p = Vec::new();
     match source {
+        SourceConfig::S3(c) => p.extend(c.check()),
         SourceConfig::Cron(c) => {
             if let Err(e) = c.parsed() {
                 let field = if e.contains("IANA") { "timezone" } else { "schedule" };

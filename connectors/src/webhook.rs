@@ -383,6 +383,34 @@ pub struct Request<'a> {
     pub fallback_id: String,
 }
 
+impl Request<'_> {
+    /// A header's value, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Checks who sent a request to a trigger with `auth` (any hook: webhooks,
+/// S3 notifications): no auth only when evoke listens on loopback, else
+/// the scheme's proof against the secrets `secret` looks up.
+pub fn authorize(
+    auth: &AuthConfig,
+    req: &Request<'_>,
+    secret: impl Fn(&str) -> Option<String>,
+    loopback: bool,
+) -> Result<(), Refusal> {
+    if auth.scheme == Scheme::None && !loopback {
+        return Err(Refusal::AuthRequired);
+    }
+    let header = |name: &str| req.header(name);
+    let secrets = auth.secret_env.resolve(secret);
+    auth.verify(&header, &req.body, &secrets, req.now)?;
+    Ok(())
+}
+
 /// A request that passed: queue (or run) `event` for the trigger's
 /// function, deduplicated by `dedupe_id`; or dropped by the filter.
 #[derive(Debug)]
@@ -422,7 +450,7 @@ pub fn receive(
     secret: impl Fn(&str) -> Option<String>,
     loopback: bool,
 ) -> Result<Received, Refusal> {
-    let (now, fallback_id) = (req.now, req.fallback_id.clone());
+    let fallback_id = req.fallback_id.clone();
     // A GET carries its data in the query string, which body signatures do
     // not cover: signed schemes take only requests with a body (triggers
     // saved before that rule are held to it here).
@@ -431,17 +459,8 @@ pub fn receive(
         let methods = config.methods.iter().filter(|m| allowed(m)).cloned().collect();
         return Err(Refusal::Method(methods));
     }
-    if config.auth.scheme == Scheme::None && !loopback {
-        return Err(Refusal::AuthRequired);
-    }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let secrets = config.auth.secret_env.resolve(secret);
-    config.auth.verify(&header, &req.body, &secrets, now)?;
+    authorize(&config.auth, req, secret, loopback)?;
+    let header = |name: &str| req.header(name);
 
     let pairs = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let mut event = match Event::from_http(pairs, req.body.clone())? {

@@ -6,6 +6,7 @@ mod functions;
 mod hooks;
 mod invoke;
 mod ops;
+mod stores;
 mod triggers;
 
 use std::sync::Arc;
@@ -99,22 +100,7 @@ pub struct ApiState {
     pub state: Arc<crate::sources::KvState>,
 }
 
-/// Webhook secrets by environment variable name: this process's environment,
-/// unless overridden (tests, embedding).
-#[derive(Debug, Clone, Default)]
-pub struct Secrets {
-    pub overrides: std::collections::HashMap<String, String>,
-}
-
-impl Secrets {
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.overrides
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-            .filter(|s| !s.is_empty())
-    }
-}
+pub use crate::secrets::Secrets;
 
 impl ApiState {
     /// Looks a function up: 404 when it does not exist, 503 when NATS
@@ -147,6 +133,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/triggers/{name}",
             get(triggers::show).put(triggers::put).delete(triggers::remove),
+        )
+        .route("/triggers/{name}/backfill", post(triggers::backfill))
+        .route("/stores", get(stores::list))
+        .route(
+            "/stores/{name}",
+            get(stores::show).put(stores::put).delete(stores::remove),
         )
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), auth));

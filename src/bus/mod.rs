@@ -45,6 +45,10 @@ pub const NODE_TTL: Duration = Duration::from_secs(15);
 /// How long a singleton source's lease lives without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// How long evoke remembers that a function wrote an object (its chain
+/// depth, for the recursion guard): longer than any notification takes.
+pub const CHAIN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Bytes left for headers below the server's `max_payload`.
 const HEADER_ROOM: usize = 4096;
 
@@ -108,6 +112,10 @@ pub struct Bus {
     pub nodes: kv::Store,
     /// Leases of singleton sources (KV, entries expire with their holder).
     pub leases: kv::Store,
+    /// Object stores.
+    pub stores: kv::Store,
+    /// Chain depths of objects functions wrote (the recursion guard).
+    pub chains: kv::Store,
     /// The servers this node was given, for messages.
     pub url: String,
     /// Replicas of evoke's streams and buckets.
@@ -168,6 +176,8 @@ impl Bus {
             state: kv(KV_STATE).await?,
             nodes: kv(KV_NODES).await?,
             leases: kv(KV_LEASES).await?,
+            stores: kv(KV_STORES).await?,
+            chains: kv(KV_CHAINS).await?,
             code: js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?,
             client,
             js,
@@ -327,6 +337,13 @@ async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), 
         (KV_STATE, "evoke: source cursors and last events", 1, Duration::ZERO),
         (KV_NODES, "evoke: node heartbeats", 1, NODE_TTL),
         (KV_LEASES, "evoke: leases of singleton sources", 1, LEASE_TTL),
+        (KV_STORES, "evoke: object stores", 1, Duration::ZERO),
+        (
+            KV_CHAINS,
+            "evoke: objects written by functions (recursion guard)",
+            1,
+            CHAIN_TTL,
+        ),
     ];
     for (bucket, description, history, max_age) in buckets {
         let current = match js.get_key_value(bucket).await {

@@ -13,6 +13,11 @@ pub const OBJ_CODE: &str = "EVOKE_CODE";
 pub const KV_NODES: &str = "EVOKE_NODES";
 /// Leases of singleton sources, key = what is held.
 pub const KV_LEASES: &str = "EVOKE_LEASES";
+/// Object stores (`[stores.NAME]`), key = store name.
+pub const KV_STORES: &str = "EVOKE_STORES";
+/// Objects written by functions, key = hash of store/bucket/key, value =
+/// the chain depth of the invocation that wrote it (the recursion guard).
+pub const KV_CHAINS: &str = "EVOKE_CHAINS";
 
 pub const SUBJECT_INVOKE: &str = "evoke.invoke";
 pub const SUBJECT_DLQ: &str = "evoke.dlq";

@@ -2,9 +2,9 @@
 //!
 //! Three phases, so a bad manifest changes nothing: validate the file
 //! locally (every problem, with its path); ask the server to validate every
-//! function and trigger that would change (`dry_run`); then apply, functions
-//! before the triggers that use them, and with `--prune` delete what the
-//! manifest no longer has (triggers before functions).
+//! store, function and trigger that would change (`dry_run`); then apply,
+//! stores and functions before the triggers that use them, and with
+//! `--prune` delete what the manifest no longer has (triggers first).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,9 +56,11 @@ pub async fn apply(
     let deployed = Deployed {
         functions: list(client, "/v1/functions", "functions").await?,
         triggers: list(client, "/v1/triggers", "triggers").await?,
+        stores: list(client, "/v1/stores", "stores").await?,
     };
     let mut problems = Vec::new();
-    let mut plan = plan_functions(client, &manifest, &deployed, &mut problems).await?;
+    let mut plan = plan_stores(client, &manifest, &deployed, &mut problems).await;
+    plan.extend(plan_functions(client, &manifest, &deployed, &mut problems).await?);
     plan.extend(plan_triggers(client, &manifest, &deployed, &mut problems).await);
     if prune {
         plan.extend(plan_prune(client, &manifest, &deployed));
@@ -79,6 +81,38 @@ pub async fn apply(
 struct Deployed {
     functions: BTreeMap<String, Value>,
     triggers: BTreeMap<String, Value>,
+    stores: BTreeMap<String, Value>,
+}
+
+/// Creates or updates for the manifest's stores, checked by the server.
+async fn plan_stores(
+    client: &Client,
+    manifest: &Manifest,
+    deployed: &Deployed,
+    problems: &mut Vec<String>,
+) -> Vec<Step> {
+    let mut plan = Vec::new();
+    for (name, config) in &manifest.stores {
+        let body = serde_json::to_value(config).unwrap_or_default();
+        let action = match deployed.stores.get(name) {
+            None => Action::Created,
+            Some(cur) if cur["config"] == body => Action::Unchanged,
+            Some(_) => Action::Updated,
+        };
+        let put = || client.request(Method::PUT, &format!("/v1/stores/{name}")).json(&body);
+        if action != Action::Unchanged
+            && let Err(e) = client.json(put().query(&[("dry_run", "true")])).await
+        {
+            problems.push(format!("  stores.{name}: {e}"));
+        }
+        let change = Change {
+            kind: "store",
+            name: name.clone(),
+            action,
+        };
+        plan.push((change, put()));
+    }
+    plan
 }
 
 /// Creates or updates for the manifest's functions; what the server's dry
@@ -127,6 +161,15 @@ async fn plan_triggers(
                 t.function
             ));
         }
+        if let evoke_connectors::trigger::SourceConfig::S3(c) = &t.source
+            && !manifest.stores.contains_key(&c.store)
+            && !deployed.stores.contains_key(&c.store)
+        {
+            problems.push(format!(
+                "  triggers.{name}.store: store `{}` is neither in the manifest ([stores.{}]) nor on the server",
+                c.store, c.store
+            ));
+        }
         let body = t.to_value();
         let action = match deployed.triggers.get(name) {
             None => Action::Created,
@@ -150,7 +193,7 @@ async fn plan_triggers(
 }
 
 /// Deletes for what the manifest no longer has: triggers before the
-/// functions they use.
+/// functions and stores they use.
 fn plan_prune(client: &Client, manifest: &Manifest, deployed: &Deployed) -> Vec<Step> {
     let triggers = deployed
         .triggers
@@ -162,8 +205,14 @@ fn plan_prune(client: &Client, manifest: &Manifest, deployed: &Deployed) -> Vec<
         .keys()
         .filter(|n| !manifest.functions.contains_key(*n))
         .map(|n| ("function", n, format!("/v1/functions/{n}")));
+    let stores = deployed
+        .stores
+        .keys()
+        .filter(|n| !manifest.stores.contains_key(*n))
+        .map(|n| ("store", n, format!("/v1/stores/{n}")));
     triggers
         .chain(functions)
+        .chain(stores)
         .map(|(kind, name, path)| {
             let change = Change {
                 kind,

@@ -60,8 +60,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: Option<TriggersCmd>,
     },
+    /// List, show or remove object stores (lists when no subcommand is
+    /// given), each with whether this node reaches it.
+    Stores {
+        #[command(subcommand)]
+        cmd: Option<StoresCmd>,
+    },
     /// Make the server match a manifest: create, update and (with --prune)
-    /// delete functions and triggers, printing what changed.
+    /// delete stores, functions and triggers, printing what changed.
     Apply(ApplyArgs),
     /// The cluster as the server sees it: nodes, NATS servers, stream
     /// replicas and leaders, queues, dead letters, and warnings.
@@ -75,6 +81,31 @@ pub enum TriggersCmd {
     /// Show one trigger.
     Show { name: String },
     /// Remove a trigger.
+    Rm { name: String },
+    /// Emit events for objects already in an s3 trigger's bucket (once:
+    /// a second backfill does not repeat what is already queued).
+    Backfill {
+        name: String,
+        /// Only keys under this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only objects modified since: an RFC 3339 time, or a duration
+        /// back from now such as 24h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Count what would be queued without queuing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoresCmd {
+    /// List stores and whether this node reaches them.
+    Ls,
+    /// Show one store.
+    Show { name: String },
+    /// Remove a store (refused while triggers use it).
     Rm { name: String },
 }
 
@@ -336,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => output::dlq(&client, cmd, cli.json).await,
         Command::Logs(args) => output::logs(&client, args, cli.json).await,
         Command::Triggers { cmd } => output::triggers(&client, cmd.unwrap_or(TriggersCmd::Ls), cli.json).await,
+        Command::Stores { cmd } => output::stores(&client, cmd.unwrap_or(StoresCmd::Ls), cli.json).await,
         Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json)
             .await
             .map(|_| ()),

@@ -378,6 +378,119 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
                 println!("removed trigger {name}");
             }
         }
+        TriggersCmd::Backfill {
+            name,
+            prefix,
+            since,
+            dry_run,
+        } => backfill(client, &name, prefix, since, dry_run, json).await?,
+    }
+    Ok(())
+}
+
+/// Streams a backfill's progress: a line per listed page (or the JSON
+/// lines themselves with --json), then the totals.
+async fn backfill(
+    client: &Client,
+    name: &str,
+    prefix: Option<String>,
+    since: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let body = serde_json::json!({ "prefix": prefix, "since": since, "dry_run": dry_run });
+    let resp = client
+        .send(
+            client
+                .request(Method::POST, &format!("/v1/triggers/{name}/backfill"))
+                .json(&body),
+        )
+        .await?;
+    let mut stream = resp.bytes_stream();
+    let mut buffer = Vec::new();
+    let mut last = serde_json::Value::Null;
+    while let Some(chunk) = stream.next().await {
+        buffer.extend_from_slice(&chunk?);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if json {
+                println!("{v}");
+            } else if let Some(e) = v["error"].as_str() {
+                anyhow::bail!("backfill of {name} stopped: {e} (what was queued stays queued; run it again to go on)");
+            } else if v["done"] != true {
+                eprintln!(
+                    "listed {} objects: {} queued, {} already queued, {} filtered out",
+                    v["listed"], v["queued"], v["duplicates"], v["filtered"]
+                );
+            }
+            last = v;
+        }
+    }
+    if last["done"] != true {
+        anyhow::bail!("backfill of {name} ended early: the connection closed (run it again to go on)");
+    }
+    if let Some(e) = last["error"].as_str() {
+        anyhow::bail!("backfill of {name} stopped: {e}");
+    }
+    if !json {
+        let verb = if dry_run { "would queue" } else { "queued" };
+        println!(
+            "backfill of {name}: {} objects listed, {verb} {}, {} already queued, {} filtered out, {} dead-lettered",
+            last["listed"], last["queued"], last["duplicates"], last["filtered"], last["parked"]
+        );
+    }
+    Ok(())
+}
+
+pub async fn stores(client: &Client, cmd: super::StoresCmd, json: bool) -> anyhow::Result<()> {
+    use super::StoresCmd;
+    match cmd {
+        StoresCmd::Ls => {
+            let v = client.json(client.request(Method::GET, "/v1/stores")).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let all = v["stores"].as_array().cloned().unwrap_or_default();
+            if all.is_empty() {
+                println!("no stores; add one as [stores.<name>] in evoke.toml and run `evoke apply`");
+                return Ok(());
+            }
+            println!("{:<20} {:<12} ENDPOINT", "NAME", "STATE");
+            for st in &all {
+                println!(
+                    "{:<20} {:<12} {}",
+                    st["name"].as_str().unwrap_or(""),
+                    st["state"].as_str().unwrap_or(""),
+                    st["config"]["endpoint"].as_str().unwrap_or("AWS")
+                );
+            }
+            for st in &all {
+                if let Some(error) = st["error"].as_str() {
+                    eprintln!("{}: {error}", st["name"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+        StoresCmd::Show { name } => {
+            let v = client
+                .json(client.request(Method::GET, &format!("/v1/stores/{name}")))
+                .await?;
+            print_json(&v);
+        }
+        StoresCmd::Rm { name } => {
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/stores/{name}")))
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed store {name}");
+            }
+        }
     }
     Ok(())
 }

@@ -32,6 +32,8 @@ use crate::observe::logs::{LogBatch, LogLine};
 use crate::observe::metrics::Metrics;
 use crate::registry::triggers::TriggerRegistry;
 use crate::registry::{DeployedFunction, Registry};
+use crate::secrets::Secrets;
+use crate::stores::{StoreRegistry, Stores};
 use records::{Mode, Record, Status};
 
 /// Why an invocation record could not be read.
@@ -59,6 +61,8 @@ pub struct Invoker {
     pub bus: Bus,
     pub registry: Registry,
     pub triggers: TriggerRegistry,
+    /// Object stores and this node's clients for them.
+    pub stores: Arc<Stores>,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     /// This node's name, recorded in every attempt.
@@ -93,14 +97,16 @@ pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
 }
 
 impl Invoker {
-    pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String) -> Invoker {
+    pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String, secrets: Secrets) -> Invoker {
         let http = destinations::http_client(false);
         let registry = Registry::new(bus.functions.clone());
         let triggers = TriggerRegistry::new(bus.triggers.clone());
+        let stores = Arc::new(Stores::new(StoreRegistry::new(bus.stores.clone()), secrets));
         Invoker {
             bus,
             registry,
             triggers,
+            stores,
             executor,
             metrics,
             node,

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
 
 pub mod lease;
+pub mod s3;
 use crate::supervise::{Supervised, reconcile, stop_all};
 
 /// Publishes source events onto the target function's queue.
@@ -98,15 +99,32 @@ where
     evoke_connectors::lease::run_singleton(leases, key, invoker.node.clone(), crate::bus::LEASE_TTL, stop, work).await
 }
 
-/// Keeps one task per cron trigger running, following the trigger registry.
+/// The version of what a trigger's task runs: its own revision and, for a
+/// trigger reading a store, the store's (a changed endpoint or credentials
+/// restart it).
+fn version(trigger: u64, store: Option<u64>) -> u64 {
+    trigger.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ store.map_or(0, |s| s.wrapping_add(1))
+}
+
+/// Keeps one task per trigger that needs one (cron, s3 by SQS or polling)
+/// running, following the trigger and store registries.
 pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
     let sink = Arc::new(NatsSink::new(invoker.clone()));
     let state = Arc::new(KvState::new(invoker.bus.state.clone()));
     let mut triggers = invoker.triggers.subscribe();
+    let mut stores = invoker.stores.registry.subscribe();
     let mut running: HashMap<String, Supervised> = HashMap::new();
     loop {
         let current = triggers.borrow_and_update().clone();
-        let desired: HashMap<String, u64> = current.iter().map(|(n, t)| (n.clone(), t.revision)).collect();
+        let current_stores = stores.borrow_and_update().clone();
+        let desired: HashMap<String, u64> = current
+            .iter()
+            .map(|(n, t)| {
+                let store = t.spec.get("store").and_then(|s| s.as_str());
+                let store_rev = store.and_then(|s| current_stores.get(s)).map(|s| s.revision);
+                (n.clone(), version(t.revision, store_rev))
+            })
+            .collect();
         for (name, revision) in reconcile(&mut running, &desired) {
             let Some(stored) = current.get(&name) else { continue };
             let spec = match stored.parsed() {
@@ -123,14 +141,66 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                 }),
                 // Served by the API at /hooks/<trigger>: no task here.
                 SourceConfig::Webhook(_) => continue,
+                SourceConfig::S3(config) => {
+                    match s3_task(&invoker, &name, spec.function, config, spec.filter, stored.updated_at) {
+                        Some(start) => Supervised::spawn(revision, start),
+                        None => continue,
+                    }
+                }
             };
             tracing::info!(trigger = %name, "source started");
             running.insert(name, task);
         }
         tokio::select! {
             changed = triggers.changed() => if changed.is_err() { break },
+            changed = stores.changed() => if changed.is_err() { break },
             _ = shutdown.recv() => break,
         }
     }
     stop_all(running).await;
+}
+
+type Start = Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// The task of an s3 trigger on this node: SQS and polling need one; a
+/// webhook is served by the API.
+fn s3_task(
+    invoker: &Arc<Invoker>,
+    trigger: &str,
+    function: String,
+    config: evoke_connectors::s3::S3Config,
+    filter: Option<evoke_connectors::filter::Filter>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Option<Start> {
+    use evoke_connectors::s3::Via;
+    #[cfg(feature = "s3")]
+    {
+        use futures::FutureExt;
+        let task = s3::Task {
+            invoker: invoker.clone(),
+            trigger: evoke_connectors::s3::S3Trigger {
+                name: trigger.to_string(),
+                function,
+                config,
+                filter,
+            },
+            since,
+        };
+        match task.trigger.config.via {
+            Via::Webhook => None,
+            Via::Sqs => Some(Box::new(move |stop| task.read_sqs(stop).boxed())),
+            Via::Poll => Some(Box::new(move |stop| task.poll(stop).boxed())),
+        }
+    }
+    #[cfg(not(feature = "s3"))]
+    {
+        let _ = (invoker, function, filter, since);
+        if config.via != Via::Webhook {
+            tracing::error!(
+                trigger,
+                "this build of evoke has no object storage support (the `s3` feature); not running the trigger"
+            );
+        }
+        None
+    }
 }
