@@ -34,6 +34,10 @@ pub struct StoreConfig {
     /// Environment variable holding a session token (temporary credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_token_env: Option<String>,
+    /// PEM file (on each node) with the CA that signed an `https` endpoint's
+    /// certificate, trusted besides the system's roots (private CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -90,6 +94,9 @@ impl StoreConfig {
             (Some(_), None) => p.push(("secret_key_env".into(), "is required with access_key_env".into())),
             (None, Some(_)) => p.push(("access_key_env".into(), "is required with secret_key_env".into())),
             _ => {}
+        }
+        if self.ca_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            p.push(("ca_file".into(), "must be the path of a PEM file".into()));
         }
         if self.session_token_env.is_some() && self.access_key_env.is_none() {
             p.push((
@@ -156,6 +163,8 @@ pub enum StoreError {
     MissingCredentials(String),
     #[error("this build of evoke has no object storage support (built without the `s3` feature)")]
     NotBuilt,
+    #[error("cannot use ca_file {path}: {reason}")]
+    BadCa { path: String, reason: String },
     #[error("the store refused: {0}")]
     Refused(String),
     #[error("the store cannot be reached: {0}")]
@@ -164,22 +173,34 @@ pub enum StoreError {
 
 #[cfg(feature = "s3")]
 mod client {
-    use aws_sdk_s3::config::{Credentials, Region};
+    use aws_sdk_s3::config::{Credentials, Region, SharedHttpClient};
 
     use super::{StoreConfig, StoreError};
 
-    /// One HTTPS client (rustls on ring) for every AWS SDK client of the
-    /// process: the SDK's default would bring a second crypto provider.
-    pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
-        use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-        static CLIENT: std::sync::OnceLock<aws_sdk_s3::config::SharedHttpClient> = std::sync::OnceLock::new();
-        CLIENT
-            .get_or_init(|| {
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-                    .build_https()
-            })
-            .clone()
+    /// The HTTPS client (rustls on ring) for the AWS SDK clients of a
+    /// store: the SDK's default would bring a second crypto provider into
+    /// the process. Stores trusting the system's roots share one; a store
+    /// with a `ca_file` gets its own, trusting that CA too.
+    pub fn http_client(ca_file: Option<&str>) -> Result<SharedHttpClient, StoreError> {
+        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+        static SHARED: std::sync::OnceLock<SharedHttpClient> = std::sync::OnceLock::new();
+        let builder = || aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+        let Some(path) = ca_file else {
+            return Ok(SHARED.get_or_init(|| builder().build_https()).clone());
+        };
+        let bad = |reason: String| StoreError::BadCa {
+            path: path.to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(bad("not a PEM file".into()));
+        }
+        let context = TlsContext::builder()
+            .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(builder().tls_context(context).build_https())
     }
 
     /// The SDK configuration for `store`: its endpoint, region and
@@ -189,7 +210,7 @@ mod client {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<aws_config::SdkConfig, StoreError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http_client())
+            .http_client(http_client(store.ca_file.as_deref())?)
             .region(Region::new(store.region().to_string()));
         if let Some(keys) = store.credentials(lookup)? {
             loader = loader.credentials_provider(Credentials::new(

@@ -169,9 +169,10 @@ impl From<evoke_connectors::store::StoreError> for ApiError {
         match e {
             StoreError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
             StoreError::NotBuilt => ApiError::new(StatusCode::NOT_IMPLEMENTED, "NotBuilt", e.to_string()),
-            StoreError::MissingCredentials(_) | StoreError::Refused(_) | StoreError::Unreachable(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "StoreUnavailable", e.to_string())
-            }
+            StoreError::MissingCredentials(_)
+            | StoreError::BadCa { .. }
+            | StoreError::Refused(_)
+            | StoreError::Unreachable(_) => ApiError::new(StatusCode::BAD_GATEWAY, "StoreUnavailable", e.to_string()),
         }
     }
 }

@@ -591,3 +591,241 @@ where
         assert!(start.elapsed() < within, "still changing after {within:?}: {last}");
     }
 }
+
+/// A real S3 and SQS API server (`moto_server`) of our own, on a free port;
+/// killed on drop.
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+    pub scheme: &'static str,
+}
+
+/// The credentials the tests' stores name (moto takes any).
+pub const S3_KEYS: [(&str, &str); 2] = [("S3_KEY", "test"), ("S3_SECRET", "test")];
+
+impl Moto {
+    pub fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// Starts moto serving HTTPS with this certificate and key.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Moto {
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let mut m = Self::start_with(&["-c", &c, "-k", &k]);
+        m.scheme = "https";
+        m
+    }
+
+    fn start_with(extra: &[&str]) -> Moto {
+        init_tracing();
+        let bin = std::env::var("EVOKE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        with_free_ports(|| {
+            let port = free_port()?;
+            let mut child = std::process::Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot run {bin} (scripts/setup installs it): {e}"))?;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Moto {
+                        child,
+                        port,
+                        scheme: "http",
+                    });
+                }
+                if let Some(status) = child.try_wait()? {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    anyhow::bail!("moto_server exited ({status}): {err}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            anyhow::bail!("moto_server did not listen on {port} within 30s")
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// The store table for this server, credentials named by [`S3_KEYS`].
+    pub fn store(&self) -> Value {
+        serde_json::json!({
+            "endpoint": self.endpoint(), "region": "us-east-1",
+            "access_key_env": S3_KEYS[0].0, "secret_key_env": S3_KEYS[1].0,
+        })
+    }
+
+    fn config(&self) -> evoke_connectors::store::StoreConfig {
+        evoke_connectors::store::StoreConfig::parse(&self.store()).expect("store config")
+    }
+
+    fn keys(name: &str) -> Option<String> {
+        S3_KEYS.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    /// An S3 client, as a user's own program would have one.
+    pub async fn s3(&self) -> evoke_connectors::aws_sdk_s3::Client {
+        evoke_connectors::store::s3_client(&self.config(), Self::keys)
+            .await
+            .expect("s3 client")
+    }
+
+    /// An SQS client of the same server.
+    pub async fn sqs(&self) -> evoke_connectors::aws_sdk_sqs::Client {
+        evoke_connectors::store::sqs_client(&self.config(), &self.endpoint(), Self::keys)
+            .await
+            .expect("sqs client")
+    }
+
+    /// Creates a bucket.
+    pub async fn bucket(&self, name: &str) {
+        self.s3()
+            .await
+            .create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .expect("create bucket");
+    }
+
+    /// Uploads an object.
+    pub async fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.s3()
+            .await
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.to_vec().into())
+            .send()
+            .await
+            .expect("put object");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node whose secrets hold the test stores' credentials (and `extra`).
+pub async fn node_with_s3_keys(nats: &str, extra: &[(&str, &str)], workers: bool) -> TestNode {
+    let dir = TempDir::new().expect("temp dir");
+    let mut c = config(nats, &dir);
+    c.workers = workers;
+    c.secret_overrides = S3_KEYS
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    TestNode::with_config(c, dir).await
+}
+
+impl TestNode {
+    /// POSTs JSON; returns status and body.
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url(path)).json(&body).send().await.expect("post");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates or updates a store; returns status and body.
+    pub async fn put_store(&self, name: &str, spec: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/stores/{name}")))
+            .json(&spec)
+            .send()
+            .await
+            .expect("put store");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Runs `openssl` in `dir`, which must succeed.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA (`ca.pem`) and a server certificate it signed for
+/// 127.0.0.1 and localhost (`server.pem`, `server.key`), in `dir`.
+pub fn private_ca(d: &std::path::Path) {
+    let days = ["-days", "1"];
+    openssl(
+        d,
+        &[
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=evoke-test-ca",
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write ext");
+    openssl(
+        d,
+        &[
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-extfile",
+                "ext",
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+}

@@ -1,12 +1,10 @@
 //! Reaching a secured NATS: user and password, token, TLS with a private CA.
 //! Each against a real nats-server configured that way.
 
-use std::process::Command;
-
 use evoke::cli::nats::{ManagedNats, find_server, free_port};
 use evoke::node::Node;
 
-use crate::common::{TestNode, config, example, with_free_ports};
+use crate::common::{TestNode, config, example, private_ca, with_free_ports};
 
 /// A nats-server with `extra` configuration, on a free port.
 fn secured(dir: &std::path::Path, extra: &str) -> ManagedNats {
@@ -43,77 +41,11 @@ async fn user_password_and_token_are_sent_and_required() {
     node.stop().await;
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn tls_with_a_private_ca() {
     let dir = tempfile::TempDir::new().unwrap();
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=evoke-test-ca",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext",
-        ],
-    );
+    private_ca(d);
     let tls = format!(
         "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
         d.join("server.pem").display().to_string(),

@@ -10,6 +10,7 @@ mod cluster;
 mod connection;
 mod deploy;
 mod hardening;
+mod objects;
 mod resilience;
 mod sandbox;
 mod sync_invoke;

@@ -306,12 +306,8 @@ pub fn record_event(trigger: &str, r: &Record, chain: u32) -> Event {
     let id = hex::encode(&Sha256::digest(dedupe_id(r).as_bytes())[..16]);
     let mut e = Event::new(id, r.bucket.clone(), format!("com.amazonaws.s3.{}", r.event_name));
     e.subject = Some(r.key.clone());
-    if let Some(t) = r
-        .event_time
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    {
-        e.time = Some(t.with_timezone(&chrono::Utc));
+    if let Some(t) = r.event_time.as_deref().and_then(parse_time) {
+        e.time = Some(t);
     }
     e.extensions.insert("evoketrigger".into(), trigger.to_string());
     e.extensions.insert(EXT_CHAIN.into(), chain.to_string());
@@ -319,6 +315,18 @@ pub fn record_event(trigger: &str, r: &Record, chain: u32) -> Event {
         Some("application/json".into()),
         Bytes::from(serde_json::to_vec(&r.raw).unwrap_or_default()),
     )
+}
+
+/// An event time as stores write it: RFC 3339, or without a zone (UTC).
+fn parse_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|n| n.and_utc())
+        })
 }
 
 /// What became of a notification's records.

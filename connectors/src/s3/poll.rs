@@ -11,8 +11,8 @@
 //! the holder dies).
 //!
 //! The first round of a trigger with no saved state emits only objects
-//! modified since the trigger was created; older objects are what
-//! `evoke triggers backfill` is for.
+//! modified since the trigger was created (less [`FIRST_ROUND_SLACK`]);
+//! older objects are what `evoke triggers backfill` is for.
 //!
 //! Cost: one LIST request per 1000 keys under the prefix per round, and
 //! about (key length + 24) bytes of state per object.
@@ -34,6 +34,10 @@ use crate::store::{StoreError, describe};
 
 /// Largest state chunk stored in one KV value.
 pub const CHUNK: usize = 256 * 1024;
+
+/// On a trigger's first round, objects modified this long before it was
+/// created still count as new.
+pub const FIRST_ROUND_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// One object as a listing shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,7 +239,9 @@ pub fn diff(
         let t = tag(&o.etag);
         let new = match seen {
             Some(seen) => seen.get(&o.key) != Some(&t),
-            None => o.modified.is_none_or(|m| m >= since),
+            // Stores keep whole seconds, and their clocks drift: an object
+            // written just before the trigger is rather sent than missed.
+            None => o.modified.is_none_or(|m| m >= since - FIRST_ROUND_SLACK),
         };
         if new {
             records.push(listed_record(bucket, o, "ObjectCreated:Put", "evoke:poll"));
