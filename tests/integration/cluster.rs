@@ -340,10 +340,23 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let load = tokio::spawn(send_load_to(n, rate, path, move || all.clone()));
     tokio::time::sleep(Duration::from_millis(n as u64 * 1000 / rate / 3)).await;
     tokio::task::block_in_place(|| cluster.kill(victim));
+    let killed_at = chrono::Utc::now().timestamp_millis();
     let sent = load.await.unwrap();
     refused_only_for(&sent, "503");
     let survivor = (0..3).find(|i| *i != victim).unwrap();
     check_every_accepted_ran(&first, &cluster.url(survivor), &sent).await;
+    // The cron source holds the tick the election refused and retries it
+    // (backoff up to 10 s): wait until ticks scheduled after the kill ran,
+    // however long the election took on a busy machine.
+    let url = cluster.url(survivor);
+    crate::common::eventually(Duration::from_secs(90), "cron ticks after the kill", || {
+        let url = url.clone();
+        async move {
+            let ticks = cron_ticks(&url).await;
+            (ticks.iter().filter(|t| **t > killed_at + 1000).count() >= 2).then_some(())
+        }
+    })
+    .await;
     // A 503 (with Retry-After) while a stream elects its leader is a fair
     // answer: try again, as a client should.
     let start = Instant::now();
