@@ -231,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
     // 4. The sandbox: cold start from cached compiled code, and a warm call,
     //    against raw wasmtime doing the same through the same engine settings.
     let cache = tempfile::TempDir::new()?;
-    let exec = Executor::new(ExecutorConfig::new(cache.path().into()), None)?;
+    let exec = Executor::new(ExecutorConfig::new(cache.path().into()), None, None)?;
     let code = Bytes::from(examples("counter"));
     let (kind, digest) = exec
         .check_code(code.clone())
@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
             deployed_at: Utc::now(),
             revision: rev,
         });
-        let run = exec.invoke(&f, &event, Duration::from_secs(5)).await;
+        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
         anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
         let c = run.cold.expect("a new revision starts cold");
         load.push(Duration::from_micros(c.compile_or_load_us));
@@ -268,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let mut warm = Vec::new();
     for i in 0..rounds * 10 + 1 {
-        let run = exec.invoke(&f, &event, Duration::from_secs(5)).await;
+        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
         if i > 0 {
             warm.push(run.duration);
         }

@@ -127,17 +127,12 @@ impl Node {
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
         exec_config.fuel = config.fuel;
-        let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()))?);
         let secrets = crate::secrets::Secrets {
             overrides: config.secret_overrides.clone(),
         };
-        let mut invoker = Invoker::new(
-            bus,
-            executor.clone(),
-            metrics,
-            config.node_name.clone(),
-            secrets.clone(),
-        );
+        let stores = Arc::new(crate::stores::Stores::new(&bus, secrets.clone()));
+        let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()), stores.backend())?);
+        let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone(), stores);
         invoker.ack_wait = config.ack_wait;
         invoker.runs_locally = config.workers;
         if config.allow_link_local_destinations {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use evoke_connectors::store::{StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::executor::objects::ObjectBackend;
 use crate::registry::{Catalog, Entry, RegistryError};
 use crate::secrets::Secrets;
 
@@ -45,6 +46,8 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Stores {
     pub registry: StoreRegistry,
     pub secrets: Secrets,
+    /// Chain depths of objects functions wrote (KV EVOKE_CHAINS).
+    chains: async_nats::jetstream::kv::Store,
     #[cfg(feature = "s3")]
     clients: Mutex<HashMap<String, (u64, evoke_connectors::aws_sdk_s3::Client)>>,
     #[cfg(not(feature = "s3"))]
@@ -53,11 +56,26 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn new(registry: StoreRegistry, secrets: Secrets) -> Stores {
+    pub fn new(bus: &crate::bus::Bus, secrets: Secrets) -> Stores {
         Stores {
-            registry,
+            registry: StoreRegistry::new(bus.stores.clone()),
             secrets,
+            chains: bus.chains.clone(),
             clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The object backend functions use: these stores (none in a build
+    /// without `s3`).
+    pub fn backend(self: &Arc<Self>) -> Option<Arc<dyn ObjectBackend>> {
+        #[cfg(feature = "s3")]
+        {
+            Some(self.clone() as Arc<dyn ObjectBackend>)
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = &self.chains;
+            None
         }
     }
 
@@ -140,5 +158,251 @@ fn bucket_error(bucket: &str, e: StoreError) -> StoreError {
             "bucket `{bucket}` does not exist (or is not visible to these credentials)"
         )),
         other => other,
+    }
+}
+
+/// Functions' object calls, on the stores' S3 clients.
+#[cfg(feature = "s3")]
+mod backend {
+    use evoke_connectors::aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+    use evoke_connectors::aws_sdk_s3::primitives::ByteStream;
+    use futures::future::BoxFuture;
+
+    use super::Stores;
+    use crate::executor::objects::{NewObject, ObjectBackend, ObjectError, ObjectInfo, ObjectResult};
+
+    /// User metadata evoke sets on objects functions write.
+    pub const META_CHAIN: &str = "evoke-chain";
+    pub const META_FUNCTION: &str = "evoke-function";
+    pub const META_INVOCATION: &str = "evoke-invocation";
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+        e: SdkError<E, R>,
+        what: &str,
+    ) -> ObjectError {
+        let code = match &e {
+            SdkError::ServiceError(s) => s.err().code().map(str::to_string),
+            _ => None,
+        };
+        match code.as_deref() {
+            Some("NoSuchKey" | "NoSuchBucket" | "NotFound") => ObjectError::NotFound(what.to_string()),
+            Some("InvalidRange") => ObjectError::Invalid(format!("the range is past the end of {what}")),
+            _ => ObjectError::Store(evoke_connectors::store::describe(&e).to_string()),
+        }
+    }
+
+    fn store_error(e: evoke_connectors::store::StoreError) -> ObjectError {
+        match e {
+            evoke_connectors::store::StoreError::Unknown(_) => ObjectError::NotFound(e.to_string()),
+            other => ObjectError::Store(other.to_string()),
+        }
+    }
+
+    fn time(t: Option<&evoke_connectors::aws_sdk_s3::primitives::DateTime>) -> Option<String> {
+        t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
+
+    fn metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = m
+            .map(|m| m.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// User metadata travels in HTTP headers: names are tokens, values
+    /// printable ASCII.
+    fn check_metadata(m: &[(String, String)]) -> ObjectResult<()> {
+        for (k, v) in m {
+            let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(ObjectError::Invalid(format!(
+                    "metadata name `{k}` must be letters, digits, `-` and `_`"
+                )));
+            }
+            if k.to_lowercase().starts_with("evoke-") {
+                return Err(ObjectError::Invalid(format!(
+                    "metadata name `{k}` is reserved for evoke"
+                )));
+            }
+            if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(ObjectError::Invalid(format!(
+                    "metadata `{k}` must be printable ASCII (encode other text first)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    impl ObjectBackend for Stores {
+        fn get<'a>(
+            &'a self,
+            store: &'a str,
+            bucket: &'a str,
+            key: &'a str,
+            range: Option<(u64, u64)>,
+            max: u64,
+        ) -> BoxFuture<'a, ObjectResult<(ObjectInfo, Vec<u8>)>> {
+            Box::pin(async move {
+                let client = self.client(store).await.map_err(store_error)?;
+                let what = format!("{store}/{bucket}/{key}");
+                let mut req = client.get_object().bucket(bucket).key(key);
+                if let Some((offset, length)) = range {
+                    let last = offset.saturating_add(length).saturating_sub(1);
+                    req = req.range(format!("bytes={offset}-{last}"));
+                }
+                let out = req.send().await.map_err(|e| error(e, &what))?;
+                let length = out.content_length().unwrap_or(0).max(0) as u64;
+                if length > max {
+                    // The body is dropped unread: the connection is closed.
+                    return Err(ObjectError::TooLarge(length));
+                }
+                let info = ObjectInfo {
+                    key: key.to_string(),
+                    size: length,
+                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    content_type: out.content_type().map(str::to_string),
+                    last_modified: time(out.last_modified()),
+                    metadata: metadata(out.metadata()),
+                };
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| ObjectError::Store(format!("reading {what}: {e}")))?
+                    .into_bytes();
+                if body.len() as u64 > max {
+                    return Err(ObjectError::TooLarge(body.len() as u64));
+                }
+                Ok((info, body.to_vec()))
+            })
+        }
+
+        fn head<'a>(
+            &'a self,
+            store: &'a str,
+            bucket: &'a str,
+            key: &'a str,
+        ) -> BoxFuture<'a, ObjectResult<ObjectInfo>> {
+            Box::pin(async move {
+                let client = self.client(store).await.map_err(store_error)?;
+                let what = format!("{store}/{bucket}/{key}");
+                let out = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| error(e, &what))?;
+                Ok(ObjectInfo {
+                    key: key.to_string(),
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    content_type: out.content_type().map(str::to_string),
+                    last_modified: time(out.last_modified()),
+                    metadata: metadata(out.metadata()),
+                })
+            })
+        }
+
+        fn put<'a>(
+            &'a self,
+            store: &'a str,
+            bucket: &'a str,
+            key: &'a str,
+            object: NewObject,
+        ) -> BoxFuture<'a, ObjectResult<ObjectInfo>> {
+            Box::pin(async move {
+                check_metadata(&object.metadata)?;
+                let client = self.client(store).await.map_err(store_error)?;
+                // The chain is noted before the object exists: its
+                // notification can never overtake it.
+                crate::sources::s3::KvChains::record(&self.chains, store, bucket, key, object.chain)
+                    .await
+                    .map_err(|e| ObjectError::Store(format!("cannot note the invocation chain in NATS: {e}")))?;
+                let size = object.body.len() as u64;
+                let mut req = client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(object.body))
+                    .set_content_type(object.content_type.clone())
+                    .metadata(META_CHAIN, object.chain.to_string())
+                    .metadata(META_FUNCTION, &object.function)
+                    .metadata(META_INVOCATION, &object.invocation);
+                for (k, v) in &object.metadata {
+                    req = req.metadata(k.to_lowercase(), v);
+                }
+                let what = format!("{store}/{bucket}/{key}");
+                let out = req.send().await.map_err(|e| error(e, &what))?;
+                let mut metadata = object.metadata;
+                metadata.push((META_CHAIN.into(), object.chain.to_string()));
+                Ok(ObjectInfo {
+                    key: key.to_string(),
+                    size,
+                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    content_type: object.content_type,
+                    last_modified: None,
+                    metadata,
+                })
+            })
+        }
+
+        fn list<'a>(
+            &'a self,
+            store: &'a str,
+            bucket: &'a str,
+            prefix: &'a str,
+            continuation: Option<String>,
+            max_keys: u32,
+        ) -> BoxFuture<'a, ObjectResult<(Vec<ObjectInfo>, Option<String>)>> {
+            Box::pin(async move {
+                let client = self.client(store).await.map_err(store_error)?;
+                let out = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(continuation)
+                    .max_keys(max_keys as i32)
+                    .send()
+                    .await
+                    .map_err(|e| error(e, &format!("{store}/{bucket}")))?;
+                let objects = out
+                    .contents()
+                    .iter()
+                    .filter_map(|o| {
+                        Some(ObjectInfo {
+                            key: o.key()?.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: o.e_tag().map(|e| e.trim_matches('"').to_string()),
+                            content_type: None,
+                            last_modified: time(o.last_modified()),
+                            metadata: vec![],
+                        })
+                    })
+                    .collect();
+                let next = if out.is_truncated().unwrap_or(false) {
+                    out.next_continuation_token().map(str::to_string)
+                } else {
+                    None
+                };
+                Ok((objects, next))
+            })
+        }
+
+        fn delete<'a>(&'a self, store: &'a str, bucket: &'a str, key: &'a str) -> BoxFuture<'a, ObjectResult<()>> {
+            Box::pin(async move {
+                let client = self.client(store).await.map_err(store_error)?;
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| error(e, &format!("{store}/{bucket}/{key}")))
+            })
+        }
     }
 }

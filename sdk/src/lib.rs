@@ -12,6 +12,10 @@
 //! }
 //! evoke_sdk::function!(Hello);
 //! ```
+//!
+//! Objects in the stores a function's grants name are read and written with
+//! [`objects`]; the object behind an `s3` trigger's event is
+//! [`Event::object`].
 
 #[doc(hidden)]
 pub mod bindings {
@@ -75,6 +79,14 @@ impl Event {
     pub fn attempt(&self) -> u32 {
         self.extension("evokeattempt").and_then(|v| v.parse().ok()).unwrap_or(1)
     }
+
+    /// The object an `s3` trigger's event is about (`None` for other
+    /// events): read it with [`objects::Object::get`].
+    pub fn object(&self) -> Option<objects::Object> {
+        let store = self.extension("evokestore")?;
+        let key = self.subject.as_deref()?;
+        Some(objects::Bucket::new(store, &self.source).object(key))
+    }
 }
 
 impl Output {
@@ -114,4 +126,236 @@ pub fn log(level: Level, message: impl AsRef<str>) {
 /// Writes an info line to the function's log.
 pub fn info(message: impl AsRef<str>) {
     log(Level::Info, message);
+}
+
+/// Objects in S3-compatible stores (AWS S3, MinIO, Ceph RGW), as far as the
+/// function's grants allow: `grants = { buckets = ["local/photos:read",
+/// "local/thumbs:write"] }` in its spec. Calls count toward the invocation's
+/// timeout.
+///
+/// ```ignore
+/// use evoke_sdk::objects::Bucket;
+/// let photos = Bucket::new("local", "photos");
+/// let bytes = photos.get("cat.jpg")?;
+/// Bucket::new("local", "thumbs").put("cat.jpg", &bytes, Some("image/jpeg"))?;
+/// for object in photos.list("2026/") { println!("{}", object?.key); }
+/// ```
+pub mod objects {
+    use crate::bindings::evoke::function::objects as wit;
+    pub use wit::{Error, ObjectInfo};
+
+    impl Error {
+        /// The error in words (what `?` into a `String` error gives).
+        pub fn message(&self) -> String {
+            match self {
+                Error::Denied(m) => format!("denied: {m}"),
+                Error::NotFound(m) => format!("not found: {m}"),
+                Error::TooLarge(n) => format!("the object is {n} bytes, too large to read whole; read it in ranges"),
+                Error::Store(m) => format!("store error: {m}"),
+                Error::Timeout => "the invocation's time ran out".to_string(),
+                Error::Invalid(m) => format!("invalid: {m}"),
+            }
+        }
+    }
+
+    impl From<Error> for String {
+        fn from(e: Error) -> String {
+            e.message()
+        }
+    }
+
+    /// A bucket of a store, by the names used in `evoke.toml`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Bucket {
+        pub store: String,
+        pub name: String,
+    }
+
+    /// One object: a bucket and a key.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Object {
+        pub bucket: Bucket,
+        pub key: String,
+    }
+
+    impl Bucket {
+        pub fn new(store: impl Into<String>, name: impl Into<String>) -> Bucket {
+            Bucket {
+                store: store.into(),
+                name: name.into(),
+            }
+        }
+
+        pub fn object(&self, key: impl Into<String>) -> Object {
+            Object {
+                bucket: self.clone(),
+                key: key.into(),
+            }
+        }
+
+        /// Reads a whole object (refused with `too-large` beyond the memory
+        /// the function has left).
+        pub fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
+            self.object(key).get()
+        }
+
+        /// Writes an object.
+        pub fn put(&self, key: &str, body: &[u8], content_type: Option<&str>) -> Result<ObjectInfo, Error> {
+            self.object(key).put(body, content_type)
+        }
+
+        /// Deletes an object (a missing one is not an error).
+        pub fn delete(&self, key: &str) -> Result<(), Error> {
+            self.object(key).delete()
+        }
+
+        /// Every object under `prefix`, page by page.
+        pub fn list(&self, prefix: &str) -> Listing {
+            Listing {
+                bucket: self.clone(),
+                prefix: prefix.to_string(),
+                page: Vec::new().into_iter(),
+                next: None,
+                done: false,
+            }
+        }
+    }
+
+    impl Object {
+        /// The whole body.
+        pub fn get(&self) -> Result<Vec<u8>, Error> {
+            self.get_with_info(None).map(|(_, body)| body)
+        }
+
+        /// The whole body and what the store says about it; refused with
+        /// `too-large` beyond `max_bytes`.
+        pub fn get_with_info(&self, max_bytes: Option<u64>) -> Result<(ObjectInfo, Vec<u8>), Error> {
+            wit::get(&self.bucket.store, &self.bucket.name, &self.key, max_bytes)
+        }
+
+        /// `length` bytes from `offset` (fewer at the end).
+        pub fn get_range(&self, offset: u64, length: u64) -> Result<Vec<u8>, Error> {
+            wit::get_range(&self.bucket.store, &self.bucket.name, &self.key, offset, length)
+        }
+
+        /// Size, type and metadata, without the body.
+        pub fn head(&self) -> Result<ObjectInfo, Error> {
+            wit::head(&self.bucket.store, &self.bucket.name, &self.key)
+        }
+
+        /// A reader over the object in `chunk`-byte ranges: for objects
+        /// larger than the function's memory.
+        pub fn reader(&self, chunk: u64) -> Result<Reader, Error> {
+            let size = self.head()?.size;
+            Ok(Reader {
+                object: self.clone(),
+                size,
+                offset: 0,
+                chunk: chunk.max(1),
+                buffer: Vec::new(),
+                at: 0,
+            })
+        }
+
+        pub fn put(&self, body: &[u8], content_type: Option<&str>) -> Result<ObjectInfo, Error> {
+            self.put_with_metadata(body, content_type, &[])
+        }
+
+        /// Writes with user metadata (`x-amz-meta-*`; names starting with
+        /// `evoke-` are reserved).
+        pub fn put_with_metadata(
+            &self,
+            body: &[u8],
+            content_type: Option<&str>,
+            metadata: &[(String, String)],
+        ) -> Result<ObjectInfo, Error> {
+            wit::put(
+                &self.bucket.store,
+                &self.bucket.name,
+                &self.key,
+                body,
+                content_type,
+                metadata,
+            )
+        }
+
+        pub fn delete(&self) -> Result<(), Error> {
+            wit::delete(&self.bucket.store, &self.bucket.name, &self.key)
+        }
+    }
+
+    /// Objects under a prefix; fetches pages of 1000 as it goes.
+    pub struct Listing {
+        bucket: Bucket,
+        prefix: String,
+        page: std::vec::IntoIter<ObjectInfo>,
+        next: Option<String>,
+        done: bool,
+    }
+
+    impl Iterator for Listing {
+        type Item = Result<ObjectInfo, Error>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            loop {
+                if let Some(o) = self.page.next() {
+                    return Some(Ok(o));
+                }
+                if self.done {
+                    return None;
+                }
+                match wit::list(
+                    &self.bucket.store,
+                    &self.bucket.name,
+                    &self.prefix,
+                    self.next.as_deref(),
+                    1000,
+                ) {
+                    Ok(l) => {
+                        self.done = l.next.is_none();
+                        self.next = l.next;
+                        self.page = l.objects.into_iter();
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads an object range by range ([`Object::reader`]).
+    pub struct Reader {
+        object: Object,
+        size: u64,
+        offset: u64,
+        chunk: u64,
+        buffer: Vec<u8>,
+        at: usize,
+    }
+
+    impl std::io::Read for Reader {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.buffer.len() {
+                if self.offset >= self.size {
+                    return Ok(0);
+                }
+                let length = self.chunk.min(self.size - self.offset);
+                self.buffer = self
+                    .object
+                    .get_range(self.offset, length)
+                    .map_err(|e| std::io::Error::other(e.message()))?;
+                if self.buffer.is_empty() {
+                    return Ok(0);
+                }
+                self.offset += self.buffer.len() as u64;
+                self.at = 0;
+            }
+            let n = out.len().min(self.buffer.len() - self.at);
+            out[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
 }

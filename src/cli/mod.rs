@@ -240,7 +240,12 @@ pub struct DeployArgs {
     /// Idle instances are dropped after this long, e.g. 5m.
     #[arg(long)]
     pub idle_timeout: Option<String>,
-    /// Where results go: nats:<subject>, http(s)://..., function:<name>.
+    /// Object access, STORE/BUCKET:read|write|read-write (repeatable), e.g.
+    /// --grant local/photos:read --grant local/thumbs:write. None by default.
+    #[arg(long = "grant", value_name = "STORE/BUCKET:ACCESS")]
+    pub grants: Vec<String>,
+    /// Where results go: nats:<subject>, jetstream:<subject>, http(s)://...,
+    /// function:<name> or s3://<store>/<bucket>/<prefix>.
     #[arg(long)]
     pub on_success: Option<String>,
     /// Where failures go after the last retry.

@@ -36,6 +36,9 @@ pub async fn deploy(client: &Client, a: DeployArgs, json: bool) -> anyhow::Resul
     for e in a.env {
         query.push(("env".into(), e));
     }
+    for g in a.grants {
+        query.push(("grant".into(), g));
+    }
     if !json {
         eprintln!(
             "uploading {} ({} KiB) and compiling...",

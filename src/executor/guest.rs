@@ -149,3 +149,19 @@ pub fn prepare(
         )),
     }
 }
+
+/// Links what functions built against `evoke:function@0.1.0` import (the
+/// `host` interface: `log`), so they keep running unchanged after the world
+/// moved on to 0.2.0 (which added `objects`).
+pub fn link_v0_1(linker: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime::Result<()> {
+    use super::bindings::evoke::function::host::{Host, Level};
+    let mut host = linker.instance("evoke:function/host@0.1.0")?;
+    host.func_wrap(
+        "log",
+        |mut store: wasmtime::StoreContextMut<'_, ComponentState>, (level, message): (Level, String)| {
+            store.data_mut().log(level, message);
+            Ok(())
+        },
+    )?;
+    Ok(())
+}

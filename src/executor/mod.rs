@@ -9,13 +9,18 @@
 pub mod cache;
 pub mod engine;
 pub mod guest;
+pub mod objects;
 pub mod pipes;
 mod run;
 pub mod sandbox;
 
 /// Host bindings generated from `wit/` (the same file the guest SDK uses).
 pub mod bindings {
-    wasmtime::component::bindgen!({ path: "wit", world: "function" });
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "function",
+        imports: { "evoke:function/objects": async },
+    });
 }
 
 use std::collections::HashMap;
@@ -255,6 +260,8 @@ pub struct Executor {
     code: Option<async_nats::jetstream::object_store::ObjectStore>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     config: ExecutorConfig,
+    /// Where functions' object calls go (`None`: no object access).
+    objects: Option<Arc<dyn objects::ObjectBackend>>,
 }
 
 /// Whether an error says the pooling allocator has no free slot.
@@ -301,6 +308,7 @@ impl Executor {
     pub fn new(
         config: ExecutorConfig,
         code: Option<async_nats::jetstream::object_store::ObjectStore>,
+        objects: Option<Arc<dyn objects::ObjectBackend>>,
     ) -> Result<Executor, ExecutorError> {
         let setup = |e: wasmtime::Error| ExecutorError::Setup(format!("{e:#}"));
         let engine = engine::build(config.pool_instances, config.fuel).map_err(setup)?;
@@ -309,6 +317,9 @@ impl Executor {
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(setup)?;
         bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
             .map_err(setup)?;
+        bindings::evoke::function::objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
+            .map_err(setup)?;
+        guest::link_v0_1(&mut component_linker).map_err(setup)?;
         let mut module_linker = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| &mut s.wasi).map_err(setup)?;
         Ok(Executor {
@@ -319,6 +330,7 @@ impl Executor {
             code,
             slots: Mutex::new(HashMap::new()),
             config,
+            objects,
         })
     }
 
@@ -360,9 +372,15 @@ impl Executor {
         Ok((kind, digest))
     }
 
-    /// Runs one event. `wait` bounds how long to wait for a free instance
-    /// slot when `max_instances` are busy.
-    pub async fn invoke(&self, function: &Arc<DeployedFunction>, event: &Event, wait: Duration) -> Run {
+    /// Runs one event as invocation `invocation`. `wait` bounds how long to
+    /// wait for a free instance slot when `max_instances` are busy.
+    pub async fn invoke(
+        &self,
+        function: &Arc<DeployedFunction>,
+        invocation: &str,
+        event: &Event,
+        wait: Duration,
+    ) -> Run {
         let started = Instant::now();
         let failed = |e: InvokeError| Run {
             result: Err(e),
@@ -385,8 +403,10 @@ impl Executor {
         let deadline = Instant::now() + timeout;
         let run = async {
             match &loaded.prepared {
-                Prepared::Component { .. } => self.run_component(&loaded, event, deadline).await,
-                Prepared::Command { .. } | Prepared::Module { .. } => self.run_command(&loaded, event, deadline).await,
+                Prepared::Component { .. } => self.run_component(&loaded, invocation, event, deadline).await,
+                Prepared::Command { .. } | Prepared::Module { .. } => {
+                    self.run_command(&loaded, invocation, event, deadline).await
+                }
             }
         };
         // The epoch deadline stops guests running wasm code; this outer one

@@ -12,6 +12,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::guest::Prepared;
+use super::objects::ObjectAccess;
 use super::pipes::CappedPipe;
 use super::sandbox::{ComponentState, HasSandbox, ModuleState, Sandbox, arm, start_clock};
 use super::{Executor, FunctionErrorKind, InvokeError, Loaded, Output, Warm, bindings};
@@ -54,6 +55,18 @@ impl Executor {
         b
     }
 
+    /// A new instance's object access: the node's backend, the function's
+    /// grants.
+    fn object_access(&self, f: &DeployedFunction) -> ObjectAccess {
+        ObjectAccess {
+            backend: self.objects.clone(),
+            grants: f.spec.grants.buckets.clone(),
+            function: f.name.to_string(),
+            invocation: String::new(),
+            chain: 0,
+        }
+    }
+
     pub(super) async fn new_instance(
         &self,
         loaded: &Loaded,
@@ -75,6 +88,7 @@ impl Executor {
                 wasi,
                 table: ResourceTable::new(),
                 sandbox,
+                objects: self.object_access(f),
             },
             deadline,
         );
@@ -145,6 +159,7 @@ impl Executor {
     pub(super) async fn run_component(
         &self,
         loaded: &Loaded,
+        invocation: &str,
         event: &Event,
         deadline: Instant,
     ) -> (Result<Output, InvokeError>, Vec<LogLine>, Option<(u64, u64)>) {
@@ -158,6 +173,7 @@ impl Executor {
         };
         let f = &loaded.function;
         start_clock(&mut warm.store, deadline);
+        warm.store.data_mut().objects.begin(invocation, event);
         let result = with_room!(self, warm.handle.call_async(&mut warm.store, (to_guest(event),)).await);
         let logs = drain(&mut warm.store, &[("stdout", &warm.stdout), ("stderr", &warm.stderr)]);
         let result = match result {
@@ -200,6 +216,7 @@ impl Executor {
     pub(super) async fn run_command(
         &self,
         loaded: &Loaded,
+        invocation: &str,
         event: &Event,
         deadline: Instant,
     ) -> (Result<Output, InvokeError>, Vec<LogLine>, Option<(u64, u64)>) {
@@ -214,10 +231,13 @@ impl Executor {
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
         let (exit, logs, instantiate_us) = match &loaded.prepared {
             Prepared::Command { pre } => {
+                let mut objects = self.object_access(f);
+                objects.begin(invocation, event);
                 let state = ComponentState {
                     wasi: builder.build(),
                     table: ResourceTable::new(),
                     sandbox,
+                    objects,
                 };
                 let mut store = self.new_store(state, deadline);
                 let t = Instant::now();

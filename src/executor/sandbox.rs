@@ -54,6 +54,11 @@ impl Limiter {
     pub fn limit(&self) -> u64 {
         self.limit
     }
+
+    /// Bytes the instance may still grow its memory by.
+    pub fn available(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -82,6 +87,8 @@ pub struct ComponentState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub sandbox: Sandbox,
+    /// What the function may do with objects, and who is calling.
+    pub objects: super::objects::ObjectAccess,
 }
 
 impl WasiView for ComponentState {

@@ -1,7 +1,7 @@
 //! `on_success` / `on_failure` destinations: the result (or the failure with
 //! its attempts) as a CloudEvent, sent to a NATS subject (core publish, for
 //! subscribers), a JetStream stream (stored, ack awaited), an HTTP endpoint,
-//! or another function's queue.
+//! another function's queue, or an object store (an object per invocation).
 //!
 //! HTTP destinations never reach link-local addresses (where cloud metadata
 //! services live), whether written as an IP or resolved from a name, unless
@@ -60,6 +60,12 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
     )
     .with_data(Some("application/json".into()), Bytes::from(data.to_string()));
     e.subject = Some(record.id.clone());
+    // Lineage for the recursion guard: a result written into a bucket that
+    // triggers a function continues the request's chain.
+    if let Some(chain) = request.extensions.get(evoke_connectors::s3::EXT_CHAIN) {
+        e.extensions
+            .insert(evoke_connectors::s3::EXT_CHAIN.into(), chain.clone());
+    }
     e
 }
 
@@ -126,6 +132,7 @@ impl Invoker {
                     Err(format!("{url} answered {}", resp.status()))
                 }
             }
+            Destination::S3 { store, bucket, prefix } => self.write_object(store, bucket, prefix, event, body).await,
             Destination::Function(name) => {
                 let f = self
                     .registry
@@ -139,6 +146,51 @@ impl Invoker {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+        }
+    }
+}
+
+impl Invoker {
+    /// `s3://STORE/BUCKET/PREFIX`: the destination event as an object named
+    /// `PREFIX<invocation id>.json`.
+    async fn write_object(
+        &self,
+        store: &str,
+        bucket: &str,
+        prefix: &str,
+        event: &Event,
+        body: Bytes,
+    ) -> Result<(), String> {
+        let invocation = event.subject.clone().unwrap_or_else(|| event.id.clone());
+        let key = format!("{prefix}{invocation}.json");
+        #[cfg(feature = "s3")]
+        {
+            use crate::executor::objects::{NewObject, ObjectBackend};
+            let chain = event
+                .extensions
+                .get(evoke_connectors::s3::EXT_CHAIN)
+                .and_then(|c| c.parse::<u32>().ok())
+                .unwrap_or(0);
+            let object = NewObject {
+                body: body.to_vec(),
+                content_type: Some("application/cloudevents+json".into()),
+                metadata: vec![],
+                chain: chain.saturating_add(1),
+                function: event.source.trim_start_matches("/evoke/functions/").to_string(),
+                invocation,
+            };
+            self.stores
+                .put(store, bucket, &key, object)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("writing s3://{store}/{bucket}/{key}: {e}"))
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = (body, invocation);
+            Err(format!(
+                "cannot write s3://{store}/{bucket}/{key}: this build of evoke has no object storage (the `s3` feature)"
+            ))
         }
     }
 }

@@ -32,8 +32,7 @@ use crate::observe::logs::{LogBatch, LogLine};
 use crate::observe::metrics::Metrics;
 use crate::registry::triggers::TriggerRegistry;
 use crate::registry::{DeployedFunction, Registry};
-use crate::secrets::Secrets;
-use crate::stores::{StoreRegistry, Stores};
+use crate::stores::Stores;
 use records::{Mode, Record, Status};
 
 /// Why an invocation record could not be read.
@@ -97,11 +96,10 @@ pub fn derived_invocation_id(function: &str, event_id: &str) -> String {
 }
 
 impl Invoker {
-    pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String, secrets: Secrets) -> Invoker {
+    pub fn new(bus: Bus, executor: Arc<Executor>, metrics: Arc<Metrics>, node: String, stores: Arc<Stores>) -> Invoker {
         let http = destinations::http_client(false);
         let registry = Registry::new(bus.functions.clone());
         let triggers = TriggerRegistry::new(bus.triggers.clone());
-        let stores = Arc::new(Stores::new(StoreRegistry::new(bus.stores.clone()), secrets));
         Invoker {
             bus,
             registry,
@@ -140,7 +138,7 @@ impl Invoker {
             .insert(evoke_connectors::event::EXT_ATTEMPT.into(), "1".into());
         let mut record = Record::new(id, f.name.as_str(), Mode::Sync, &event.id, Status::Queued);
         let started = record.start_attempt(&self.node);
-        let run = self.executor.invoke(f, &event, f.spec.timeout).await;
+        let run = self.executor.invoke(f, id, &event, f.spec.timeout).await;
         self.publish_logs(f.name.as_str(), id, &run.logs);
         self.observe(f, &run);
         record.end_attempt(started, &run, &self.node);

@@ -360,7 +360,7 @@ async fn run_alive(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: &Message, 
     let invoke = keep_alive(
         invoker,
         msg,
-        invoker.executor.invoke(f, event, Duration::from_secs(600)),
+        invoker.executor.invoke(f, &record.id, event, Duration::from_secs(600)),
     );
     tokio::pin!(invoke);
     tokio::select! {

@@ -67,6 +67,12 @@ pub enum Destination {
     JetStream(String),
     Http(String),
     Function(FunctionName),
+    /// `s3://STORE/BUCKET/PREFIX`: an object per invocation, named by its id.
+    S3 {
+        store: String,
+        bucket: String,
+        prefix: String,
+    },
 }
 
 /// Checks a subject a destination publishes to.
@@ -98,6 +104,25 @@ impl FromStr for Destination {
         if let Some(name) = s.strip_prefix("function:") {
             return Ok(Destination::Function(name.parse()?));
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let mut parts = rest.splitn(3, '/');
+            let (store, bucket, prefix) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            if !evoke_connectors::trigger::valid_name(store) {
+                return Err(format!(
+                    "`{s}`: `{store}` is not a store name; write s3://STORE/BUCKET/PREFIX"
+                ));
+            }
+            evoke_connectors::s3::check_bucket(bucket).map_err(|m| format!("`{s}`: {m}"))?;
+            return Ok(Destination::S3 {
+                store: store.to_string(),
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
         if s.starts_with("http://") || s.starts_with("https://") {
             let url = reqwest::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
             if let Some(ip) = crate::invoker::destinations::literal_ip(&url)
@@ -110,7 +135,7 @@ impl FromStr for Destination {
             return Ok(Destination::Http(s.to_string()));
         }
         Err(format!(
-            "`{s}` is not a destination; use nats:<subject>, jetstream:<subject>, http(s)://<url> or function:<name>"
+            "`{s}` is not a destination; use nats:<subject>, jetstream:<subject>, http(s)://<url>, function:<name> or s3://<store>/<bucket>/<prefix>"
         ))
     }
 }
@@ -135,6 +160,7 @@ impl fmt::Display for Destination {
             Destination::JetStream(s) => write!(f, "jetstream:{s}"),
             Destination::Http(u) => f.write_str(u),
             Destination::Function(n) => write!(f, "function:{n}"),
+            Destination::S3 { store, bucket, prefix } => write!(f, "s3://{store}/{bucket}/{prefix}"),
         }
     }
 }
@@ -175,6 +201,96 @@ pub struct FunctionSpec {
     /// instruction); only on nodes started with `--fuel`.
     #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient::fuel")]
     pub fuel: Option<u64>,
+    /// What the function may touch beyond its event: `buckets` of object
+    /// stores (`"local/photos:read"`). None by default.
+    #[serde(skip_serializing_if = "Grants::is_empty")]
+    pub grants: Grants,
+}
+
+/// A function's grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `STORE/BUCKET:ACCESS`, access `read`, `write` or `read-write`.
+    #[serde(default)]
+    pub buckets: Vec<BucketGrant>,
+}
+
+impl Grants {
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// What a grant allows on a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// Access to one bucket of one store: `local/photos:read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BucketGrant {
+    pub store: String,
+    pub bucket: String,
+    pub access: Access,
+}
+
+impl BucketGrant {
+    /// Whether this grant allows `access` to `store/bucket`.
+    pub fn allows(&self, store: &str, bucket: &str, access: Access) -> bool {
+        self.store == store && self.bucket == bucket && (self.access == access || self.access == Access::ReadWrite)
+    }
+}
+
+impl FromStr for BucketGrant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let form = "write STORE/BUCKET:ACCESS, e.g. local/photos:read (access read, write or read-write)";
+        let (path, access) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` has no access; {form}"))?;
+        let (store, bucket) = path
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` names no store; {form}"))?;
+        if !evoke_connectors::trigger::valid_name(store) {
+            return Err(format!("`{s}`: `{store}` is not a store name; {form}"));
+        }
+        evoke_connectors::s3::check_bucket(bucket).map_err(|m| format!("`{s}`: {m}"))?;
+        let access = match access {
+            "read" => Access::Read,
+            "write" => Access::Write,
+            "read-write" | "rw" => Access::ReadWrite,
+            other => return Err(format!("`{s}`: `{other}` is not an access; {form}")),
+        };
+        Ok(BucketGrant {
+            store: store.to_string(),
+            bucket: bucket.to_string(),
+            access,
+        })
+    }
+}
+
+impl TryFrom<String> for BucketGrant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<BucketGrant> for String {
+    fn from(g: BucketGrant) -> String {
+        let access = match g.access {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        };
+        format!("{}/{}:{access}", g.store, g.bucket)
+    }
 }
 
 /// Forms that query strings and hand-written JSON use: whole numbers as
@@ -238,6 +354,7 @@ impl Default for FunctionSpec {
             on_success: None,
             on_failure: None,
             fuel: None,
+            grants: Grants::default(),
         }
     }
 }
@@ -294,9 +411,12 @@ impl FunctionSpec {
     pub fn from_query(pairs: &[(String, String)]) -> Result<FunctionSpec, Vec<FieldError>> {
         let mut map = Map::new();
         let mut env = Map::new();
+        let mut buckets = Vec::new();
         let mut errors = Vec::new();
         for (k, v) in pairs {
-            if k == "env" {
+            if k == "grant" {
+                buckets.push(Value::String(v.clone()));
+            } else if k == "env" {
                 match v.split_once('=') {
                     Some((name, value)) => {
                         env.insert(name.to_string(), Value::String(value.to_string()));
@@ -309,6 +429,9 @@ impl FunctionSpec {
         }
         if !env.is_empty() {
             map.insert("env".into(), Value::Object(env));
+        }
+        if !buckets.is_empty() {
+            map.insert("grants".into(), serde_json::json!({ "buckets": buckets }));
         }
         match FunctionSpec::from_json(&Value::Object(map)) {
             Ok(spec) if errors.is_empty() => Ok(spec),

@@ -284,6 +284,9 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 /// Extension carrying how many functions wrote objects before this event
 /// (0 for an upload from outside evoke).
 pub const EXT_CHAIN: &str = "evokechain";
+/// The store an s3 event's object is in (the trigger's `store`), so a
+/// function can read it with `evoke:function/objects`.
+pub const EXT_STORE: &str = "evokestore";
 
 /// The dedupe id of a record: the same notification twice (or through two
 /// ways) is one invocation.
@@ -302,7 +305,7 @@ pub fn dedupe_id(r: &Record) -> String {
 
 /// The event for one record: CloudEvents AWS S3 adapter type, the bucket as
 /// source, the decoded key as subject, the record as data.
-pub fn record_event(trigger: &str, r: &Record, chain: u32) -> Event {
+pub fn record_event(trigger: &str, store: &str, r: &Record, chain: u32) -> Event {
     let id = hex::encode(&Sha256::digest(dedupe_id(r).as_bytes())[..16]);
     let mut e = Event::new(id, r.bucket.clone(), format!("com.amazonaws.s3.{}", r.event_name));
     e.subject = Some(r.key.clone());
@@ -311,6 +314,7 @@ pub fn record_event(trigger: &str, r: &Record, chain: u32) -> Event {
     }
     e.extensions.insert("evoketrigger".into(), trigger.to_string());
     e.extensions.insert(EXT_CHAIN.into(), chain.to_string());
+    e.extensions.insert(EXT_STORE.into(), store.to_string());
     e.with_data(
         Some("application/json".into()),
         Bytes::from(serde_json::to_vec(&r.raw).unwrap_or_default()),
@@ -404,7 +408,7 @@ async fn deliver_records<S: Sink>(
             continue;
         }
         let depth = chains.depth(&r.bucket, &r.key).await;
-        let event = record_event(trigger, r, depth);
+        let event = record_event(trigger, &config.store, r, depth);
         if filter.is_some_and(|f| !f.matches(&event)) {
             summary.filtered += 1;
             continue;
@@ -510,14 +514,14 @@ mod tests {
     #[test]
     fn events_follow_the_cloudevents_s3_adapter() {
         let r = record("ObjectCreated:Put", "incoming/my cat.jpg");
-        let e = record_event("uploads", &r, 0);
+        let e = record_event("uploads", "local", &r, 0);
         assert_eq!(e.ty, "com.amazonaws.s3.ObjectCreated:Put");
         assert_eq!(
             (e.source.as_str(), e.subject.as_deref()),
             ("photos", Some("incoming/my cat.jpg"))
         );
         assert_eq!(
-            record_event("uploads", &r, 0).id,
+            record_event("uploads", "local", &r, 0).id,
             e.id,
             "the same record is the same event"
         );
