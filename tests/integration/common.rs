@@ -667,20 +667,20 @@ impl Moto {
         evoke_connectors::store::StoreConfig::parse(&self.store()).expect("store config")
     }
 
-    fn keys(name: &str) -> Option<String> {
+    fn secret(name: &str) -> Option<String> {
         S3_KEYS.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     }
 
     /// An S3 client, as a user's own program would have one.
     pub async fn s3(&self) -> evoke_connectors::aws_sdk_s3::Client {
-        evoke_connectors::store::s3_client(&self.config(), Self::keys)
+        evoke_connectors::store::s3_client(&self.config(), Self::secret)
             .await
             .expect("s3 client")
     }
 
     /// An SQS client of the same server.
     pub async fn sqs(&self) -> evoke_connectors::aws_sdk_sqs::Client {
-        evoke_connectors::store::sqs_client(&self.config(), &self.endpoint(), Self::keys)
+        evoke_connectors::store::sqs_client(&self.config(), &self.endpoint(), Self::secret)
             .await
             .expect("sqs client")
     }
@@ -707,6 +707,33 @@ impl Moto {
             .send()
             .await
             .expect("put object");
+    }
+}
+
+impl Moto {
+    /// An object's body, `None` when there is no such object.
+    pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let out = self.s3().await.get_object().bucket(bucket).key(key).send().await.ok()?;
+        Some(out.body.collect().await.expect("object body").into_bytes().to_vec())
+    }
+
+    /// The keys of a bucket, sorted.
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .s3()
+            .await
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("list objects");
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
     }
 }
 

@@ -10,6 +10,7 @@ mod cluster;
 mod connection;
 mod deploy;
 mod hardening;
+mod object_access;
 mod objects;
 mod resilience;
 mod sandbox;

@@ -298,12 +298,24 @@ impl<S: Sink, St: StateStore, C: Chains> Poller<S, St, C> {
             ?interval,
             "polling the bucket"
         );
+        // A store that stays away is reported when it goes and when it is
+        // back, not on every round.
+        let mut failing: Option<String> = None;
         loop {
             match self.round(seen.as_ref(), &mut stop).await {
-                Ok(Some(next)) => seen = Some(next),
+                Ok(Some(next)) => {
+                    seen = Some(next);
+                    if failing.take().is_some() {
+                        tracing::info!(trigger = self.trigger.name, "polling works again");
+                    }
+                }
                 Ok(None) => return,
+                Err(e) if failing.as_ref() == Some(&e) => {
+                    tracing::debug!(trigger = self.trigger.name, error = %e, "poll round failed again")
+                }
                 Err(e) => {
-                    tracing::warn!(trigger = self.trigger.name, error = %e, "poll round failed; trying again next round")
+                    tracing::warn!(trigger = self.trigger.name, error = %e, "poll round failed; trying again every round (logged again when the error changes)");
+                    failing = Some(e);
                 }
             }
             tokio::select! {

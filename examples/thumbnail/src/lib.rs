@@ -2,7 +2,8 @@
 //! this function for every new JPEG or PNG; it reads the object, scales it to
 //! fit in `THUMB_SIZE` pixels (default 128, aspect ratio kept) and writes the
 //! thumbnail, in the same format, under the same key to `THUMB_BUCKET`
-//! (`STORE/BUCKET`, default `local/thumbs`).
+//! (`STORE/BUCKET`, default `local/thumbs`), prefixed by `THUMB_PREFIX`
+//! (default none).
 //!
 //! The function's grants must allow reading the uploads bucket and writing
 //! the thumbnails bucket (see the `thumbnail` function in `evoke.toml`).
@@ -37,6 +38,7 @@ impl Function for Thumbnail {
             .parse()
             .map_err(|_| "THUMB_SIZE must be a number of pixels")?;
         let target = setting("THUMB_BUCKET", "local/thumbs");
+        let key = format!("{}{}", setting("THUMB_PREFIX", ""), object.key);
         let (store, bucket) = target.split_once('/').ok_or("THUMB_BUCKET must be STORE/BUCKET")?;
 
         let original = object.get()?;
@@ -58,7 +60,7 @@ impl Function for Thumbnail {
             ImageFormat::Png => "image/png",
             _ => "image/jpeg",
         };
-        Bucket::new(store, bucket).put(&object.key, &body, Some(content_type))?;
+        Bucket::new(store, bucket).put(&key, &body, Some(content_type))?;
         evoke_sdk::info(format!(
             "{}: {}x{} -> {}x{}",
             object.key,
@@ -69,7 +71,7 @@ impl Function for Thumbnail {
         ));
         Output::json(&Made {
             source: format!("{}/{}/{}", object.bucket.store, object.bucket.name, object.key),
-            thumbnail: format!("{target}/{}", object.key),
+            thumbnail: format!("{target}/{key}"),
             width: thumb.width(),
             height: thumb.height(),
             bytes: body.len(),
