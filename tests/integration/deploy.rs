@@ -89,9 +89,10 @@ fn the_compose_file_is_valid_and_matches_evoke() {
         let s = &services[n.as_str()];
         let env = s["environment"].as_mapping().unwrap();
         for k in env.keys() {
+            // Other variables are secrets a manifest names (checked below).
             let k = k.as_str().unwrap();
             assert!(
-                known.contains(k),
+                !k.starts_with("EVOKE_") || known.contains(k),
                 "{n} sets {k}, which evoke does not read; known: {known:?}"
             );
         }
@@ -118,6 +119,59 @@ fn the_compose_file_is_valid_and_matches_evoke() {
     // The brokers profile holds the systems sources read from.
     for b in ["minio", "rabbitmq", "kafka", "mosquitto"] {
         assert!(services.contains_key(b), "{b} in the brokers profile");
+    }
+
+    // The thumbnail example on MinIO: the manifest the `functions` service
+    // applies is valid, its store is the compose MinIO with the root
+    // credentials, MinIO notifies the manifest's webhook trigger with its
+    // token, and every secret it names is set on every evoke node.
+    let manifest = evoke::manifest::Manifest::load(&root().join("deploy/compose/evoke.toml"))
+        .unwrap_or_else(|e| panic!("deploy/compose/evoke.toml: {e:?}"));
+    let functions = &services["functions"];
+    let mounts = serde_yaml::to_string(&functions["volumes"]).unwrap();
+    assert!(
+        mounts.contains("/work/deploy/compose") && mounts.contains("/work/examples"),
+        "{mounts}"
+    );
+    let entry = serde_yaml::to_string(&functions["entrypoint"]).unwrap();
+    assert!(entry.contains("/work/deploy/compose/evoke.toml"), "{entry}");
+    let minio = services["minio"]["environment"].clone();
+    let store = &manifest.stores["minio"];
+    assert_eq!(store.endpoint.as_deref(), Some("http://minio:9000"));
+    let hook = minio["MINIO_NOTIFY_WEBHOOK_ENDPOINT_EVOKE"].as_str().unwrap();
+    let trigger = hook.strip_prefix("http://evoke-api:8080/hooks/").expect(hook);
+    let spec = serde_json::to_value(&manifest.triggers[trigger].source).unwrap();
+    assert_eq!(
+        (spec["kind"].as_str(), spec["via"].as_str()),
+        (Some("s3"), Some("webhook")),
+        "{spec}"
+    );
+    assert_eq!(spec["store"], "minio");
+    let setup = serde_yaml::to_string(&services["minio-setup"]["command"]).unwrap();
+    assert!(
+        setup.contains(&format!("local/{}", spec["bucket"].as_str().unwrap())) && setup.contains("EVOKE:webhook"),
+        "{setup}"
+    );
+    for n in &evoke {
+        let env = &services[n.as_str()]["environment"];
+        let secret = |name: &str| {
+            env[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{n} lacks {name}"))
+                .to_string()
+        };
+        assert_eq!(
+            secret(spec["auth"]["secret_env"].as_str().unwrap()),
+            minio["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_EVOKE"].as_str().unwrap()
+        );
+        assert_eq!(
+            secret(store.access_key_env.as_deref().unwrap()),
+            minio["MINIO_ROOT_USER"].as_str().unwrap()
+        );
+        assert_eq!(
+            secret(store.secret_key_env.as_deref().unwrap()),
+            minio["MINIO_ROOT_PASSWORD"].as_str().unwrap()
+        );
     }
 
     // Every service docs/operations.md names exists.
