@@ -312,6 +312,7 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
     let mut linker = Linker::<ComponentState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
     bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
+    bindings::evoke::function::objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
     let event = bindings::Event {
         id: "1".into(),
         source: "/bench".into(),
@@ -330,6 +331,7 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
                 wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
                 table: ResourceTable::new(),
                 sandbox: Sandbox::new(128 << 20, 65536, None),
+                objects: Default::default(),
             },
         );
         s.set_epoch_deadline(u64::MAX / 2);

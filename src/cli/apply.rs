@@ -94,25 +94,40 @@ async fn plan_stores(
     let mut plan = Vec::new();
     for (name, config) in &manifest.stores {
         let body = serde_json::to_value(config).unwrap_or_default();
-        let action = match deployed.stores.get(name) {
-            None => Action::Created,
-            Some(cur) if cur["config"] == body => Action::Unchanged,
-            Some(_) => Action::Updated,
-        };
-        let put = || client.request(Method::PUT, &format!("/v1/stores/{name}")).json(&body);
-        if action != Action::Unchanged
-            && let Err(e) = client.json(put().query(&[("dry_run", "true")])).await
-        {
-            problems.push(format!("  stores.{name}: {e}"));
-        }
-        let change = Change {
-            kind: "store",
-            name: name.clone(),
-            action,
-        };
-        plan.push((change, put()));
+        let current = deployed.stores.get(name).map(|cur| &cur["config"]);
+        plan.push(plan_put(client, "store", name, body, current, problems).await);
     }
     plan
+}
+
+/// The step that makes `<kind>s/<name>` hold `body` (`current` is what the
+/// server has now); the server's dry run checks it first, and what it
+/// refuses goes to `problems`.
+async fn plan_put(
+    client: &Client,
+    kind: &'static str,
+    name: &str,
+    body: Value,
+    current: Option<&Value>,
+    problems: &mut Vec<String>,
+) -> Step {
+    let action = match current {
+        None => Action::Created,
+        Some(cur) if *cur == body => Action::Unchanged,
+        Some(_) => Action::Updated,
+    };
+    let put = || client.request(Method::PUT, &format!("/v1/{kind}s/{name}")).json(&body);
+    if action != Action::Unchanged
+        && let Err(e) = client.json(put().query(&[("dry_run", "true")])).await
+    {
+        problems.push(format!("  {kind}s.{name}: {e}"));
+    }
+    let change = Change {
+        kind,
+        name: name.to_string(),
+        action,
+    };
+    (change, put())
 }
 
 /// Creates or updates for the manifest's functions; what the server's dry
@@ -170,24 +185,8 @@ async fn plan_triggers(
                 c.store, c.store
             ));
         }
-        let body = t.to_value();
-        let action = match deployed.triggers.get(name) {
-            None => Action::Created,
-            Some(cur) if cur["spec"] == body => Action::Unchanged,
-            Some(_) => Action::Updated,
-        };
-        let put = || client.request(Method::PUT, &format!("/v1/triggers/{name}")).json(&body);
-        if action != Action::Unchanged
-            && let Err(e) = client.json(put().query(&[("dry_run", "true")])).await
-        {
-            problems.push(format!("  triggers.{name}: {e}"));
-        }
-        let change = Change {
-            kind: "trigger",
-            name: name.clone(),
-            action,
-        };
-        plan.push((change, put()));
+        let current = deployed.triggers.get(name).map(|cur| &cur["spec"]);
+        plan.push(plan_put(client, "trigger", name, t.to_value(), current, problems).await);
     }
     plan
 }
