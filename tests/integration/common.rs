@@ -40,6 +40,11 @@ impl Nats {
         self.server.url()
     }
 
+    /// Kills the server (`restart` brings it back).
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
     /// Kills the server and starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.server.restart().expect("restart nats-server");

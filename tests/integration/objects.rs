@@ -37,6 +37,122 @@ async fn subjects(nats: &str, function: &str) -> Vec<String> {
     s
 }
 
+/// An SQS queue `queue` that moto sends `bucket`'s ObjectCreated
+/// notifications to: the client and the queue's URL.
+async fn notifying_queue(moto: &Moto, bucket: &str, queue: &str) -> (evoke_connectors::aws_sdk_sqs::Client, String) {
+    use evoke_connectors::aws_sdk_s3::types::{Event as S3Event, NotificationConfiguration, QueueConfiguration};
+    let sqs = moto.sqs().await;
+    let url = sqs
+        .create_queue()
+        .queue_name(queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let notify = NotificationConfiguration::builder()
+        .queue_configurations(
+            QueueConfiguration::builder()
+                .queue_arn(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"))
+                .events(S3Event::from("s3:ObjectCreated:*"))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    moto.s3()
+        .await
+        .put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(notify)
+        .send()
+        .await
+        .unwrap();
+    (sqs, url)
+}
+
+/// Waits until the queue holds no message, visible or in flight.
+async fn drained(sqs: &evoke_connectors::aws_sdk_sqs::Client, queue: &str) {
+    eventually(Duration::from_secs(30), "the SQS queue to drain", || async {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(evoke_connectors::aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .ok()?
+            .attributes?;
+        let count = |n: &str| {
+            attrs
+                .iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        (count("ApproximateNumberOfMessages") == "0" && count("ApproximateNumberOfMessagesNotVisible") == "0")
+            .then_some(())
+    })
+    .await;
+}
+
+/// NATS goes away while notifications arrive by each way: the webhook
+/// answers 503 (the store sends again), the SQS message is not deleted, the
+/// poll state does not advance; once NATS is back each upload is exactly
+/// one event.
+#[tokio::test]
+async fn a_nats_outage_loses_no_notification_by_any_way() {
+    let mut nats = Nats::start();
+    let moto = Moto::start();
+    for b in ["hooked", "queued", "polled"] {
+        moto.bucket(b).await;
+    }
+    let (sqs, queue) = notifying_queue(&moto, "queued", "uploads").await;
+    let node = node_with_s3_keys(&nats.url(), &[], false).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    assert_eq!(node.put_store("local", moto.store()).await.0, StatusCode::CREATED);
+    for (name, extra) in [
+        ("by-hook", json!({"bucket":"hooked","via":"webhook"})),
+        (
+            "by-sqs",
+            json!({"bucket":"queued","via":"sqs","queue_url":queue,"visibility_timeout":"5s"}),
+        ),
+        ("by-poll", json!({"bucket":"polled","via":"poll","interval":"1s"})),
+    ] {
+        let mut t = json!({"function":"hello","kind":"s3","store":"local"});
+        t.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, v) = node.put_trigger(name, t).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    // Let the poller take its first look at the (empty) bucket.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let notification = json!({"Records":[{"eventVersion":"2.1","eventSource":"minio:s3",
+        "eventTime":"2026-11-27T10:00:00.000Z","eventName":"s3:ObjectCreated:Put",
+        "s3":{"bucket":{"name":"hooked"},"object":{"key":"a.jpg","size":4,"eTag":"e1","sequencer":"0A"}}}]})
+    .to_string()
+    .into_bytes();
+
+    nats.stop();
+    let (status, v) = post(&node, "/hooks/by-hook", None, notification.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    moto.put("queued", "b.jpg", b"sqs").await;
+    moto.put("polled", "c.jpg", b"poll").await;
+    // Long enough for the SQS reader to hold the message past its
+    // visibility timeout and for several poll rounds to fail.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    nats.restart();
+
+    let (status, v) = post(&node, "/hooks/by-hook", None, notification).await;
+    assert_eq!((status, &v["queued"]), (StatusCode::OK, &json!(1)), "{v}");
+    let url = nats.url();
+    eventually(Duration::from_secs(60), "one event per upload", || async {
+        (subjects(&url, "hello").await == ["a.jpg", "b.jpg", "c.jpg"]).then_some(())
+    })
+    .await;
+    drained(&sqs, &queue).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(subjects(&url, "hello").await, ["a.jpg", "b.jpg", "c.jpg"]);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn notifications_posted_by_minio_ceph_and_sns_become_one_event_per_record() {
     let nats = Nats::start();
@@ -145,34 +261,7 @@ async fn sqs_notifications_from_a_real_s3_server_are_delivered_and_deleted_after
     let nats = Nats::start();
     let moto = Moto::start();
     moto.bucket("photos").await;
-    let sqs = moto.sqs().await;
-    let queue = sqs
-        .create_queue()
-        .queue_name("uploads")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let arn = "arn:aws:sqs:us-east-1:123456789012:uploads";
-    use evoke_connectors::aws_sdk_s3::types::{Event as S3Event, NotificationConfiguration, QueueConfiguration};
-    let notify = NotificationConfiguration::builder()
-        .queue_configurations(
-            QueueConfiguration::builder()
-                .queue_arn(arn)
-                .events(S3Event::from("s3:ObjectCreated:*"))
-                .build()
-                .unwrap(),
-        )
-        .build();
-    moto.s3()
-        .await
-        .put_bucket_notification_configuration()
-        .bucket("photos")
-        .notification_configuration(notify)
-        .send()
-        .await
-        .unwrap();
+    let (sqs, queue) = notifying_queue(&moto, "photos", "uploads").await;
 
     let node = node_with_s3_keys(&nats.url(), &[], false).await;
     node.deploy_ok("hello", &example("hello"), &[]).await;
@@ -217,26 +306,7 @@ async fn sqs_notifications_from_a_real_s3_server_are_delivered_and_deleted_after
     .await;
     assert!(dlq[0].to_string().contains("UnreadableNotification"), "{dlq:?}");
     // Everything handled was deleted: the queue drains.
-    eventually(Duration::from_secs(30), "the SQS queue to drain", || async {
-        let attrs = sqs
-            .get_queue_attributes()
-            .queue_url(&queue)
-            .attribute_names(evoke_connectors::aws_sdk_sqs::types::QueueAttributeName::All)
-            .send()
-            .await
-            .ok()?
-            .attributes?;
-        let count = |n: &str| {
-            attrs
-                .iter()
-                .find(|(k, _)| k.as_str() == n)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        (count("ApproximateNumberOfMessages") == "0" && count("ApproximateNumberOfMessagesNotVisible") == "0")
-            .then_some(())
-    })
-    .await;
+    drained(&sqs, &queue).await;
     assert_eq!(subjects(&url, "hello").await, ["incoming/my cat.jpg"]);
     node.stop().await;
 }
