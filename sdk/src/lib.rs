@@ -134,7 +134,8 @@ pub fn info(message: impl AsRef<str>) {
 /// timeout.
 ///
 /// ```ignore
-/// use evoke_sdk::objects::Bucket;
+/// use evoke_sdk::objects::{self, Bucket};
+/// let data = objects::get("local", "photos", "cat.jpg")?;
 /// let photos = Bucket::new("local", "photos");
 /// let bytes = photos.get("cat.jpg")?;
 /// Bucket::new("local", "thumbs").put("cat.jpg", &bytes, Some("image/jpeg"))?;
@@ -162,6 +163,37 @@ pub mod objects {
         fn from(e: Error) -> String {
             e.message()
         }
+    }
+
+    /// Reads a whole object: `objects::get("local", "photos", "cat.jpg")`.
+    pub fn get(store: &str, bucket: &str, key: &str) -> Result<Vec<u8>, Error> {
+        Bucket::new(store, bucket).get(key)
+    }
+
+    /// Writes an object.
+    pub fn put(
+        store: &str,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<ObjectInfo, Error> {
+        Bucket::new(store, bucket).put(key, body, content_type)
+    }
+
+    /// An object's size, type and metadata.
+    pub fn head(store: &str, bucket: &str, key: &str) -> Result<ObjectInfo, Error> {
+        Bucket::new(store, bucket).object(key).head()
+    }
+
+    /// Every object under `prefix`.
+    pub fn list(store: &str, bucket: &str, prefix: &str) -> Listing {
+        Bucket::new(store, bucket).list(prefix)
+    }
+
+    /// Deletes an object (a missing one is not an error).
+    pub fn delete(store: &str, bucket: &str, key: &str) -> Result<(), Error> {
+        Bucket::new(store, bucket).delete(key)
     }
 
     /// A bucket of a store, by the names used in `evoke.toml`.
