@@ -7,14 +7,18 @@
 //! - [`registry`]: function and trigger specs (validation, storage in KV,
 //!   live watch).
 //! - [`executor`]: the wasmtime sandbox: engine, code cache, instance pools,
-//!   limits.
+//!   limits, and the host side of the WIT world (`log`, `objects` with its
+//!   grants check).
 //! - [`invoker`]: sync runs, the async queue (workers, and settling each
 //!   outcome by error class), records, DLQ, destinations, relays.
 //! - [`api`]: the HTTP API (`/v1`, `/hooks`, `/healthz`, `/metrics`); every
 //!   lower error maps to its HTTP answer in `api/error.rs`.
 //! - [`sources`]: the `Sink` and state store sources use on a node, the
-//!   source manager (cron), and leases for sources that run on one node.
-//! - [`stores`]: object stores (`[stores.NAME]`): specs, S3 clients, checks.
+//!   source manager (cron, s3 by SQS or polling), and leases for sources
+//!   that run on one node.
+//! - [`stores`]: object stores (`[stores.NAME]`): specs, S3 clients, checks,
+//!   the object backend functions and `s3://` destinations use, and the
+//!   recursion guard's chains.
 //! - [`secrets`]: secrets by environment variable name.
 //! - [`supervise`]: one task per named spec, following a watched registry.
 //! - [`cluster`]: node heartbeats and the cluster status (`evoke status`).
@@ -24,8 +28,9 @@
 //! - [`cli`]: the `evoke` command (client commands and `up`/`serve`).
 //! - [`units`]: sizes and durations as users write them.
 //!
-//! The event envelope, the source contract, every source (webhook, cron),
-//! leases and backoff policies live in the `evoke-connectors` crate.
+//! The event envelope, the source contract, every source (webhook, cron,
+//! s3), store configs, leases and backoff policies live in the
+//! `evoke-connectors` crate.
 
 pub mod api;
 pub mod bus;

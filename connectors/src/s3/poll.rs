@@ -361,7 +361,14 @@ impl<S: Sink, St: StateStore, C: Chains> Poller<S, St, C> {
         };
         save_seen(&*self.state, &self.trigger.name, &next).await?;
         if summary.queued + summary.parked > 0 {
-            tracing::info!(trigger = self.trigger.name, ?summary, "poll round");
+            tracing::info!(
+                trigger = self.trigger.name,
+                queued = summary.queued,
+                duplicates = summary.duplicates,
+                filtered = summary.filtered,
+                parked = summary.parked,
+                "poll round found changes"
+            );
             let value = json!({ "time": Utc::now(), "poll": summary });
             let _ = self
                 .state

@@ -47,7 +47,8 @@ impl Function for Thumbnail {
             .map_err(|e| e.to_string())?;
         let format = match reader.format() {
             Some(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
-            other => return Err(format!("{} is not a JPEG or PNG ({other:?})", object.key)),
+            Some(other) => return Err(format!("{} is {other:?}, not a JPEG or PNG", object.key)),
+            None => return Err(format!("{} is not a JPEG or PNG image", object.key)),
         };
         let image = reader
             .decode()
