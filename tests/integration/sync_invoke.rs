@@ -348,3 +348,26 @@ async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// A function built against `evoke:function@0.1.0` (before `objects` was
+/// added to the world) deploys, answers and logs unchanged.
+#[tokio::test]
+async fn functions_built_for_the_0_1_world_keep_running() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("old", &example("hello-v0-1"), &[]).await;
+    let resp = node.invoke_text("old", "evoke").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "Hello from 0.1.0, evoke!");
+    let log = node
+        .http
+        .get(node.url("/v1/functions/old/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("v0.1 greeting evoke"), "{log}");
+    node.stop().await;
+}
