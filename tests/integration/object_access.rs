@@ -307,3 +307,59 @@ async fn results_are_written_to_an_s3_destination_even_after_the_store_was_down(
     assert_eq!(v["dead_letters"], json!([]), "{v}");
     node.stop().await;
 }
+
+/// Every object call through the SDK against a real S3 server: put with
+/// metadata, get, head, a streamed read in 3-byte ranges, a range, a
+/// listing, delete, and `not-found` after it.
+#[tokio::test]
+async fn every_object_call_works_through_the_sdk() {
+    let moto = Moto::start();
+    moto.bucket("work").await;
+    let nats = Nats::start();
+    let node = node_with_s3_keys(&nats.url(), &[], true).await;
+    node.put_store("local", moto.store()).await;
+    node.deploy_ok("tour", &example("objects-tour"), &[("grant", "local/work:read-write")])
+        .await;
+    let resp = node
+        .invoke(
+            "tour",
+            r#"{"store":"local","bucket":"work","prefix":"tour/","chunk":3}"#,
+        )
+        .await;
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["whole"], "bravo!");
+    assert_eq!(v["streamed"], "bravo!", "read back range by range");
+    assert_eq!(v["range"], "rav");
+    assert_eq!(v["size"], 6);
+    assert_eq!(v["content_type"], "text/plain");
+    // The function's metadata, and what evoke adds (the writer, its chain).
+    let meta = v["metadata"].as_array().unwrap();
+    for pair in [
+        json!(["origin", "tour"]),
+        json!(["evoke-function", "tour"]),
+        json!(["evoke-chain", "1"]),
+    ] {
+        assert!(meta.contains(&pair), "{pair} in {meta:?}");
+    }
+    assert_eq!(v["listed"], json!(["tour/a.txt", "tour/b.txt", "tour/c.txt"]));
+    assert_eq!(v["after_delete"], "not-found");
+    assert_eq!(moto.keys("work").await, ["tour/b.txt", "tour/c.txt"]);
+    // The store itself holds the same.
+    let head = moto
+        .s3()
+        .await
+        .head_object()
+        .bucket("work")
+        .key("tour/b.txt")
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(meta.get("origin").map(String::as_str), Some("tour"), "{meta:?}");
+    assert_eq!(meta.get("evoke-function").map(String::as_str), Some("tour"), "{meta:?}");
+    assert_eq!(meta.get("evoke-chain").map(String::as_str), Some("1"), "{meta:?}");
+    node.stop().await;
+}
