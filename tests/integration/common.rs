@@ -763,6 +763,29 @@ pub async fn node_with_s3_keys(nats: &str, extra: &[(&str, &str)], workers: bool
 }
 
 impl TestNode {
+    /// A function's log (`/v1/functions/{function}/logs?{query}`), read
+    /// again until it has `needle` (log lines are stored beside the answer,
+    /// a moment later) or 10 s passed; returns the last read.
+    pub async fn logs_with(&self, function: &str, query: &str, needle: &str) -> String {
+        let url = self.url(&format!("/v1/functions/{function}/logs?{query}"));
+        let start = Instant::now();
+        loop {
+            let log = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .expect("logs")
+                .text()
+                .await
+                .expect("text");
+            if log.contains(needle) || start.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// POSTs JSON; returns status and body.
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let resp = self.http.post(self.url(path)).json(&body).send().await.expect("post");

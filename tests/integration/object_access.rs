@@ -58,17 +58,6 @@ async fn invoke_event(node: &TestNode, function: &str, event: String) -> (Status
     (resp.status(), resp.text().await.unwrap())
 }
 
-async fn logs(node: &TestNode, function: &str) -> String {
-    node.http
-        .get(node.url(&format!("/v1/functions/{function}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The thumbnail function, store, grants and trigger exactly as the shipped
 /// `evoke.toml` has them (only the store's endpoint points at this test's
 /// server): a JPEG and a PNG uploaded get thumbnails of the right size, a
@@ -123,7 +112,7 @@ async fn the_shipped_thumbnail_example_makes_thumbnails_of_uploads() {
     assert_eq!(dimensions(&jpeg), (128, 96), "aspect ratio kept");
     let png = moto.get("thumbs", "tall.png").await.unwrap();
     assert_eq!(dimensions(&png), (64, 128));
-    let log = logs(&node, "thumbnail").await;
+    let log = node.logs_with("thumbnail", "", "640x480 -> 128x96").await;
     assert!(log.contains("640x480 -> 128x96"), "{log}");
     // The text file matched no suffix: never an event.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -173,7 +162,7 @@ async fn grants_decide_what_a_function_may_touch() {
     other = upload_event("cat.jpg").replace("\"evokestore\":\"local\"", "\"evokestore\":\"prod\"");
     let (_, body) = invoke_event(&node, "thumbnail", other).await;
     assert!(body.contains("may not read prod/photos"), "{body}");
-    let log = logs(&node, "thumbnail").await;
+    let log = node.logs_with("thumbnail", "", "objects.get(local/secrets)").await;
     assert!(
         log.contains("objects.get(local/secrets)") && log.contains("denied"),
         "{log}"

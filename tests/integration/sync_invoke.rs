@@ -45,22 +45,9 @@ async fn hello_deploys_and_answers_cold_then_warm() {
     assert_eq!(cold["cached_code"], true);
 
     // The function's log line reaches EVOKE_LOGS, tagged with the invocation.
-    let mut logs = String::new();
-    for _ in 0..50 {
-        logs = node
-            .http
-            .get(node.url(&format!("/v1/functions/hello/logs?invocation={id}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if logs.contains("greeting evoke") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let logs = node
+        .logs_with("hello", &format!("invocation={id}"), "greeting evoke")
+        .await;
     assert!(logs.contains("greeting evoke (attempt 1)"), "{logs}");
     assert!(!logs.contains("greeting again"), "filtered by invocation: {logs}");
 
@@ -359,15 +346,7 @@ async fn functions_built_for_the_0_1_world_keep_running() {
     let resp = node.invoke_text("old", "evoke").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "Hello from 0.1.0, evoke!");
-    let log = node
-        .http
-        .get(node.url("/v1/functions/old/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = node.logs_with("old", "", "v0.1 greeting evoke").await;
     assert!(log.contains("v0.1 greeting evoke"), "{log}");
     node.stop().await;
 }
