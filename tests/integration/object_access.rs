@@ -352,3 +352,40 @@ async fn every_object_call_works_through_the_sdk() {
     assert_eq!(meta.get("evoke-chain").map(String::as_str), Some("1"), "{meta:?}");
     node.stop().await;
 }
+
+/// A store that accepts connections and never answers: the object call ends
+/// with the invocation's timeout (as a timeout, logged), the function does
+/// not hang, and the node keeps serving.
+#[tokio::test]
+async fn object_calls_end_with_the_invocation_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let nats = Nats::start();
+    let node = node_with_s3_keys(&nats.url(), &[], true).await;
+    let store = json!({"endpoint": format!("http://127.0.0.1:{port}"),
+        "access_key_env": "S3_KEY", "secret_key_env": "S3_SECRET"});
+    node.put_store("local", store).await;
+    node.deploy_ok(
+        "thumbnail",
+        &example("thumbnail"),
+        &[("grant", "local/photos:read"), ("timeout", "1s")],
+    )
+    .await;
+    let (status, body) = invoke_event(&node, "thumbnail", upload_event("cat.jpg")).await;
+    assert!(!status.is_success(), "{status} {body}");
+    assert!(
+        body.contains("time ran out") || body.contains("FunctionTimeout"),
+        "{status} {body}"
+    );
+    let log = node.logs_with("thumbnail", "", "objects.get(local/photos)").await;
+    assert!(log.contains("objects.get(local/photos)"), "{log}");
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    node.stop().await;
+}
