@@ -85,9 +85,30 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// The longest duration evoke takes (100 years): every setting's own range
+/// is far below it, and beyond it a duration no longer prints to text that
+/// parses back (found by the `units` fuzz target).
+pub const MAX_DURATION: Duration = Duration::from_secs(36525 * 24 * 3600);
+
 /// Parses a humantime duration (`5s`, `250ms`, `10m`, `24h`) with a message
 /// that says what is expected.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any(s)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is longer than the longest duration evoke takes (100 years)"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses how far to look back (`--since 10m`): longer than
+/// [`MAX_DURATION`] means "everything", not an error.
+pub fn parse_lookback(s: &str) -> Result<Duration, String> {
+    parse_any(s).map(|d| d.min(MAX_DURATION))
+}
+
+fn parse_any(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 5s, 10m or 24h"))
 }
@@ -146,6 +167,20 @@ mod tests {
     }
 
     #[test]
+    fn durations_up_to_the_longest_print_back_to_themselves() {
+        for d in [
+            MAX_DURATION,
+            MAX_DURATION - Duration::from_nanos(1),
+            Duration::from_secs(3_155_759_999) + Duration::from_millis(17),
+            Duration::from_millis(1),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
+        }
+        assert_eq!(parse_lookback("99999999999h"), Ok(MAX_DURATION));
+        assert!(parse_lookback("soon").is_err());
+    }
+
+    #[test]
     fn hostile_numbers_are_refused_not_overflowed() {
         for bad in [
             "",
@@ -169,6 +204,10 @@ mod tests {
             "9223372036854775807d",
             "99999999999999999999999999ms",
             "5 parsecs",
+            // Parsed by humantime, but no longer printable as text that
+            // parses back (a `units` fuzz finding): beyond MAX_DURATION.
+            "18446744073709551615s",
+            "101years",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

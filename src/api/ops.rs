@@ -165,7 +165,7 @@ pub async fn logs(
     let since = q
         .since
         .as_deref()
-        .map(crate::units::parse_duration)
+        .map(crate::units::parse_lookback)
         .transpose()
         .map_err(|m| ApiError::bad_request("InvalidRequest", format!("since: {m}")))?;
     let query = crate::observe::logs::Query {

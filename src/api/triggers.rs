@@ -263,7 +263,7 @@ fn parse_since(t: &str) -> Result<chrono::DateTime<Utc>, String> {
     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
         return Ok(at.with_timezone(&Utc));
     }
-    let back = crate::units::parse_duration(t)
+    let back = crate::units::parse_lookback(t)
         .map_err(|_| format!("`since` = `{t}` is neither an RFC 3339 time nor a duration such as 24h"))?;
     Ok(Utc::now() - chrono::Duration::from_std(back).unwrap_or(chrono::Duration::MAX))
 }
