@@ -198,6 +198,30 @@ mod backend {
         }
     }
 
+    /// Stores quote ETags (`"abc"`); evoke passes them on bare.
+    fn etag(e: Option<&str>) -> Option<String> {
+        e.map(|e| e.trim_matches('"').to_string())
+    }
+
+    /// What a GetObject or HeadObject answer says about `key`.
+    fn info(
+        key: &str,
+        size: Option<i64>,
+        e_tag: Option<&str>,
+        content_type: Option<&str>,
+        modified: Option<&evoke_connectors::aws_sdk_s3::primitives::DateTime>,
+        meta: Option<&std::collections::HashMap<String, String>>,
+    ) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_string(),
+            size: size.unwrap_or(0).max(0) as u64,
+            etag: etag(e_tag),
+            content_type: content_type.map(str::to_string),
+            last_modified: time(modified),
+            metadata: metadata(meta),
+        }
+    }
+
     fn time(t: Option<&evoke_connectors::aws_sdk_s3::primitives::DateTime>) -> Option<String> {
         t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -253,19 +277,18 @@ mod backend {
                     req = req.range(format!("bytes={offset}-{last}"));
                 }
                 let out = req.send().await.map_err(|e| error(e, &what))?;
-                let length = out.content_length().unwrap_or(0).max(0) as u64;
-                if length > max {
+                let info = info(
+                    key,
+                    out.content_length(),
+                    out.e_tag(),
+                    out.content_type(),
+                    out.last_modified(),
+                    out.metadata(),
+                );
+                if info.size > max {
                     // The body is dropped unread: the connection is closed.
-                    return Err(ObjectError::TooLarge(length));
+                    return Err(ObjectError::TooLarge(info.size));
                 }
-                let info = ObjectInfo {
-                    key: key.to_string(),
-                    size: length,
-                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
-                    content_type: out.content_type().map(str::to_string),
-                    last_modified: time(out.last_modified()),
-                    metadata: metadata(out.metadata()),
-                };
                 let body = out
                     .body
                     .collect()
@@ -295,14 +318,14 @@ mod backend {
                     .send()
                     .await
                     .map_err(|e| error(e, &what))?;
-                Ok(ObjectInfo {
-                    key: key.to_string(),
-                    size: out.content_length().unwrap_or(0).max(0) as u64,
-                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
-                    content_type: out.content_type().map(str::to_string),
-                    last_modified: time(out.last_modified()),
-                    metadata: metadata(out.metadata()),
-                })
+                Ok(info(
+                    key,
+                    out.content_length(),
+                    out.e_tag(),
+                    out.content_type(),
+                    out.last_modified(),
+                    out.metadata(),
+                ))
             })
         }
 
@@ -341,7 +364,7 @@ mod backend {
                 Ok(ObjectInfo {
                     key: key.to_string(),
                     size,
-                    etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    etag: etag(out.e_tag()),
                     content_type: object.content_type,
                     last_modified: None,
                     metadata,
@@ -375,7 +398,7 @@ mod backend {
                         Some(ObjectInfo {
                             key: o.key()?.to_string(),
                             size: o.size().unwrap_or(0).max(0) as u64,
-                            etag: o.e_tag().map(|e| e.trim_matches('"').to_string()),
+                            etag: etag(o.e_tag()),
                             content_type: None,
                             last_modified: time(o.last_modified()),
                             metadata: vec![],

@@ -43,6 +43,7 @@ pub const FIRST_ROUND_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed {
     pub key: String,
+    /// Bare (without the quotes stores put around it).
     pub etag: String,
     pub size: u64,
     pub modified: Option<DateTime<Utc>>,
@@ -71,7 +72,8 @@ pub async fn list(
             .filter_map(|o| {
                 Some(Listed {
                     key: o.key?,
-                    etag: o.e_tag.unwrap_or_default(),
+                    // Bare, as records and the seen state keep it.
+                    etag: o.e_tag.unwrap_or_default().trim_matches('"').to_string(),
                     size: o.size.unwrap_or(0).max(0) as u64,
                     modified: o
                         .last_modified
@@ -102,7 +104,7 @@ pub fn encode_key(key: &str) -> String {
 /// `evoke:poll` or `evoke:backfill`.
 pub fn listed_record(bucket: &str, o: &Listed, event_name: &str, origin: &str) -> Record {
     let time = o.modified.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));
-    let mut object = json!({ "key": encode_key(&o.key), "eTag": o.etag.trim_matches('"') });
+    let mut object = json!({ "key": encode_key(&o.key), "eTag": o.etag });
     if event_name.starts_with("ObjectCreated") {
         object["size"] = json!(o.size);
     }
@@ -118,7 +120,7 @@ pub fn listed_record(bucket: &str, o: &Listed, event_name: &str, origin: &str) -
         bucket: bucket.to_string(),
         key: o.key.clone(),
         size: Some(o.size),
-        etag: Some(o.etag.trim_matches('"').to_string()),
+        etag: Some(o.etag.clone()),
         sequencer: None,
         version_id: None,
         event_time: time,
