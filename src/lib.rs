@@ -14,11 +14,14 @@
 //! - [`api`]: the HTTP API (`/v1`, `/hooks`, `/healthz`, `/metrics`); every
 //!   lower error maps to its HTTP answer in `api/error.rs`.
 //! - [`sources`]: the `Sink` and state store sources use on a node, the
-//!   source manager (cron, s3 by SQS or polling), and leases for sources
+//!   source manager (cron, s3 by SQS or polling, the queue sources), and leases for sources
 //!   that run on one node.
 //! - [`stores`]: object stores (`[stores.NAME]`): specs, S3 clients, checks,
 //!   the object backend functions and `s3://` destinations use, and the
 //!   recursion guard's chains.
+//! - [`connections`]: broker connections (`[connections.NAME]`): specs,
+//!   the counters of the queue triggers a node runs, and the producers
+//!   broker destinations use.
 //! - [`secrets`]: secrets by environment variable name.
 //! - [`supervise`]: one task per named spec, following a watched registry.
 //! - [`cluster`]: node heartbeats and the cluster status (`evoke status`).
@@ -29,13 +32,14 @@
 //! - [`units`]: sizes and durations as users write them.
 //!
 //! The event envelope, the source contract, every source (webhook, cron,
-//! s3), store configs, leases and backoff policies live in the
+//! s3, kafka, amqp, mqtt, nats), store and connection configs, leases and backoff policies live in the
 //! `evoke-connectors` crate.
 
 pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod cluster;
+pub mod connections;
 pub mod executor;
 pub mod invoker;
 pub mod manifest;

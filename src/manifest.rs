@@ -11,6 +11,9 @@
 //! access_key_env = "S3_ACCESS_KEY"  # credentials by variable name
 //! secret_key_env = "S3_SECRET_KEY"
 //!
+//! [connections.rabbit]           # a broker triggers and destinations name
+//! url_env = "RABBIT_URL"          # secrets by variable name
+//!
 //! [triggers.tick]
 //! function = "hello"
 //! kind = "cron"
@@ -25,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use evoke_connectors::connection::ConnectionConfig;
 use evoke_connectors::store::StoreConfig;
 use evoke_connectors::trigger::{TriggerSpec, check_name};
 use serde_json::Value;
@@ -44,6 +48,7 @@ pub struct Manifest {
     pub functions: BTreeMap<String, ManifestFunction>,
     pub triggers: BTreeMap<String, TriggerSpec>,
     pub stores: BTreeMap<String, StoreConfig>,
+    pub connections: BTreeMap<String, ConnectionConfig>,
 }
 
 /// The largest code file a manifest may name (the server's default limit).
@@ -121,10 +126,18 @@ impl Manifest {
             match key.as_str() {
                 "functions" => manifest.read_functions(value, base, &read, &mut errors),
                 "triggers" => manifest.read_triggers(value, &mut errors),
-                "stores" => manifest.read_stores(value, &mut errors),
+                "stores" => read_named(value, "stores", "store", StoreConfig::parse, &mut manifest.stores, &mut errors),
+                "connections" => read_named(
+                    value,
+                    "connections",
+                    "connection",
+                    ConnectionConfig::parse,
+                    &mut manifest.connections,
+                    &mut errors,
+                ),
                 other => errors.push(problem(
                     other.to_string(),
-                    "unknown section; use [functions.<name>], [triggers.<name>] and [stores.<name>]",
+                    "unknown section; use [functions.<name>], [triggers.<name>], [stores.<name>] and [connections.<name>]",
                 )),
             }
         }
@@ -183,28 +196,6 @@ impl Manifest {
         }
     }
 
-    fn read_stores(&mut self, value: &Value, errors: &mut Vec<FieldError>) {
-        let Value::Object(stores) = value else {
-            errors.push(problem("stores".into(), "must be a table of [stores.<name>]"));
-            return;
-        };
-        for (name, body) in stores {
-            let path = format!("stores.{name}");
-            if !crate::registry::valid_name(name) {
-                errors.push(problem(
-                    path.clone(),
-                    format!("`{name}` is not a valid store name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"),
-                ));
-            }
-            match StoreConfig::parse(body) {
-                Ok(s) => {
-                    self.stores.insert(name.clone(), s);
-                }
-                Err(problems) => errors.extend(problems.into_iter().map(|(f, m)| problem(under(&path, &f), m))),
-            }
-        }
-    }
-
     fn read_triggers(&mut self, value: &Value, errors: &mut Vec<FieldError>) {
         let Value::Object(triggers) = value else {
             errors.push(problem("triggers".into(), "must be a table of [triggers.<name>]"));
@@ -221,6 +212,40 @@ impl Manifest {
                 }
                 Err(problems) => errors.extend(problems.into_iter().map(|(f, m)| problem(under(&path, &f), m))),
             }
+        }
+    }
+}
+
+/// Reads a section of named tables (`[stores.NAME]`, `[connections.NAME]`)
+/// with `parse`, every problem under its path.
+fn read_named<T>(
+    value: &Value,
+    section: &str,
+    what: &str,
+    parse: impl Fn(&Value) -> Result<T, Vec<(String, String)>>,
+    into: &mut BTreeMap<String, T>,
+    errors: &mut Vec<FieldError>,
+) {
+    let Value::Object(entries) = value else {
+        errors.push(problem(
+            section.into(),
+            format!("must be a table of [{section}.<name>]"),
+        ));
+        return;
+    };
+    for (name, body) in entries {
+        let path = format!("{section}.{name}");
+        if !crate::registry::valid_name(name) {
+            errors.push(problem(
+                path.clone(),
+                format!("`{name}` is not a valid {what} name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"),
+            ));
+        }
+        match parse(body) {
+            Ok(c) => {
+                into.insert(name.clone(), c);
+            }
+            Err(problems) => errors.extend(problems.into_iter().map(|(f, m)| problem(under(&path, &f), m))),
         }
     }
 }

@@ -135,6 +135,14 @@ impl Node {
         let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone(), stores);
         invoker.ack_wait = config.ack_wait;
         invoker.runs_locally = config.workers;
+        // Broker sessions (MQTT client ids, AMQP consumer tags) are named by
+        // this node's data directory, so a restarted node resumes its
+        // persistent sessions even when its name is generated.
+        invoker.connections = Arc::new(crate::connections::Connections::new(
+            invoker.bus.connections.clone(),
+            invoker.stores.secrets.clone(),
+            crate::connections::client_identity(&config.data_dir),
+        ));
         if config.allow_link_local_destinations {
             invoker.allow_link_local_destinations();
         }
@@ -146,6 +154,9 @@ impl Node {
         tasks.push(tokio::spawn(invoker.triggers.clone().run_watch(shutdown.subscribe())));
         tasks.push(tokio::spawn(
             invoker.stores.registry.clone().run_watch(shutdown.subscribe()),
+        ));
+        tasks.push(tokio::spawn(
+            invoker.connections.registry.clone().run_watch(shutdown.subscribe()),
         ));
         if config.sources {
             tasks.push(tokio::spawn(crate::sources::run(invoker.clone(), shutdown.subscribe())));

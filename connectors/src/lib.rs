@@ -14,18 +14,28 @@
 //! - [`cron`] and [`schedule`]: the cron source and its schedule arithmetic.
 //! - [`s3`]: the object storage source (notifications by webhook or SQS,
 //!   or polling) and [`store`]: the stores it and object access use.
+//! - [`queue`]: what the message-queue sources share (CloudEvents
+//!   bindings, batching, ack-after-store in arrival order), and one module
+//!   per broker: [`kafka`], [`amqp`], [`mqtt`], [`nats`]; [`connection`]:
+//!   the named broker connections they and destinations use.
 //! - [`lease`]: one holder at a time, for sources that run on one node only.
 //! - [`contract`]: the compliance checks every source's tests run.
 //! - [`units`]: sizes and durations as users write them.
 //!
 //! Nothing here touches wasmtime or the invoker: sources only publish.
 
+pub mod amqp;
 pub mod backoff;
+pub mod connection;
 pub mod contract;
 pub mod cron;
 pub mod event;
 pub mod filter;
+pub mod kafka;
 pub mod lease;
+pub mod mqtt;
+pub mod nats;
+pub mod queue;
 pub mod s3;
 pub mod schedule;
 pub mod source;
@@ -36,6 +46,12 @@ pub mod webhook;
 
 pub use event::{Event, EventError};
 
+#[cfg(feature = "amqp")]
+pub use lapin;
+#[cfg(feature = "kafka")]
+pub use rdkafka;
+#[cfg(feature = "mqtt")]
+pub use rumqttc;
 /// The AWS SDK crates the object storage source uses, for evoke's object
 /// access and destinations to use the same versions.
 #[cfg(feature = "s3")]

@@ -63,6 +63,10 @@ source_kinds! {
     "webhook" => Webhook(WebhookConfig),
     "cron" => Cron(CronConfig),
     "s3" => S3(crate::s3::S3Config),
+    "kafka" => Kafka(crate::kafka::KafkaConfig),
+    "amqp" => Amqp(crate::amqp::AmqpConfig),
+    "mqtt" => Mqtt(crate::mqtt::MqttConfig),
+    "nats" => Nats(crate::nats::NatsConfig),
 }
 
 impl SourceConfig {
@@ -73,6 +77,20 @@ impl SourceConfig {
             SourceConfig::Webhook(_) => crate::webhook::last_event_key(name),
             SourceConfig::Cron(_) => crate::cron::cursor_key(name),
             SourceConfig::S3(_) => crate::s3::last_event_key(name),
+            SourceConfig::Kafka(_) | SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => {
+                crate::queue::last_event_key(name)
+            }
+        }
+    }
+
+    /// The connection a queue trigger names (`connection = "..."`), if any.
+    pub fn connection(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Kafka(c) => c.connection.as_deref(),
+            SourceConfig::Amqp(c) => c.connection.as_deref(),
+            SourceConfig::Mqtt(c) => c.connection.as_deref(),
+            SourceConfig::Nats(c) => c.connection.as_deref(),
+            SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) => None,
         }
     }
 }
@@ -280,6 +298,10 @@ fn check_source(source: &SourceConfig) -> Vec<Problem> {
     let mut p = Vec::new();
     match source {
         SourceConfig::S3(c) => p.extend(c.check()),
+        SourceConfig::Kafka(c) => p.extend(c.check()),
+        SourceConfig::Amqp(c) => p.extend(c.check()),
+        SourceConfig::Mqtt(c) => p.extend(c.check()),
+        SourceConfig::Nats(c) => p.extend(c.check()),
         SourceConfig::Cron(c) => {
             if let Err(e) = c.parsed() {
                 let field = if e.contains("IANA") { "timezone" } else { "schedule" };
@@ -380,7 +402,7 @@ mod tests {
         assert!(problems[0].1.contains("query string"), "{problems:?}");
         let v = json!({"function":"f","kind":"webhook","methods":["GET"],"auth":{"scheme":"bearer","secret_env":"K"}});
         assert!(TriggerSpec::parse(&v).is_ok(), "bearer tokens do not sign the body");
-        let v = json!({"function":"f","kind":"kafka"});
+        let v = json!({"function":"f","kind":"rabbit"});
         assert!(TriggerSpec::parse(&v).unwrap_err()[0].1.contains("not a source kind"));
         let v = json!({"function":"f","kind":"webhook","auth":{"scheme":"magic"}});
         assert_eq!(TriggerSpec::parse(&v).unwrap_err()[0].0, "auth.scheme");

@@ -1,6 +1,7 @@
 //! The HTTP API: `/v1` (functions, invocations, dead letters, logs),
 //! `/healthz` and `/metrics`. Paths here are a contract.
 
+mod connections;
 mod error;
 mod functions;
 mod hooks;
@@ -135,6 +136,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(triggers::show).put(triggers::put).delete(triggers::remove),
         )
         .route("/triggers/{name}/backfill", post(triggers::backfill))
+        .route("/connections", get(connections::list))
+        .route(
+            "/connections/{name}",
+            get(connections::show).put(connections::put).delete(connections::remove),
+        )
         .route("/stores", get(stores::list))
         .route(
             "/stores/{name}",

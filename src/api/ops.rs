@@ -49,6 +49,7 @@ pub async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
             })
             .set(st.busy as i64);
     }
+    inv.metrics.observe_sources(&inv.connections.all_stats());
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         inv.metrics.encode(),

@@ -45,6 +45,18 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
                 Via::Sqs | Via::Poll => (store, None),
             }
         }
+        SourceConfig::Kafka(_) | SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => {
+            let problem = match spec.source.connection() {
+                Some(c) => s.invoker.connections.resolve(c).await.err(),
+                None => None,
+            };
+            let broker = s
+                .invoker
+                .connections
+                .stats_of(&t.name)
+                .and_then(|st| st.view().get("error").and_then(|e| e.as_str()).map(String::from));
+            (problem.or(broker), None)
+        }
     };
     let state = if misconfigured.is_some() {
         "misconfigured"
@@ -61,6 +73,13 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
     });
     if let Some(path) = path {
         v["path"] = json!(path);
+    }
+    if let Some(stats) = s.invoker.connections.stats_of(&t.name) {
+        // This node's consumer: counters, connected, lag when known.
+        v["consumer"] = stats.view();
+        if let Some(lag) = v["consumer"].get("lag").cloned() {
+            v["lag"] = lag;
+        }
     }
     if let Some(e) = misconfigured {
         v["error"] = json!(e);
@@ -129,7 +148,12 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value, dry_run: bool) -> 
         let auth = match &spec.source {
             SourceConfig::Webhook(w) => Some(w.auth.clone()),
             SourceConfig::S3(c) if c.via == Via::Webhook => Some(c.auth()),
-            SourceConfig::S3(_) | SourceConfig::Cron(_) => None,
+            SourceConfig::S3(_)
+            | SourceConfig::Cron(_)
+            | SourceConfig::Kafka(_)
+            | SourceConfig::Amqp(_)
+            | SourceConfig::Mqtt(_)
+            | SourceConfig::Nats(_) => None,
         };
         if auth.is_some_and(|a| a.scheme == Scheme::None) && !s.loopback {
             errors.push(field(
@@ -143,6 +167,18 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value, dry_run: bool) -> 
                 // A dry run may come before the store is created (apply).
                 Err(StoreError::Unknown(_)) if dry_run => {}
                 Err(e) => errors.push(field("store", e.to_string())),
+            }
+        }
+        if let Some(c) = spec.source.connection() {
+            match s.invoker.connections.registry.get(c).await {
+                Ok(Some(_)) => {}
+                // A dry run may come before the connection is created (apply).
+                Ok(None) if dry_run => {}
+                Ok(None) => errors.push(field(
+                    "connection",
+                    format!("connection `{c}` does not exist; declare [connections.{c}] and apply it first"),
+                )),
+                Err(e) => errors.push(field("connection", e.to_string())),
             }
         }
     }
@@ -246,7 +282,12 @@ pub async fn backfill(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InvalidTrigger", e))?;
     let config = match spec.source {
         SourceConfig::S3(c) => c,
-        SourceConfig::Webhook(_) | SourceConfig::Cron(_) => {
+        SourceConfig::Webhook(_)
+        | SourceConfig::Cron(_)
+        | SourceConfig::Kafka(_)
+        | SourceConfig::Amqp(_)
+        | SourceConfig::Mqtt(_)
+        | SourceConfig::Nats(_) => {
             return Err(ApiError::bad_request(
                 "NotBackfillable",
                 format!(

@@ -114,6 +114,8 @@ pub struct Bus {
     pub leases: kv::Store,
     /// Object stores.
     pub stores: kv::Store,
+    /// Broker connections.
+    pub connections: kv::Store,
     /// Chain depths of objects functions wrote (the recursion guard).
     pub chains: kv::Store,
     /// The servers this node was given, for messages.
@@ -177,6 +179,7 @@ impl Bus {
             nodes: kv(KV_NODES).await?,
             leases: kv(KV_LEASES).await?,
             stores: kv(KV_STORES).await?,
+            connections: kv(KV_CONNECTIONS).await?,
             chains: kv(KV_CHAINS).await?,
             code: js.get_object_store(OBJ_CODE).await.map_err(setup_err(OBJ_CODE))?,
             client,
@@ -338,6 +341,7 @@ async fn ensure_buckets(js: &jetstream::Context, replicas: usize) -> Result<(), 
         (KV_NODES, "evoke: node heartbeats", 1, NODE_TTL),
         (KV_LEASES, "evoke: leases of singleton sources", 1, LEASE_TTL),
         (KV_STORES, "evoke: object stores", 1, Duration::ZERO),
+        (KV_CONNECTIONS, "evoke: broker connections", 1, Duration::ZERO),
         (
             KV_CHAINS,
             "evoke: objects written by functions (recursion guard)",

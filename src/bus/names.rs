@@ -15,6 +15,8 @@ pub const KV_NODES: &str = "EVOKE_NODES";
 pub const KV_LEASES: &str = "EVOKE_LEASES";
 /// Object stores (`[stores.NAME]`), key = store name.
 pub const KV_STORES: &str = "EVOKE_STORES";
+/// Broker connections (`[connections.NAME]`), key = connection name.
+pub const KV_CONNECTIONS: &str = "EVOKE_CONNECTIONS";
 /// Objects written by functions, key = hash of store/bucket/key, value =
 /// the chain depth of the invocation that wrote it (the recursion guard).
 pub const KV_CHAINS: &str = "EVOKE_CHAINS";

@@ -57,9 +57,20 @@ pub async fn apply(
         functions: list(client, "/v1/functions", "functions").await?,
         triggers: list(client, "/v1/triggers", "triggers").await?,
         stores: list(client, "/v1/stores", "stores").await?,
+        connections: list(client, "/v1/connections", "connections").await?,
     };
     let mut problems = Vec::new();
-    let mut plan = plan_stores(client, &manifest, &deployed, &mut problems).await;
+    let mut plan = plan_named(client, "store", &manifest.stores, &deployed.stores, &mut problems).await;
+    plan.extend(
+        plan_named(
+            client,
+            "connection",
+            &manifest.connections,
+            &deployed.connections,
+            &mut problems,
+        )
+        .await,
+    );
     plan.extend(plan_functions(client, &manifest, &deployed, &mut problems).await?);
     plan.extend(plan_triggers(client, &manifest, &deployed, &mut problems).await);
     if prune {
@@ -82,20 +93,23 @@ struct Deployed {
     functions: BTreeMap<String, Value>,
     triggers: BTreeMap<String, Value>,
     stores: BTreeMap<String, Value>,
+    connections: BTreeMap<String, Value>,
 }
 
-/// Creates or updates for the manifest's stores, checked by the server.
-async fn plan_stores(
+/// Creates or updates for the manifest's stores or connections, checked by
+/// the server.
+async fn plan_named<T: serde::Serialize>(
     client: &Client,
-    manifest: &Manifest,
-    deployed: &Deployed,
+    kind: &'static str,
+    wanted: &BTreeMap<String, T>,
+    deployed: &BTreeMap<String, Value>,
     problems: &mut Vec<String>,
 ) -> Vec<Step> {
     let mut plan = Vec::new();
-    for (name, config) in &manifest.stores {
+    for (name, config) in wanted {
         let body = serde_json::to_value(config).unwrap_or_default();
-        let current = deployed.stores.get(name).map(|cur| &cur["config"]);
-        plan.push(plan_put(client, "store", name, body, current, problems).await);
+        let current = deployed.get(name).map(|cur| &cur["config"]);
+        plan.push(plan_put(client, kind, name, body, current, problems).await);
     }
     plan
 }
@@ -185,6 +199,14 @@ async fn plan_triggers(
                 c.store, c.store
             ));
         }
+        if let Some(c) = t.source.connection()
+            && !manifest.connections.contains_key(c)
+            && !deployed.connections.contains_key(c)
+        {
+            problems.push(format!(
+                "  triggers.{name}.connection: connection `{c}` is neither in the manifest ([connections.{c}]) nor on the server"
+            ));
+        }
         let current = deployed.triggers.get(name).map(|cur| &cur["spec"]);
         plan.push(plan_put(client, "trigger", name, t.to_value(), current, problems).await);
     }
@@ -209,9 +231,15 @@ fn plan_prune(client: &Client, manifest: &Manifest, deployed: &Deployed) -> Vec<
         .keys()
         .filter(|n| !manifest.stores.contains_key(*n))
         .map(|n| ("store", n, format!("/v1/stores/{n}")));
+    let connections = deployed
+        .connections
+        .keys()
+        .filter(|n| !manifest.connections.contains_key(*n))
+        .map(|n| ("connection", n, format!("/v1/connections/{n}")));
     triggers
         .chain(functions)
         .chain(stores)
+        .chain(connections)
         .map(|(kind, name, path)| {
             let change = Change {
                 kind,

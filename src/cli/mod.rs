@@ -66,8 +66,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: Option<StoresCmd>,
     },
+    /// List, show or remove broker connections (lists when no subcommand is
+    /// given), each with the environment variables this node lacks.
+    Connections {
+        #[command(subcommand)]
+        cmd: Option<StoresCmd>,
+    },
     /// Make the server match a manifest: create, update and (with --prune)
-    /// delete stores, functions and triggers, printing what changed.
+    /// delete stores, connections, functions and triggers, printing what changed.
     Apply(ApplyArgs),
     /// The cluster as the server sees it: nodes, NATS servers, stream
     /// replicas and leaders, queues, dead letters, and warnings.
@@ -99,13 +105,15 @@ pub enum TriggersCmd {
     },
 }
 
+/// The subcommands of `evoke stores` and `evoke connections`.
 #[derive(Subcommand, Debug)]
 pub enum StoresCmd {
-    /// List stores and whether this node reaches them.
+    /// List them (stores: whether this node reaches each; connections: the
+    /// environment variables this node lacks).
     Ls,
-    /// Show one store.
+    /// Show one.
     Show { name: String },
-    /// Remove a store (refused while triggers use it).
+    /// Remove one (refused while triggers use it).
     Rm { name: String },
 }
 
@@ -373,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => output::logs(&client, args, cli.json).await,
         Command::Triggers { cmd } => output::triggers(&client, cmd.unwrap_or(TriggersCmd::Ls), cli.json).await,
         Command::Stores { cmd } => output::stores(&client, cmd.unwrap_or(StoresCmd::Ls), cli.json).await,
+        Command::Connections { cmd } => output::connections(&client, cmd.unwrap_or(StoresCmd::Ls), cli.json).await,
         Command::Apply(a) => apply::apply(&client, &a.file, a.prune, a.dry_run, cli.json)
             .await
             .map(|_| ()),

@@ -343,18 +343,26 @@ pub async fn triggers(client: &Client, cmd: super::TriggersCmd, json: bool) -> a
                 return Ok(());
             }
             println!(
-                "{:<20} {:<8} {:<20} {:<8} LAST EVENT",
-                "NAME", "KIND", "FUNCTION", "STATE"
+                "{:<20} {:<8} {:<20} {:<13} {:<8} LAST EVENT",
+                "NAME", "KIND", "FUNCTION", "STATE", "LAG"
             );
             for t in &all {
                 let last = &t["last_event"];
-                let last = last["time"].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+                let last = last["time"].as_str().map(str::to_string).unwrap_or_else(|| {
+                    // Queue triggers: what this node's consumer stored.
+                    match t["consumer"]["stored"].as_u64() {
+                        Some(n) => format!("{n} stored here"),
+                        None => "-".into(),
+                    }
+                });
+                let lag = t["lag"].as_u64().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<20} {:<8} {:<20} {:<8} {last}",
+                    "{:<20} {:<8} {:<20} {:<13} {:<8} {last}",
                     t["name"].as_str().unwrap_or(""),
                     t["kind"].as_str().unwrap_or("?"),
                     t["function"].as_str().unwrap_or("?"),
-                    t["state"].as_str().unwrap_or("")
+                    t["state"].as_str().unwrap_or(""),
+                    lag
                 );
             }
             // What is wrong with the triggers that are not active, on
@@ -451,6 +459,7 @@ async fn backfill(
 
 pub async fn stores(client: &Client, cmd: super::StoresCmd, json: bool) -> anyhow::Result<()> {
     use super::StoresCmd;
+    let cmd_is_rm = matches!(cmd, StoresCmd::Rm { .. });
     match cmd {
         StoresCmd::Ls => {
             let v = client.json(client.request(Method::GET, "/v1/stores")).await?;
@@ -478,21 +487,72 @@ pub async fn stores(client: &Client, cmd: super::StoresCmd, json: bool) -> anyho
                 }
             }
         }
-        StoresCmd::Show { name } => {
-            let v = client
-                .json(client.request(Method::GET, &format!("/v1/stores/{name}")))
-                .await?;
-            print_json(&v);
+        StoresCmd::Show { name } | StoresCmd::Rm { name } => {
+            show_or_remove(client, cmd_is_rm, "store", &name, json).await?
         }
-        StoresCmd::Rm { name } => {
-            client
-                .send(client.request(Method::DELETE, &format!("/v1/stores/{name}")))
-                .await?;
+    }
+    Ok(())
+}
+
+/// `evoke connections`.
+pub async fn connections(client: &Client, cmd: super::StoresCmd, json: bool) -> anyhow::Result<()> {
+    use super::StoresCmd;
+    let cmd_is_rm = matches!(cmd, StoresCmd::Rm { .. });
+    match cmd {
+        StoresCmd::Ls => {
+            let v = client.json(client.request(Method::GET, "/v1/connections")).await?;
             if json {
-                print_json(&serde_json::json!({ "removed": name }));
-            } else {
-                println!("removed store {name}");
+                print_json(&v);
+                return Ok(());
             }
+            let all = v["connections"].as_array().cloned().unwrap_or_default();
+            if all.is_empty() {
+                println!("no connections; add one as [connections.<name>] in evoke.toml and run `evoke apply`");
+                return Ok(());
+            }
+            println!("{:<20} {:<40} MISSING ON THIS NODE", "NAME", "WHERE");
+            for c in &all {
+                let cfg = &c["config"];
+                let at = cfg["url"]
+                    .as_str()
+                    .map(evoke_connectors::connection::redact)
+                    .or_else(|| cfg["url_env"].as_str().map(|e| format!("${e}")))
+                    .or_else(|| cfg["brokers"].as_array().map(|b| format!("{} broker(s)", b.len())))
+                    .unwrap_or_default();
+                let missing: Vec<&str> = c["missing_env"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:<40} {}",
+                    c["name"].as_str().unwrap_or(""),
+                    at,
+                    if missing.is_empty() {
+                        "-".to_string()
+                    } else {
+                        missing.join(", ")
+                    }
+                );
+            }
+        }
+        StoresCmd::Show { name } | StoresCmd::Rm { name } => {
+            show_or_remove(client, cmd_is_rm, "connection", &name, json).await?
+        }
+    }
+    Ok(())
+}
+
+/// `show NAME` (the JSON view) or `rm NAME` of a store or connection.
+async fn show_or_remove(client: &Client, rm: bool, kind: &str, name: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/{kind}s/{name}");
+    if !rm {
+        print_json(&client.json(client.request(Method::GET, &path)).await?);
+    } else {
+        client.send(client.request(Method::DELETE, &path)).await?;
+        if json {
+            print_json(&serde_json::json!({ "removed": name }));
+        } else {
+            println!("removed {kind} {name}");
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! `on_success` / `on_failure` destinations: the result (or the failure with
 //! its attempts) as a CloudEvent, sent to a NATS subject (core publish, for
 //! subscribers), a JetStream stream (stored, ack awaited), an HTTP endpoint,
-//! another function's queue, or an object store (an object per invocation).
+//! another function's queue, an object store (an object per invocation), or
+//! a broker by connection (Kafka, RabbitMQ, MQTT, another NATS; in the
+//! kind's CloudEvents binding, see `connections`).
 //!
 //! HTTP destinations never reach link-local addresses (where cloud metadata
 //! services live), whether written as an IP or resolved from a name, unless
@@ -133,6 +135,7 @@ impl Invoker {
                 }
             }
             Destination::S3 { store, bucket, prefix } => self.write_object(store, bucket, prefix, event, body).await,
+            Destination::Queue(target) => self.connections.send(target, event).await,
             Destination::Function(name) => {
                 let f = self
                     .registry

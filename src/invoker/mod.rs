@@ -62,6 +62,8 @@ pub struct Invoker {
     pub triggers: TriggerRegistry,
     /// Object stores and this node's clients for them.
     pub stores: Arc<Stores>,
+    /// Broker connections, queue trigger stats and destination producers.
+    pub connections: Arc<crate::connections::Connections>,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     /// This node's name, recorded in every attempt.
@@ -100,11 +102,17 @@ impl Invoker {
         let http = destinations::http_client(false);
         let registry = Registry::new(bus.functions.clone());
         let triggers = TriggerRegistry::new(bus.triggers.clone());
+        let connections = Arc::new(crate::connections::Connections::new(
+            bus.connections.clone(),
+            stores.secrets.clone(),
+            node.clone(),
+        ));
         Invoker {
             bus,
             registry,
             triggers,
             stores,
+            connections,
             executor,
             metrics,
             node,

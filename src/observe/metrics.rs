@@ -44,8 +44,26 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub trigger: String,
+    pub outcome: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Messages of this node's queue triggers since it started, by outcome
+    /// (set from the sources' counters when scraped).
+    pub source_messages: Family<SourceLabel, Gauge>,
+    /// Messages waiting at the broker, per queue trigger, where known.
+    pub source_lag: Family<TriggerLabel, Gauge>,
+    /// 1 while this node's consumer of a queue trigger is connected.
+    pub source_connected: Family<TriggerLabel, Gauge>,
     pub invocations: Family<OutcomeLabel, Counter>,
     pub duration: Family<FnLabel, Histogram>,
     pub cold_starts: Family<FnLabel, Counter>,
@@ -83,6 +101,24 @@ impl Metrics {
         let queue_pending = Family::<FnLabel, Gauge>::default();
         let nats_events = Family::<EventLabel, Counter>::default();
         let consumers_reopened = Family::<FnLabel, Counter>::default();
+        let source_messages = Family::<SourceLabel, Gauge>::default();
+        let source_lag = Family::<TriggerLabel, Gauge>::default();
+        let source_connected = Family::<TriggerLabel, Gauge>::default();
+        registry.register(
+            "source_messages",
+            "Messages of this node's queue triggers since it started, by outcome (received, stored, duplicates, filtered, parked, acked)",
+            source_messages.clone(),
+        );
+        registry.register(
+            "source_lag",
+            "Messages waiting at the broker for a queue trigger (consumer lag), where the broker tells",
+            source_lag.clone(),
+        );
+        registry.register(
+            "source_connected",
+            "1 while this node's consumer of a queue trigger is connected to its broker",
+            source_connected.clone(),
+        );
         registry.register(
             "nats_connection_events",
             "NATS connection events of this node (connected, disconnected, errors)",
@@ -129,6 +165,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            source_messages,
+            source_lag,
+            source_connected,
             invocations,
             duration,
             cold_starts,
@@ -198,6 +237,39 @@ impl Metrics {
                 class: class.to_string(),
             })
             .inc();
+    }
+
+    /// Sets the queue trigger series from the sources' counters.
+    pub fn observe_sources(&self, all: &[(String, std::sync::Arc<evoke_connectors::queue::Stats>)]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.source_messages.clear();
+        self.source_lag.clear();
+        self.source_connected.clear();
+        for (trigger, s) in all {
+            for (outcome, n) in [
+                ("received", &s.received),
+                ("stored", &s.stored),
+                ("duplicates", &s.duplicates),
+                ("filtered", &s.filtered),
+                ("parked", &s.parked),
+                ("acked", &s.acked),
+            ] {
+                let label = SourceLabel {
+                    trigger: trigger.clone(),
+                    outcome: outcome.into(),
+                };
+                self.source_messages.get_or_create(&label).set(n.load(Relaxed) as i64);
+            }
+            let t = TriggerLabel {
+                trigger: trigger.clone(),
+            };
+            if s.lag_known.load(Relaxed) {
+                self.source_lag.get_or_create(&t).set(s.lag.load(Relaxed) as i64);
+            }
+            self.source_connected
+                .get_or_create(&t)
+                .set(s.connected.load(Relaxed) as i64);
+        }
     }
 
     /// Prometheus text exposition.

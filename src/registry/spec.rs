@@ -73,6 +73,10 @@ pub enum Destination {
         bucket: String,
         prefix: String,
     },
+    /// A broker named by a connection: `kafka://CONN/topic`,
+    /// `amqp://CONN/exchange/key`, `mqtt://CONN/topic`, `nats://CONN/subject`,
+    /// `jetstream://CONN/subject`.
+    Queue(crate::connections::QueueTarget),
 }
 
 /// Checks a subject a destination publishes to.
@@ -95,6 +99,12 @@ impl FromStr for Destination {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if ["kafka://", "amqp://", "mqtt://", "nats://", "jetstream://"]
+            .iter()
+            .any(|p| s.starts_with(p))
+        {
+            return s.parse().map(Destination::Queue);
+        }
         if let Some(subject) = s.strip_prefix("nats:") {
             return publish_subject(subject).map(Destination::Nats);
         }
@@ -135,7 +145,7 @@ impl FromStr for Destination {
             return Ok(Destination::Http(s.to_string()));
         }
         Err(format!(
-            "`{s}` is not a destination; use nats:<subject>, jetstream:<subject>, http(s)://<url>, function:<name> or s3://<store>/<bucket>/<prefix>"
+            "`{s}` is not a destination; use nats:<subject>, jetstream:<subject>, http(s)://<url>, function:<name>, s3://<store>/<bucket>/<prefix>, or a broker by connection: kafka://<conn>/<topic>, amqp://<conn>/<exchange>/<routing-key>, mqtt://<conn>/<topic>, nats://<conn>/<subject>, jetstream://<conn>/<subject>"
         ))
     }
 }
@@ -161,6 +171,7 @@ impl fmt::Display for Destination {
             Destination::Http(u) => f.write_str(u),
             Destination::Function(n) => write!(f, "function:{n}"),
             Destination::S3 { store, bucket, prefix } => write!(f, "s3://{store}/{bucket}/{prefix}"),
+            Destination::Queue(t) => t.fmt(f),
         }
     }
 }

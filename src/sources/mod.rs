@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
 
 pub mod lease;
+pub mod queues;
 pub mod s3;
 use crate::supervise::{Supervised, reconcile, stop_all};
 
@@ -100,8 +101,8 @@ where
 }
 
 /// The version of what a trigger's task runs: its own revision and, for a
-/// trigger reading a store, the store's (a changed endpoint or credentials
-/// restart it).
+/// trigger reading a store or a connection, that one's (a changed endpoint
+/// or credentials restart it).
 fn version(trigger: u64, store: Option<u64>) -> u64 {
     trigger.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ store.map_or(0, |s| s.wrapping_add(1))
 }
@@ -113,18 +114,30 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
     let state = Arc::new(KvState::new(invoker.bus.state.clone()));
     let mut triggers = invoker.triggers.subscribe();
     let mut stores = invoker.stores.registry.subscribe();
+    let mut connections = invoker.connections.registry.subscribe();
     let mut running: HashMap<String, Supervised> = HashMap::new();
     loop {
         let current = triggers.borrow_and_update().clone();
         let current_stores = stores.borrow_and_update().clone();
+        let current_connections = connections.borrow_and_update().clone();
         let desired: HashMap<String, u64> = current
             .iter()
             .map(|(n, t)| {
-                let store = t.spec.get("store").and_then(|s| s.as_str());
-                let store_rev = store.and_then(|s| current_stores.get(s)).map(|s| s.revision);
-                (n.clone(), version(t.revision, store_rev))
+                let named = |field: &str| t.spec.get(field).and_then(|s| s.as_str());
+                let uses = named("store")
+                    .and_then(|s| current_stores.get(s))
+                    .map(|s| s.revision)
+                    .or_else(|| {
+                        named("connection")
+                            .and_then(|c| current_connections.get(c))
+                            .map(|c| c.revision)
+                    });
+                (n.clone(), version(t.revision, uses))
             })
             .collect();
+        for name in running.keys().filter(|n| !desired.contains_key(*n)) {
+            invoker.connections.forget_stats(name);
+        }
         for (name, revision) in reconcile(&mut running, &desired) {
             let Some(stored) = current.get(&name) else { continue };
             let spec = match stored.parsed() {
@@ -147,6 +160,13 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                         None => continue,
                     }
                 }
+                source @ (SourceConfig::Kafka(_)
+                | SourceConfig::Amqp(_)
+                | SourceConfig::Mqtt(_)
+                | SourceConfig::Nats(_)) => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
+                    Some(start) => Supervised::spawn(revision, start),
+                    None => continue,
+                },
             };
             tracing::info!(trigger = %name, "source started");
             running.insert(name, task);
@@ -154,13 +174,15 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
         tokio::select! {
             changed = triggers.changed() => if changed.is_err() { break },
             changed = stores.changed() => if changed.is_err() { break },
+            changed = connections.changed() => if changed.is_err() { break },
             _ = shutdown.recv() => break,
         }
     }
     stop_all(running).await;
 }
 
-type Start = Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> futures::future::BoxFuture<'static, ()> + Send>;
+pub(crate) type Start =
+    Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// The task of an s3 trigger on this node: SQS and polling need one; a
 /// webhook is served by the API.

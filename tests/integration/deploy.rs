@@ -172,6 +172,39 @@ fn the_compose_file_is_valid_and_matches_evoke() {
             secret(store.secret_key_env.as_deref().unwrap()),
             minio["MINIO_ROOT_PASSWORD"].as_str().unwrap()
         );
+        // The enrich example's broker connections reach the compose brokers
+        // with their credentials.
+        let rabbit = manifest.connections["rabbit"]
+            .resolve(|name| env[name].as_str().map(String::from))
+            .unwrap_or_else(|e| panic!("{n}: {e}"));
+        let r = &services["rabbitmq"]["environment"];
+        assert_eq!(
+            rabbit.url,
+            format!(
+                "amqp://{}:{}@rabbitmq:5672/%2f",
+                r["RABBITMQ_DEFAULT_USER"].as_str().unwrap(),
+                r["RABBITMQ_DEFAULT_PASS"].as_str().unwrap()
+            )
+        );
+    }
+    assert_eq!(manifest.connections["kafka"].brokers, ["kafka:9092"]);
+    assert!(
+        services["kafka"]["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some("kafka:9092"))
+    );
+    assert_eq!(
+        manifest.connections["mqtt"].url.as_deref(),
+        Some("mqtt://mosquitto:1883")
+    );
+    for t in ["orders", "mqtt-orders"] {
+        assert_eq!(manifest.triggers[t].function, "enrich");
+    }
+    let deps = serde_yaml::to_string(&functions["depends_on"]).unwrap();
+    for b in ["rabbitmq", "kafka", "mosquitto"] {
+        assert!(deps.contains(b), "the functions service waits for {b}: {deps}");
     }
 
     // Every service docs/operations.md names exists.

@@ -5,6 +5,7 @@ mod common;
 
 mod async_queue;
 mod bad_input;
+mod brokers;
 mod cli;
 mod cluster;
 mod connection;
@@ -12,6 +13,7 @@ mod deploy;
 mod hardening;
 mod object_access;
 mod objects;
+mod queues;
 mod resilience;
 mod sandbox;
 mod sync_invoke;

@@ -1,0 +1,691 @@
+//! What every message-queue source shares: a [`Message`] as a broker hands
+//! it over, its CloudEvents protocol binding ([`Binding`]), the optional
+//! batching, and the [`Pipeline`] that stores messages on the function's
+//! queue and acknowledges each upstream only after JetStream stored it.
+//!
+//! A kind (Kafka, AMQP, MQTT, NATS) only implements [`Consumer`]: receive
+//! the next message with an [`Ack`] that, run, acknowledges it upstream.
+//! The pipeline keeps up to [`WINDOW`] stores in flight and runs the acks
+//! in the order the messages arrived, so an acknowledgement never passes
+//! one for an earlier message: a Kafka offset is stored only once every
+//! earlier offset of the consumer is stored on the queue (contiguous
+//! commits by construction).
+//!
+//! A message that cannot become an event (malformed CloudEvent, larger
+//! than `max_body`) is parked in the dead-letter queue with its raw bytes
+//! (cut to the park limit) and the reason, then acknowledged: it never
+//! blocks the queue behind it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::event::{Event, valid_extension_name};
+use crate::filter::Filter;
+use crate::source::{Delivered, Published, Sink, deliver, park_until_stored};
+use crate::units::ByteSize;
+
+/// Stores in flight at once per trigger (acks still run in order).
+pub const WINDOW: usize = 64;
+/// Largest message taken as an event, unless the trigger says otherwise.
+pub const DEFAULT_MAX_BODY: ByteSize = ByteSize(1024 * 1024);
+/// The raw bytes kept of a parked message.
+pub const PARK_LIMIT: usize = 256 * 1024;
+/// Extension naming the trigger an event came through.
+pub const EXT_TRIGGER: &str = "evoketrigger";
+/// Extension with the message's headers/properties that are not
+/// CloudEvents attributes, as a JSON object.
+pub const EXT_HEADERS: &str = "evokeheaders";
+/// Extension with the message's ordering key (Kafka key, routing key, topic).
+pub const EXT_KEY: &str = "evokekey";
+
+/// Acknowledges one message upstream; run only once its event is stored.
+pub type Ack = BoxFuture<'static, Result<(), String>>;
+
+/// An ack for brokers where there is nothing to acknowledge (core NATS).
+pub fn no_ack() -> Ack {
+    Box::pin(async { Ok(()) })
+}
+
+/// One message as a broker handed it over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// Headers, application properties or user properties, as text.
+    pub headers: Vec<(String, String)>,
+    /// The ordering key (Kafka key, AMQP routing key, MQTT topic, subject).
+    pub key: Option<String>,
+    /// The topic, routing key or subject: the event's `subject`.
+    pub subject: Option<String>,
+    /// Stable id of this message at its origin (topic+partition+offset,
+    /// AMQP message id, stream sequence), so a redelivery is the same
+    /// invocation; `None` when the broker has none (each delivery is then
+    /// a new event, deduplicated only by CloudEvents id when present).
+    pub origin_id: Option<String>,
+    /// Where it came from, as extensions (`evokekafkapartition`, ...).
+    pub origin: Vec<(&'static str, String)>,
+    /// When the broker says it was produced.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// Incoming: a message and how to acknowledge it.
+pub struct Incoming {
+    pub message: Message,
+    pub ack: Ack,
+}
+
+/// What a broker kind implements.
+pub trait Consumer: Send {
+    /// The next message. `Err` means the connection is lost: the caller
+    /// reconnects (messages not acknowledged are redelivered by the broker).
+    fn next(&mut self) -> impl Future<Output = Result<Incoming, String>> + Send;
+}
+
+/// Where a kind's messages carry CloudEvents attributes (binary mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Kafka: `ce_` headers, UTF-8 values.
+    Kafka,
+    /// AMQP: `cloudEvents:` (or `cloudEvents_`, JMS-friendly) application properties.
+    Amqp,
+    /// MQTT 5: user properties with the attribute's bare name.
+    Mqtt,
+    /// NATS: `ce-` headers, as the NATS binding (and HTTP) spell them.
+    Nats,
+}
+
+impl Binding {
+    /// The attribute a header names in this binding, if any.
+    fn attribute(self, header: &str) -> Option<&str> {
+        let strip = |prefix: &str| {
+            (header.len() > prefix.len() && header[..prefix.len()].eq_ignore_ascii_case(prefix))
+                .then(|| &header[prefix.len()..])
+        };
+        match self {
+            Binding::Kafka => strip("ce_"),
+            Binding::Amqp => strip("cloudEvents:").or_else(|| strip("cloudEvents_")),
+            Binding::Nats => strip("ce-"),
+            Binding::Mqtt => Some(header),
+        }
+    }
+
+    /// The header carrying `attribute` when evoke sends an event in this binding.
+    pub fn header(self, attribute: &str) -> String {
+        match self {
+            Binding::Kafka => format!("ce_{attribute}"),
+            Binding::Amqp => format!("cloudEvents:{attribute}"),
+            Binding::Nats => format!("ce-{attribute}"),
+            Binding::Mqtt => attribute.to_string(),
+        }
+    }
+
+    /// `event` in binary mode: headers for its attributes, its data as the
+    /// body, its `datacontenttype` as the content type.
+    pub fn encode(self, event: &Event) -> (Vec<(String, String)>, Option<String>, Bytes) {
+        let mut h = vec![
+            (self.header("specversion"), event.specversion.clone()),
+            (self.header("id"), event.id.clone()),
+            (self.header("source"), event.source.clone()),
+            (self.header("type"), event.ty.clone()),
+        ];
+        if let Some(s) = &event.subject {
+            h.push((self.header("subject"), s.clone()));
+        }
+        if let Some(t) = &event.time {
+            h.push((self.header("time"), t.to_rfc3339()));
+        }
+        for (k, v) in &event.extensions {
+            h.push((self.header(k), v.clone()));
+        }
+        (h, event.datacontenttype.clone(), event.data.clone())
+    }
+}
+
+/// Optional batching: one event per batch, closed by whichever limit comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most messages in one batch (default 100).
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Most bytes of message bodies in one batch (default 256Ki).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Longest a batch waits for more messages (default 1s).
+    #[serde(default = "default_max_wait", with = "crate::units::duration")]
+    pub max_wait: Duration,
+}
+
+fn default_max_records() -> usize {
+    100
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(256 * 1024)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The largest batch body: a batch never exceeds what the queue takes
+/// (NATS's default max payload is 1 MiB; the envelope needs room).
+pub const MAX_BATCH_BYTES: ByteSize = ByteSize(768 * 1024);
+/// Most messages in one batch.
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+
+/// Checks the fields every queue trigger shares; `batch.*` and `max_body`.
+pub fn check_common(batch: Option<&BatchConfig>, max_body: Option<ByteSize>) -> Vec<crate::trigger::Problem> {
+    let mut p = Vec::new();
+    if let Some(b) = batch {
+        if b.max_records == 0 || b.max_records > MAX_BATCH_RECORDS {
+            p.push((
+                "batch.max_records".into(),
+                format!("is out of range 1..{MAX_BATCH_RECORDS}"),
+            ));
+        }
+        if b.max_bytes.0 == 0 || b.max_bytes > MAX_BATCH_BYTES {
+            p.push((
+                "batch.max_bytes".into(),
+                format!("is out of range 1..{MAX_BATCH_BYTES}"),
+            ));
+        }
+        if b.max_wait.is_zero() || b.max_wait > Duration::from_secs(300) {
+            p.push(("batch.max_wait".into(), "is out of range 1ms..5m".into()));
+        }
+    }
+    if let Some(m) = max_body
+        && (m.0 == 0 || m > ByteSize::mib(8))
+    {
+        p.push(("max_body".into(), "is out of range 1..8Mi".into()));
+    }
+    p
+}
+
+/// How one trigger turns messages into events.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub trigger: String,
+    pub function: String,
+    /// `kafka`, `amqp`, `mqtt`, `nats`: the event types are `evoke.<kind>.message`
+    /// and `evoke.<kind>.batch`.
+    pub kind: &'static str,
+    pub binding: Binding,
+    pub filter: Option<Filter>,
+    pub batch: Option<BatchConfig>,
+    pub max_body: ByteSize,
+}
+
+impl Shape {
+    fn source(&self) -> String {
+        format!("/evoke/triggers/{}", self.trigger)
+    }
+
+    /// The event a message becomes, or why it cannot become one.
+    pub fn event(&self, m: &Message) -> Result<Event, String> {
+        if m.body.len() as u64 > self.max_body.0 {
+            return Err(format!(
+                "MessageTooLarge: {} bytes, more than this trigger's max_body {}",
+                m.body.len(),
+                self.max_body
+            ));
+        }
+        let essence = m
+            .content_type
+            .as_deref()
+            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let structured = essence.as_deref() == Some("application/cloudevents+json");
+        let mut event = if structured {
+            Event::from_json(&m.body).map_err(|e| format!("MalformedCloudEvent: {e}"))?
+        } else if let Some(e) = self.binary(m)? {
+            e
+        } else {
+            let id = m.origin_id.clone().unwrap_or_else(unique_id);
+            let mut e = Event::new(id, self.source(), format!("evoke.{}.message", self.kind));
+            e.time = m.time.or(e.time);
+            e.subject = m.subject.clone();
+            let ct = m.content_type.clone().or_else(|| Some(sniff(&m.body).to_string()));
+            e.with_data(ct, m.body.clone())
+        };
+        // Headers that were not read as attributes travel as one extension.
+        let binary = !structured && self.carries_attributes(m);
+        let rest: Map<String, Value> = m
+            .headers
+            .iter()
+            .filter(|(k, _)| !(binary && self.binding.attribute(k).is_some_and(|a| self.is_copied(a))))
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        event.time.get_or_insert_with(Utc::now);
+        let ext = &mut event.extensions;
+        ext.insert(EXT_TRIGGER.into(), self.trigger.clone());
+        for (k, v) in &m.origin {
+            ext.insert((*k).to_string(), v.clone());
+        }
+        if let Some(k) = &m.key {
+            ext.insert(EXT_KEY.into(), k.clone());
+        }
+        if !rest.is_empty() {
+            ext.insert(EXT_HEADERS.into(), Value::Object(rest).to_string());
+        }
+        Ok(event)
+    }
+
+    /// Whether the message's headers hold a binary-mode CloudEvent.
+    fn carries_attributes(&self, m: &Message) -> bool {
+        m.headers.iter().any(|(k, _)| {
+            self.binding
+                .attribute(k)
+                .is_some_and(|a| a.eq_ignore_ascii_case("specversion"))
+        })
+    }
+
+    /// Whether header attribute `a` becomes part of a binary-mode event
+    /// (MQTT user properties that are no valid extension name stay headers).
+    fn is_copied(&self, a: &str) -> bool {
+        let a = a.to_ascii_lowercase();
+        !matches!(a.as_str(), "data" | "data_base64" | "datacontenttype")
+            && (is_attribute(&a) || valid_extension_name(&a))
+    }
+
+    /// A binary-mode CloudEvent, when the message carries one.
+    fn binary(&self, m: &Message) -> Result<Option<Event>, String> {
+        if !self.carries_attributes(m) {
+            return Ok(None);
+        }
+        let mut obj = Map::new();
+        for (name, value) in &m.headers {
+            let Some(attr) = self.binding.attribute(name) else {
+                continue;
+            };
+            if self.is_copied(attr) {
+                obj.insert(attr.to_ascii_lowercase(), Value::String(value.clone()));
+            }
+        }
+        let mut e = Event::from_value(Value::Object(obj)).map_err(|e| format!("MalformedCloudEvent: {e}"))?;
+        e.datacontenttype = m.content_type.clone();
+        e.data = m.body.clone();
+        Ok(Some(e))
+    }
+
+    /// The dedupe id of a message's event: its origin id, else (for a
+    /// CloudEvent) its source and id, else unique.
+    pub fn dedupe(&self, m: &Message, e: &Event) -> String {
+        match &m.origin_id {
+            Some(o) => format!("{}.{}.{o}", self.kind, self.trigger),
+            None => format!("ce.{}.{}", e.source, e.id),
+        }
+    }
+
+    /// One event for a batch of (already converted) events: data is the
+    /// JSON array of their structured forms.
+    pub fn batch_event(&self, events: &[(Event, String)]) -> (Event, String) {
+        let data: Vec<Value> = events.iter().map(|(e, _)| e.to_value()).collect();
+        let dedupe = match (events.first(), events.last()) {
+            (Some((_, a)), Some((_, b))) if a == b => a.clone(),
+            (Some((_, a)), Some((_, b))) => format!("batch.{}", hash(&format!("{a}\n{b}\n{}", events.len()))),
+            _ => unique_id(),
+        };
+        let mut e = Event::new(dedupe.clone(), self.source(), format!("evoke.{}.batch", self.kind)).with_data(
+            Some("application/cloudevents-batch+json".into()),
+            Bytes::from(Value::Array(data).to_string()),
+        );
+        e.extensions.insert(EXT_TRIGGER.into(), self.trigger.clone());
+        e.extensions.insert("evokebatchsize".into(), events.len().to_string());
+        (e, dedupe)
+    }
+
+    /// The event a message that cannot be one is parked as: its raw bytes
+    /// (cut to [`PARK_LIMIT`]) and where it came from.
+    pub fn poison_event(&self, m: &Message) -> (Event, String) {
+        let id = m.origin_id.clone().unwrap_or_else(unique_id);
+        let mut body = m.body.clone();
+        let cut = body.len() > PARK_LIMIT;
+        body.truncate(PARK_LIMIT);
+        let mut e = Event::new(id.clone(), self.source(), format!("evoke.{}.unreadable", self.kind))
+            .with_data(Some("application/octet-stream".into()), body);
+        e.subject = m.subject.clone();
+        e.extensions.insert(EXT_TRIGGER.into(), self.trigger.clone());
+        for (k, v) in &m.origin {
+            e.extensions.insert((*k).to_string(), v.clone());
+        }
+        if cut {
+            e.extensions.insert("evoketruncated".into(), m.body.len().to_string());
+        }
+        let headers: Map<String, Value> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        if !headers.is_empty() {
+            e.extensions
+                .insert(EXT_HEADERS.into(), Value::Object(headers).to_string());
+        }
+        (e, format!("{}.{}.unreadable.{id}", self.kind, self.trigger))
+    }
+}
+
+fn is_attribute(name: &str) -> bool {
+    matches!(
+        name,
+        "specversion" | "id" | "source" | "type" | "subject" | "time" | "dataschema"
+    )
+}
+
+/// What the body looks like when the broker does not say.
+fn sniff(body: &[u8]) -> &'static str {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        "application/json"
+    } else if std::str::from_utf8(body).is_ok() {
+        "text/plain"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
+}
+
+/// An id no other delivery has.
+pub fn unique_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{now:x}-{:016x}", h.finish())
+}
+
+/// Counters of one trigger's source, for `/metrics` and `evoke triggers`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub filtered: AtomicU64,
+    pub parked: AtomicU64,
+    pub acked: AtomicU64,
+    /// Messages waiting at the broker (Kafka: high watermark minus
+    /// position; AMQP: queue depth; JetStream: consumer pending), when known.
+    pub lag: AtomicU64,
+    pub lag_known: std::sync::atomic::AtomicBool,
+    pub connected: std::sync::atomic::AtomicBool,
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub fn set_lag(&self, lag: u64) {
+        self.lag.store(lag, Ordering::Relaxed);
+        self.lag_known.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// A JSON view for `evoke triggers`.
+    pub fn view(&self) -> Value {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut v = serde_json::json!({
+            "connected": self.connected.load(Ordering::Relaxed),
+            "received": n(&self.received), "stored": n(&self.stored), "duplicates": n(&self.duplicates),
+            "filtered": n(&self.filtered), "parked": n(&self.parked), "acked": n(&self.acked),
+        });
+        if self.lag_known.load(Ordering::Relaxed) {
+            v["lag"] = n(&self.lag).into();
+        }
+        if let Some(e) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            v["error"] = e.into();
+        }
+        v
+    }
+}
+
+/// Stores a trigger's messages and acknowledges them in order.
+pub struct Pipeline<S> {
+    pub shape: Shape,
+    pub sink: Arc<S>,
+    pub stats: Arc<Stats>,
+}
+
+/// What a unit of work (a message or a batch) came to.
+enum Done {
+    /// Stored, parked or filtered: acknowledge.
+    Ack(Vec<Ack>),
+    /// Stopped before it was stored: do not acknowledge.
+    Stopped,
+}
+
+impl<S: Sink> Pipeline<S> {
+    /// Consumes until `stop` or until the consumer's connection is lost
+    /// (`Err`, to reconnect). Messages taken but not stored when it returns
+    /// are not acknowledged: the broker delivers them again.
+    pub async fn run(&self, consumer: &mut impl Consumer, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+        let mut inflight: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
+        let mut batch: Vec<Incoming> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let result = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
+            let room = inflight.len() < WINDOW;
+            let close_at = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break Ok(()),
+                Some(done) = inflight.next() => {
+                    if let Err(e) = self.acknowledge(done).await {
+                        break Err(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(close_at), if deadline.is_some() => {
+                    inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                    (batch_bytes, deadline) = (0, None);
+                }
+                next = consumer.next(), if room => {
+                    let incoming = match next {
+                        Ok(i) => i,
+                        Err(e) => break Err(e),
+                    };
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let Some(b) = self.shape.batch else {
+                        inflight.push_back(self.work(incoming, stop.clone()));
+                        continue;
+                    };
+                    let size = incoming.message.body.len() as u64;
+                    if !batch.is_empty() && batch_bytes + size > b.max_bytes.0 {
+                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                        (batch_bytes, deadline) = (0, None);
+                    }
+                    batch_bytes += size;
+                    batch.push(incoming);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + b.max_wait);
+                    if batch.len() >= b.max_records {
+                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                        (batch_bytes, deadline) = (0, None);
+                    }
+                }
+            }
+        };
+        // Finish what is in flight (stores already sent), acknowledging
+        // only what was stored; a batch not closed is not acknowledged.
+        if result.is_ok() {
+            while let Some(done) = inflight.next().await {
+                if self.acknowledge(done).await.is_err() {
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    async fn acknowledge(&self, done: Done) -> Result<(), String> {
+        let Done::Ack(acks) = done else { return Ok(()) };
+        for ack in acks {
+            ack.await.map_err(|e| format!("acknowledging upstream: {e}"))?;
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn count(&self, delivered: &Delivered) {
+        let c = match delivered {
+            Delivered::Queued(Published::Stored) => &self.stats.stored,
+            Delivered::Queued(Published::Duplicate) => &self.stats.duplicates,
+            Delivered::Parked(_) => &self.stats.parked,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores one message (or parks it); its ack comes back.
+    fn work(&self, incoming: Incoming, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, Done> {
+        let (shape, sink, stats) = (self.shape.clone(), self.sink.clone(), self.stats.clone());
+        let me = Pipeline { shape, sink, stats };
+        Box::pin(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let Incoming { message, ack } = incoming;
+            match me.shape.event(&message) {
+                Ok(event) => {
+                    if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
+                        me.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                        return Done::Ack(vec![ack]);
+                    }
+                    let dedupe = me.shape.dedupe(&message, &event);
+                    match deliver(&*me.sink, &me.shape.function, &event, &dedupe, stopped).await {
+                        Some(d) => {
+                            me.count(&d);
+                            Done::Ack(vec![ack])
+                        }
+                        None => Done::Stopped,
+                    }
+                }
+                Err(reason) => match me.park(&message, &reason, stopped).await {
+                    true => Done::Ack(vec![ack]),
+                    false => Done::Stopped,
+                },
+            }
+        })
+    }
+
+    async fn park(&self, m: &Message, reason: &str, stop: impl Future<Output = ()>) -> bool {
+        tracing::warn!(trigger = self.shape.trigger, %reason, "parking an unreadable message in the dead-letter queue");
+        let (event, dedupe) = self.shape.poison_event(m);
+        let parked = park_until_stored(&*self.sink, &self.shape.function, &event, &dedupe, reason, stop).await;
+        if parked.is_some() {
+            self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        }
+        parked.is_some()
+    }
+
+    /// Stores a batch as one event (messages that cannot be events are
+    /// parked one by one); every message's ack comes back.
+    fn batch_work(&self, batch: Vec<Incoming>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, Done> {
+        let (shape, sink, stats) = (self.shape.clone(), self.sink.clone(), self.stats.clone());
+        let me = Pipeline { shape, sink, stats };
+        Box::pin(async move {
+            let mut events = Vec::with_capacity(batch.len());
+            let mut acks = Vec::with_capacity(batch.len());
+            for Incoming { message, ack } in batch {
+                acks.push(ack);
+                match me.shape.event(&message) {
+                    Ok(e) if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&e)) => {
+                        me.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(e) => {
+                        let d = me.shape.dedupe(&message, &e);
+                        events.push((e, d));
+                    }
+                    Err(reason) => {
+                        let mut s = stop.clone();
+                        let stopped = async move {
+                            let _ = s.wait_for(|s| *s).await;
+                        };
+                        if !me.park(&message, &reason, stopped).await {
+                            return Done::Stopped;
+                        }
+                    }
+                }
+            }
+            if events.is_empty() {
+                return Done::Ack(acks);
+            }
+            let (event, dedupe) = me.shape.batch_event(&events);
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match deliver(&*me.sink, &me.shape.function, &event, &dedupe, stopped).await {
+                Some(d) => {
+                    me.count(&d);
+                    Done::Ack(acks)
+                }
+                None => Done::Stopped,
+            }
+        })
+    }
+}
+
+/// Runs `connect` then the pipeline over what it gives, reconnecting with
+/// backoff whenever the connection is lost, until `stop`.
+pub async fn run_reconnecting<S, C, F, Fut>(pipeline: Pipeline<S>, mut connect: F, mut stop: watch::Receiver<bool>)
+where
+    S: Sink,
+    C: Consumer,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<C, String>>,
+{
+    let trigger = pipeline.shape.trigger.clone();
+    let mut delays = crate::backoff::RECONNECT.delays();
+    while !*stop.borrow() {
+        let connected = tokio::select! {
+            c = connect() => c,
+            _ = stop.changed() => return,
+        };
+        let error = match connected {
+            Ok(mut consumer) => {
+                tracing::info!(trigger, kind = pipeline.shape.kind, "consuming");
+                pipeline.stats.connected.store(true, Ordering::Relaxed);
+                pipeline.stats.set_error(None);
+                delays = crate::backoff::RECONNECT.delays();
+                let r = pipeline.run(&mut consumer, &mut stop).await;
+                pipeline.stats.connected.store(false, Ordering::Relaxed);
+                match r {
+                    Ok(()) => return,
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        pipeline.stats.set_error(Some(error.clone()));
+        let delay = delays.next().unwrap_or(crate::backoff::RECONNECT.max);
+        tracing::warn!(trigger, error, "broker connection lost; reconnecting in {delay:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The state key where a queue trigger notes its counters, for `evoke triggers`.
+pub fn last_event_key(trigger: &str) -> String {
+    format!("queue.{trigger}")
+}
+
+/// Headers as a map (the last value of a repeated name wins), for tests and views.
+pub fn header_map(h: &[(String, String)]) -> BTreeMap<String, String> {
+    h.iter().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,678 @@
+//! Message-queue triggers and destinations against real brokers: RabbitMQ
+//! (a vhost per test), mosquitto, a second nats-server and a Kafka-protocol
+//! broker (tansu) per test, with messages published and results consumed
+//! by widely used clients from another ecosystem (pika, paho-mqtt,
+//! nats-py, confluent-kafka).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::brokers::{Kafka, Mosquitto, RabbitVhost, python, python_async};
+use super::common::{Nats, TestNode, eventually, example, settled};
+
+impl TestNode {
+    pub async fn put_connection(&self, name: &str, spec: Value) {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/connections/{name}")))
+            .json(&spec)
+            .send()
+            .await
+            .expect("put connection");
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "connection {name}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Waits until this node's consumer of `trigger` is connected.
+    pub async fn consuming(&self, trigger: &str) {
+        eventually(
+            Duration::from_secs(60),
+            &format!("trigger {trigger} consuming"),
+            || async {
+                let (_, v) = self.get(&format!("/v1/triggers/{trigger}")).await;
+                (v["consumer"]["connected"] == json!(true)).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// The counters of `trigger`'s consumer on this node.
+    pub async fn consumer(&self, trigger: &str) -> Value {
+        self.get(&format!("/v1/triggers/{trigger}")).await.1["consumer"].clone()
+    }
+
+    /// Dead letters of `function`, once there are at least `n`.
+    pub async fn dead_letters(&self, function: &str, n: usize) -> Vec<Value> {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{n} dead letters of {function}"),
+            || async {
+                let (_, v) = self.get(&format!("/v1/functions/{function}/dlq")).await;
+                let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
+                (items.len() >= n).then_some(items)
+            },
+        )
+        .await
+    }
+
+    /// Invocations of `function` that succeeded on this node, from /metrics.
+    pub async fn succeeded(&self, function: &str) -> u64 {
+        let m = self.metrics().await;
+        let prefix = format!("evoke_invocations_total{{function=\"{function}\",outcome=\"success\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+const PIKA_SETUP: &str = r#"
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.exchange_declare("results", exchange_type="topic", durable=True)
+ch.queue_declare("enriched", durable=True)
+ch.queue_bind("enriched", "results", routing_key="orders.#")
+conn.close()
+"#;
+
+const PIKA_PUBLISH: &str = r#"
+import sys, json, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.confirm_delivery()
+for i in range(int(sys.argv[2])):
+    order = {"id": f"o-{i}", "items": [{"sku": "a", "qty": 2, "price": 1.25}, {"sku": "b", "price": i}]}
+    ch.basic_publish("", "orders", json.dumps(order).encode(),
+        pika.BasicProperties(content_type="application/json", message_id=f"m-{i}", delivery_mode=2,
+                             headers={"tenant": "acme"}))
+# A CloudEvent in AMQP binary mode.
+ch.basic_publish("", "orders", json.dumps({"id": "ce", "items": [{"price": 10}]}).encode(),
+    pika.BasicProperties(content_type="application/json", headers={
+        "cloudEvents:specversion": "1.0", "cloudEvents:id": "ce-1",
+        "cloudEvents:source": "/shop", "cloudEvents:type": "shop.order.created"}))
+# Poison: says it is a structured CloudEvent, is not.
+ch.basic_publish("", "orders", b"{not json", pika.BasicProperties(content_type="application/cloudevents+json"))
+conn.close()
+"#;
+
+const PIKA_CONSUME: &str = r#"
+import sys, json, time, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+want, out, deadline = int(sys.argv[3]), [], time.time() + 60
+while len(out) < want and time.time() < deadline:
+    method, props, body = ch.basic_get(sys.argv[2], auto_ack=True)
+    if method is None:
+        time.sleep(0.1)
+        continue
+    out.append({"headers": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (props.headers or {}).items()},
+                "content_type": props.content_type, "message_id": props.message_id, "body": json.loads(body)})
+print(json.dumps(out))
+"#;
+
+/// The enriched order inside a destination event's data.
+fn enriched(data: &Value) -> Value {
+    let body = data["response"]["body"].as_str().expect("a text response");
+    serde_json::from_str(body).expect("the function answered JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_messages_run_functions_and_results_go_back_to_an_exchange() {
+    let vhost = RabbitVhost::new();
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    python(PIKA_SETUP, &[&vhost.url()]);
+    node.put_connection("rabbit", json!({ "url": vhost.url() })).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[
+            ("on_success", "amqp://rabbit/results/orders.enriched"),
+            ("retries", "0"),
+        ],
+    )
+    .await;
+    let (status, body) = node
+        .put_trigger(
+            "orders",
+            json!({"kind": "amqp", "function": "enrich", "connection": "rabbit", "queue": "orders",
+                   "declare": true, "queue_type": "quorum", "prefetch": 8}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    node.consuming("orders").await;
+    python(PIKA_PUBLISH, &[&vhost.url(), "5"]);
+
+    // Results, read back with pika: binary-mode CloudEvents attributes in
+    // application properties, the result as the body.
+    let out: Vec<Value> =
+        serde_json::from_str(&python_async(PIKA_CONSUME, vec![vhost.url(), "enriched".into(), "6".into()]).await)
+            .unwrap();
+    assert_eq!(out.len(), 6, "{out:#?}");
+    let mut totals: Vec<(String, f64)> = out
+        .iter()
+        .map(|m| {
+            assert_eq!(m["headers"]["cloudEvents:type"], "evoke.invocation.succeeded", "{m}");
+            assert_eq!(m["headers"]["cloudEvents:specversion"], "1.0");
+            assert_eq!(m["content_type"], "application/json");
+            let order = enriched(&m["body"]);
+            (
+                order["id"].as_str().unwrap().to_string(),
+                order["total"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    totals.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(totals[0], ("ce".into(), 10.0));
+    assert_eq!(totals[1], ("o-0".into(), 2.5));
+    assert_eq!(totals[5], ("o-4".into(), 6.5));
+    // The request the function saw kept the origin: message id, routing key,
+    // headers; the CloudEvent kept its own attributes.
+    let requests: Vec<&Value> = out.iter().map(|m| &m["body"]["request"]).collect();
+    let plain = requests
+        .iter()
+        .find(|r| r["id"] == "orders.m-0")
+        .expect("message id as the event id");
+    assert_eq!(plain["evokeamqproutingkey"], "orders");
+    assert_eq!(plain["evokeheaders"], r#"{"tenant":"acme"}"#);
+    assert_eq!(plain["type"], "evoke.amqp.message");
+    let ce = requests.iter().find(|r| r["id"] == "ce-1").expect("the CloudEvent");
+    assert_eq!(
+        (ce["source"].as_str(), ce["type"].as_str()),
+        (Some("/shop"), Some("shop.order.created"))
+    );
+
+    // The poison message is parked with its bytes and reason, and acked.
+    let dlq = node.dead_letters("enrich", 1).await;
+    assert!(dlq[0].to_string().contains("MalformedCloudEvent"), "{dlq:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the orders queue drained (all acked)",
+        || async { (vhost.messages("orders") == 0).then_some(()) },
+    )
+    .await;
+    let c = node.consumer("orders").await;
+    assert_eq!(
+        (c["stored"].as_u64(), c["parked"].as_u64(), c["acked"].as_u64()),
+        (Some(6), Some(1), Some(7)),
+        "{c}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_deliveries_survive_a_nats_outage_and_a_dropped_connection() {
+    let vhost = RabbitVhost::new();
+    let mut nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let hello = super::common::print_module("ok");
+    node.deploy_ok("sink", &hello, &[]).await;
+    node.put_trigger(
+        "in",
+        json!({"kind": "amqp", "function": "sink", "url": vhost.url(), "queue": "in", "declare": true}),
+    )
+    .await;
+    node.consuming("in").await;
+    const PUBLISH: &str = r#"
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.confirm_delivery()
+for i in range(int(sys.argv[2]), int(sys.argv[3])):
+    ch.basic_publish("", "in", str(i).encode(), pika.BasicProperties(message_id=f"n-{i}"))
+conn.close()
+"#;
+    python(PUBLISH, &[&vhost.url(), "0", "20"]);
+    eventually(Duration::from_secs(30), "20 stored", || async {
+        (node.consumer("in").await["stored"] == json!(20)).then_some(())
+    })
+    .await;
+    // evoke's NATS goes away: deliveries wait unacknowledged in RabbitMQ.
+    nats.stop();
+    python(PUBLISH, &[&vhost.url(), "20", "40"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let depth = vhost.messages("in");
+    assert!(
+        depth >= 20,
+        "unacked deliveries stay in the queue while NATS is away: {depth}"
+    );
+    nats.restart();
+    // And the broker drops evoke's connection: it reconnects.
+    python(PUBLISH, &[&vhost.url(), "40", "50"]);
+    vhost.drop_connections();
+    python(PUBLISH, &[&vhost.url(), "50", "60"]);
+    let count = || async {
+        let events = super::common::queued_events(&nats.url(), "sink").await.len();
+        let done = node.succeeded("sink").await as usize;
+        events + done
+    };
+    eventually(Duration::from_secs(90), "all 60 messages queued or run", || async {
+        (count().await >= 60).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(60), "the in queue drained (all acked)", || async {
+        (vhost.messages("in") == 0).then_some(())
+    })
+    .await;
+    // Message ids are dedupe ids: redeliveries after the drop are not new invocations.
+    eventually(Duration::from_secs(90), "60 runs", || async {
+        (node.succeeded("sink").await >= 60).then_some(())
+    })
+    .await;
+    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
+        node.succeeded("sink").await as usize
+    })
+    .await;
+    assert_eq!(n, 60);
+    node.stop().await;
+}
+
+const PAHO_PUBLISH: &str = r#"
+import sys, json, paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="publisher", protocol=mqtt.MQTTv5)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+for i in range(int(sys.argv[2]), int(sys.argv[3])):
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("room", "lab")]
+    if i == 0:
+        props.UserProperty = [("specversion", "1.0"), ("id", "r-0"), ("source", "/sensors"), ("type", "reading")]
+    props.ContentType = "application/json"
+    body = json.dumps({"id": f"r-{i}", "items": [{"price": i}]})
+    c.publish(f"sensors/{i % 3}/reading", body, qos=1, properties=props).wait_for_publish()
+c.loop_stop()
+c.disconnect()
+"#;
+
+const PAHO_COLLECT: &str = r#"
+import sys, json, time, paho.mqtt.client as mqtt
+out = []
+def on_message(client, userdata, msg):
+    props = {}
+    if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
+        props = dict(msg.properties.UserProperty)
+    out.append({"topic": msg.topic, "props": props, "body": json.loads(msg.payload)})
+def on_connect(client, userdata, flags, reason, properties):
+    client.subscribe(sys.argv[2], qos=1)   # again after the broker restarts
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector", protocol=mqtt.MQTTv5)
+c.on_message = on_message
+c.on_connect = on_connect
+c.reconnect_delay_set(min_delay=1, max_delay=2)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+deadline = time.time() + 60
+while len(out) < int(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.1)
+c.loop_stop()
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_messages_run_functions_persist_across_a_restart_and_results_are_published() {
+    let mut broker = Mosquitto::start();
+    let nats = Nats::start();
+    let mut node = TestNode::start(&nats.url()).await;
+    node.put_connection("broker", json!({ "url": broker.url() })).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[("on_success", "mqtt://broker/orders/enriched")],
+    )
+    .await;
+    node.put_trigger(
+        "sensors",
+        json!({"kind": "mqtt", "function": "enrich", "connection": "broker", "topics": ["sensors/+/reading"], "qos": 1}),
+    )
+    .await;
+    node.consuming("sensors").await;
+    // The collector subscribes before results flow.
+    let port = broker.port.to_string();
+    let collect = tokio::spawn(python_async(
+        PAHO_COLLECT,
+        vec![port.clone(), "orders/enriched".into(), "9".into()],
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    python(PAHO_PUBLISH, &[&port, "0", "3"]);
+    eventually(Duration::from_secs(30), "3 stored", || async {
+        (node.consumer("sensors").await["stored"] == json!(3)).then_some(())
+    })
+    .await;
+
+    // evoke stops; messages published meanwhile wait in the persistent
+    // session; the broker restarts too; evoke comes back and gets them.
+    let dir_cfg = super::common::config(&nats.url(), &node.dir);
+    node.node.take().expect("running").stop().await;
+    python(PAHO_PUBLISH, &[&port, "3", "6"]);
+    broker.restart();
+    python(PAHO_PUBLISH, &[&port, "6", "9"]);
+    let node = TestNode::with_config(dir_cfg, node.dir).await;
+    let out: Vec<Value> = serde_json::from_str(&collect.await.unwrap()).unwrap();
+    let mut ids: Vec<String> = out
+        .iter()
+        .map(|m| enriched(&m["body"])["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, (0..9).map(|i| format!("r-{i}")).collect::<Vec<_>>(), "{out:#?}");
+    // Binary mode both ways: the first was a CloudEvent in user properties;
+    // results carry their attributes the same way.
+    let first = out.iter().find(|m| enriched(&m["body"])["id"] == "r-0").unwrap();
+    assert_eq!(first["body"]["request"]["type"], "reading");
+    assert_eq!(first["props"]["type"], "evoke.invocation.succeeded");
+    let other = out.iter().find(|m| enriched(&m["body"])["id"] == "r-1").unwrap();
+    assert_eq!(other["body"]["request"]["evokemqtttopic"], "sensors/1/reading");
+    assert_eq!(other["body"]["request"]["evokeheaders"], r#"{"room":"lab"}"#);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_an_mqtt_subscription_and_each_message_runs_once() {
+    let broker = Mosquitto::start();
+    let nats = Nats::start();
+    let a = TestNode::start(&nats.url()).await;
+    let mut cb = super::common::config(&nats.url(), &tempfile::TempDir::new().unwrap());
+    cb.node_name = "second".into();
+    let b = TestNode::with_config(cb, tempfile::TempDir::new().unwrap()).await;
+    a.deploy_ok("sink", &super::common::print_module("ok"), &[]).await;
+    a.put_trigger(
+        "shared",
+        json!({"kind": "mqtt", "function": "sink", "url": broker.url(), "topics": ["sensors/#"], "share_group": "evoke"}),
+    )
+    .await;
+    a.consuming("shared").await;
+    b.consuming("shared").await;
+    python(PAHO_PUBLISH, &[&broker.port.to_string(), "1", "41"]);
+    let total = || async {
+        let (x, y) = (a.consumer("shared").await, b.consumer("shared").await);
+        x["stored"].as_u64().unwrap_or(0) + y["stored"].as_u64().unwrap_or(0)
+    };
+    eventually(Duration::from_secs(60), "40 stored between the nodes", || async {
+        (total().await >= 40).then_some(())
+    })
+    .await;
+    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
+        (a.succeeded("sink").await + b.succeeded("sink").await) as usize
+    })
+    .await;
+    assert_eq!(n, 40, "each message runs once");
+    assert_eq!(total().await, 40);
+    let (x, y) = (a.consumer("shared").await, b.consumer("shared").await);
+    assert!(
+        x["stored"].as_u64() > Some(0) && y["stored"].as_u64() > Some(0),
+        "both nodes took a share: {x} {y}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+const NATS_PY: &str = r#"
+import sys, json, asyncio, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    js = nc.jetstream()
+    await js.add_stream(name="ORDERS", subjects=["orders.>"])
+    sub = await nc.subscribe("results.>")
+    for i in range(int(sys.argv[2])):
+        await js.publish(f"orders.{i % 2}", json.dumps({"id": f"j-{i}", "items": [{"price": 1}]}).encode(),
+                         headers={"Nats-Msg-Id": f"j-{i}"})
+    await nc.publish("plain.one", json.dumps({"id": "core", "items": [{"price": 3}]}).encode())
+    out = []
+    try:
+        while len(out) < int(sys.argv[3]):
+            m = await sub.next_msg(timeout=60)
+            out.append({"subject": m.subject, "headers": dict(m.headers or {}), "body": json.loads(m.data)})
+    except Exception as e:
+        print(json.dumps({"error": str(e), "got": out}))
+        return
+    print(json.dumps(out))
+    await nc.close()
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nats_servers_streams_and_subjects_trigger_functions() {
+    let nats = Nats::start();
+    let other = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.put_connection("other", json!({ "url": other.url() })).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[("on_success", "nats://other/results.enriched")],
+    )
+    .await;
+    // The stream must exist first: nats-py creates it; give the trigger time to retry.
+    node.put_trigger(
+        "stream",
+        json!({"kind": "nats", "function": "enrich", "connection": "other", "stream": "ORDERS", "deliver": "all"}),
+    )
+    .await;
+    node.put_trigger(
+        "core",
+        json!({"kind": "nats", "function": "enrich", "connection": "other", "subject": "plain.>"}),
+    )
+    .await;
+    node.consuming("core").await;
+    let out = python_async(NATS_PY, vec![other.url(), "6".into(), "7".into()]).await;
+    let out: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut ids: Vec<String> = out
+        .iter()
+        .map(|m| enriched(&m["body"])["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["core", "j-0", "j-1", "j-2", "j-3", "j-4", "j-5"]);
+    for m in &out {
+        assert_eq!(m["headers"]["ce-type"], "evoke.invocation.succeeded", "{m}");
+    }
+    let j = out.iter().find(|m| enriched(&m["body"])["id"] == "j-0").unwrap();
+    assert_eq!(
+        j["body"]["request"]["id"], "ORDERS.1",
+        "the stream sequence is the dedupe id"
+    );
+    assert_eq!(j["body"]["request"]["evokenatsstream"], "ORDERS");
+    // Everything was acked: the durable consumer has nothing pending.
+    let client = async_nats::connect(other.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    eventually(Duration::from_secs(30), "the durable consumer acked all", || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            js.get_consumer_from_stream("evoke-stream", "ORDERS").await.ok()?;
+        let info = c.info().await.ok()?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    node.stop().await;
+}
+
+/// Creates topics (tansu, like many production clusters, does not create
+/// them on first use).
+const KAFKA_TOPICS: &str = r#"
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+a = AdminClient({"bootstrap.servers": sys.argv[1]})
+for t, f in a.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in sys.argv[2:]]).items():
+    f.result()
+"#;
+
+const KAFKA_PRODUCE: &str = r#"
+import sys, json
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+for i in range(int(sys.argv[3]), int(sys.argv[4])):
+    headers = [("tenant", b"acme")]
+    if i == 0:
+        headers = [("ce_specversion", b"1.0"), ("ce_id", b"k-0"), ("ce_source", b"/shop"), ("ce_type", b"shop.order")]
+    p.produce(sys.argv[2], json.dumps({"id": f"k-{i}", "items": [{"price": i, "qty": 2}]}).encode(),
+              key=f"customer-{i % 3}".encode(), headers=headers)
+assert p.flush(30) == 0, "records not delivered"
+"#;
+
+const KAFKA_CONSUME: &str = r#"
+import sys, json, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "checker", "auto.offset.reset": "earliest",
+              "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+c.subscribe([sys.argv[2]])
+out, deadline = [], time.time() + 90
+while len(out) < int(sys.argv[3]) and time.time() < deadline:
+    m = c.poll(0.5)
+    if m is None or m.error():
+        continue
+    out.append({"key": m.key().decode() if m.key() else None,
+                "headers": {k: v.decode() for k, v in (m.headers() or [])}, "body": json.loads(m.value())})
+c.close()
+print(json.dumps(out))
+"#;
+
+const KAFKA_COMMITTED: &str = r#"
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2]})
+committed = c.committed([TopicPartition(sys.argv[3], 0)], timeout=20)[0].offset
+low, high = c.get_watermark_offsets(TopicPartition(sys.argv[3], 0), timeout=20)
+print(committed, high)
+c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_run_functions_offsets_commit_after_store_and_results_are_produced() {
+    let kafka = Kafka::start();
+    let mut nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let brokers = kafka.brokers();
+    let connection = json!({ "brokers": [brokers.clone()], "options": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500", "topic.metadata.refresh.interval.ms": "1000"} });
+    node.put_connection("kafka", connection).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[("on_success", "kafka://kafka/orders-enriched")],
+    )
+    .await;
+    python(KAFKA_TOPICS, &[&brokers, "orders", "orders-enriched"]);
+    python(KAFKA_PRODUCE, &[&brokers, "orders", "0", "5"]);
+    node.put_trigger(
+        "orders",
+        json!({"kind": "kafka", "function": "enrich", "connection": "kafka", "topics": ["orders"], "start": "earliest"}),
+    )
+    .await;
+    for _ in 0..900 {
+        if node.succeeded("enrich").await == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        node.succeeded("enrich").await,
+        5,
+        "5 records run; the consumer: {}; the broker logged:\n{}",
+        node.consumer("orders").await,
+        kafka.log()
+    );
+    let committed = || {
+        python(KAFKA_COMMITTED, &[&brokers, "evoke-orders", "orders"])
+            .trim()
+            .to_string()
+    };
+    // The committed offset stops moving once all 5 are stored (it is checked
+    // against the offsets the records had at the end).
+    let offsets = || -> i64 {
+        let out = committed();
+        out.split_whitespace().next().unwrap().parse::<i64>().unwrap()
+    };
+    let before = super::common::settled(Duration::from_secs(30), Duration::from_secs(3), || async {
+        offsets().max(0) as usize
+    })
+    .await as i64;
+    assert!(before > 0, "offsets of stored records were committed");
+
+    // evoke's NATS goes away mid-stream: the new records cannot be stored,
+    // so their offsets are not committed...
+    nats.stop();
+    python(KAFKA_PRODUCE, &[&brokers, "orders", "5", "10"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(offsets(), before, "no offset above what is stored is committed");
+    // NATS comes back: the held records are stored and run, once each.
+    nats.restart();
+    let out = python_async(
+        KAFKA_CONSUME,
+        vec![brokers.clone(), "orders-enriched".into(), "10".into()],
+    )
+    .await;
+    let out: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<String> = out
+        .iter()
+        .map(|m| enriched(&m["body"])["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let runs: Vec<String> = node
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.contains("enrich"))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        ids,
+        (0..10).map(|i| format!("k-{i}")).collect::<Vec<_>>(),
+        "each record's result once; the node's runs: {runs:#?}; dead letters: {}; queued: {}; status: {}",
+        node.get("/v1/functions/enrich/dlq").await.1,
+        super::common::queued_events(&nats.url(), "enrich").await.len(),
+        node.get("/v1/status").await.1
+    );
+    // Every record's offset is committed: the last one's + 1.
+    let last_offset = out
+        .iter()
+        .map(|m| {
+            m["body"]["request"]["evokekafkaoffset"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let mut committed_at_end = 0;
+    for _ in 0..60 {
+        committed_at_end = offsets();
+        if committed_at_end == last_offset + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seen: Vec<&str> = out
+        .iter()
+        .map(|m| m["body"]["request"]["evokekafkaoffset"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        committed_at_end,
+        last_offset + 1,
+        "every offset committed; offsets seen: {seen:?}"
+    );
+    let first = out.iter().find(|m| enriched(&m["body"])["id"] == "k-0").unwrap();
+    assert_eq!(first["headers"]["ce_type"], "evoke.invocation.succeeded");
+    assert_eq!(
+        first["body"]["request"]["type"], "shop.order",
+        "ce_ headers read as a CloudEvent"
+    );
+    let other = out.iter().find(|m| enriched(&m["body"])["id"] == "k-1").unwrap();
+    assert_eq!(other["body"]["request"]["evokekafkakey"], "customer-1");
+    let offset = other["body"]["request"]["evokekafkaoffset"].as_str().unwrap();
+    assert_eq!(
+        other["body"]["request"]["id"].as_str(),
+        Some(format!("orders.0.{offset}").as_str()),
+        "topic.partition.offset is the event id"
+    );
+    assert_eq!(
+        other["key"].as_str().map(str::len),
+        Some(32),
+        "results are keyed by invocation id"
+    );
+    node.stop().await;
+}
