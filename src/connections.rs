@@ -166,6 +166,9 @@ enum Producer {
     Mqtt(Arc<evoke_connectors::mqtt::Publisher>),
     #[cfg(feature = "nats")]
     Nats(async_nats::Client),
+    /// Keeps the enum inhabited in a build without any broker feature.
+    #[allow(dead_code)]
+    None(std::convert::Infallible),
 }
 
 /// The connections of the cluster, and this node's use of them.
@@ -269,6 +272,7 @@ impl Connections {
                 QueueKind::JetStream => evoke_connectors::nats::publish_stored(c, &target.to, event).await,
                 _ => evoke_connectors::nats::publish(c, &target.to, event).await,
             },
+            Producer::None(never) => match *never {},
         };
         let _ = key;
         if sent.is_err() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use evoke_connectors::filter::Filter;
 use evoke_connectors::queue::{Binding, DEFAULT_MAX_BODY, Pipeline, Shape};
 use evoke_connectors::trigger::SourceConfig;
+#[cfg(any(feature = "kafka", feature = "amqp", feature = "mqtt", feature = "nats"))]
 use futures::FutureExt;
 
 use super::{NatsSink, Start};
