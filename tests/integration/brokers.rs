@@ -145,10 +145,20 @@ impl Mosquitto {
     /// Stops the broker (its persisted sessions survive) and starts it
     /// again on the same port.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the broker (SIGTERM: it saves its sessions first).
+    pub fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// Starts a stopped broker again on the same port and store.
+    pub fn start_again(&mut self) {
         let start = Instant::now();
         loop {
             let mut child = Self::spawn(self.dir.path(), self.port).expect("restart mosquitto");

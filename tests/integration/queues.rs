@@ -49,7 +49,7 @@ impl TestNode {
     /// Dead letters of `function`, once there are at least `n`.
     pub async fn dead_letters(&self, function: &str, n: usize) -> Vec<Value> {
         eventually(
-            Duration::from_secs(60),
+            Duration::from_secs(150),
             &format!("{n} dead letters of {function}"),
             || async {
                 let (_, v) = self.get(&format!("/v1/functions/{function}/dlq")).await;
@@ -294,6 +294,8 @@ c.disconnect()
 
 const PAHO_COLLECT: &str = r#"
 import sys, json, time, paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
 out = []
 def on_message(client, userdata, msg):
     props = {}
@@ -306,7 +308,11 @@ c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector", protoco
 c.on_message = on_message
 c.on_connect = on_connect
 c.reconnect_delay_set(min_delay=1, max_delay=2)
-c.connect("127.0.0.1", int(sys.argv[1]))
+# A persistent session: what is published while the broker restarts and
+# this client reconnects is kept for it.
+props = Properties(PacketTypes.CONNECT)
+props.SessionExpiryInterval = 300
+c.connect("127.0.0.1", int(sys.argv[1]), clean_start=False, properties=props)
 c.loop_start()
 deadline = time.time() + 60
 while len(out) < int(sys.argv[3]) and time.time() < deadline:
@@ -674,5 +680,88 @@ async fn kafka_records_run_functions_offsets_commit_after_store_and_results_are_
         Some(32),
         "results are keyed by invocation id"
     );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_from_rabbitmq_run_once_per_batch_and_unroutable_results_are_dead_lettered() {
+    let vhost = RabbitVhost::new();
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    python(PIKA_SETUP, &[&vhost.url()]);
+    node.put_connection("rabbit", json!({ "url": vhost.url() })).await;
+    // Results go to a routing key no queue is bound to: `mandatory` makes
+    // that an error, so each invocation is retried (a system error) until
+    // its max_event_age, then dead-lettered with the reason, never
+    // silently dropped.
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[
+            ("on_success", "amqp://rabbit/results/nowhere"),
+            ("max_event_age", "60s"),
+        ],
+    )
+    .await;
+    node.put_trigger(
+        "orders",
+        json!({"kind": "amqp", "function": "enrich", "connection": "rabbit", "queue": "orders", "declare": true,
+               "batch": {"max_records": 3, "max_wait": "300ms"}}),
+    )
+    .await;
+    node.consuming("orders").await;
+    python(PIKA_PUBLISH, &[&vhost.url(), "5"]);
+    // 5 orders + the CloudEvent + the poison: the poison is parked alone,
+    // the other 6 arrive in batches of at most 3.
+    let c = eventually(Duration::from_secs(60), "7 messages handled", || async {
+        let c = node.consumer("orders").await;
+        (c["acked"] == json!(7)).then_some(c)
+    })
+    .await;
+    assert_eq!(c["parked"], 1, "{c}");
+    let batches = c["stored"].as_u64().unwrap();
+    assert!((2..=3).contains(&batches), "6 orders in batches of at most 3: {c}");
+    let dlq = node.dead_letters("enrich", batches as usize + 1).await;
+    let text = serde_json::to_string(&dlq).unwrap();
+    assert!(text.contains("MalformedCloudEvent"), "{text}");
+    assert!(
+        text.contains("unroutable"),
+        "the destination's refusal is the reason: {text}"
+    );
+    assert!(text.contains("evoke.amqp.batch"), "{text}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_destination_that_is_down_is_retried_until_it_is_back() {
+    let mut broker = Mosquitto::start();
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.put_connection("broker", json!({ "url": broker.url() })).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[("on_success", "mqtt://broker/orders/enriched"), ("retries", "5")],
+    )
+    .await;
+    let port = broker.port.to_string();
+    let collect = tokio::spawn(python_async(
+        PAHO_COLLECT,
+        vec![port.clone(), "orders/enriched".into(), "1".into()],
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The broker goes down; an order is invoked directly, async.
+    broker.stop();
+    let id = node
+        .invoke_async("enrich", "application/json", r#"{"id":"late","items":[{"price":2}]}"#)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.start_again();
+    let record = node
+        .wait_record(&id, Duration::from_secs(60), |r| r["status"] == "succeeded")
+        .await;
+    assert!(record["attempts"].as_array().unwrap().len() >= 2, "retried: {record}");
+    let out: Vec<Value> = serde_json::from_str(&collect.await.unwrap()).unwrap();
+    assert_eq!(enriched(&out[0]["body"])["id"], "late");
     node.stop().await;
 }
