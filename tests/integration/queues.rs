@@ -765,3 +765,77 @@ async fn an_mqtt_destination_that_is_down_is_retried_until_it_is_back() {
     assert_eq!(enriched(&out[0]["body"])["id"], "late");
     node.stop().await;
 }
+
+/// Two nodes on one NATS; `trigger` runs `sink` on both; `publish` sends 40
+/// messages; each must run once, and both nodes take a share.
+async fn two_nodes_share(trigger: Value, publish: impl FnOnce()) {
+    let nats = Nats::start();
+    let a = TestNode::start(&nats.url()).await;
+    let b = TestNode::start(&nats.url()).await;
+    a.deploy_ok("sink", &super::common::print_module("ok"), &[]).await;
+    a.put_trigger("shared", trigger).await;
+    a.consuming("shared").await;
+    b.consuming("shared").await;
+    publish();
+    let stored = || async {
+        let (x, y) = (a.consumer("shared").await, b.consumer("shared").await);
+        (x["stored"].as_u64().unwrap_or(0), y["stored"].as_u64().unwrap_or(0))
+    };
+    eventually(Duration::from_secs(60), "40 stored between the nodes", || async {
+        let (x, y) = stored().await;
+        (x + y >= 40).then_some(())
+    })
+    .await;
+    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
+        (a.succeeded("sink").await + b.succeeded("sink").await) as usize
+    })
+    .await;
+    assert_eq!(n, 40, "each message runs once");
+    let (x, y) = stored().await;
+    assert_eq!(x + y, 40);
+    assert!(x > 0 && y > 0, "both nodes took a share: {x} and {y}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_compete_on_one_rabbitmq_queue_and_each_message_runs_once() {
+    let vhost = RabbitVhost::new();
+    let url = vhost.url();
+    const PUBLISH: &str = r#"
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.confirm_delivery()
+for i in range(40):
+    ch.basic_publish("", "work", str(i).encode(), pika.BasicProperties(message_id=f"w-{i}"))
+conn.close()
+"#;
+    let trigger =
+        json!({"kind": "amqp", "function": "sink", "url": url, "queue": "work", "declare": true, "prefetch": 4});
+    two_nodes_share(trigger, || {
+        python(PUBLISH, &[&url]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_nats_queue_group_and_each_message_runs_once() {
+    let other = Nats::start();
+    let url = other.url();
+    const PUBLISH: &str = r#"
+import sys, asyncio, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    for i in range(40):
+        await nc.publish(f"jobs.{i}", str(i).encode())
+    await nc.flush()
+    await nc.close()
+asyncio.run(main())
+"#;
+    let trigger = json!({"kind": "nats", "function": "sink", "url": url, "subject": "jobs.>"});
+    two_nodes_share(trigger, || {
+        python(PUBLISH, &[&url]);
+    })
+    .await;
+}
