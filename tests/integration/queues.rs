@@ -839,3 +839,60 @@ asyncio.run(main())
     })
     .await;
 }
+
+/// The enrich example exactly as the shipped `evoke.toml` wires it (only
+/// the RabbitMQ URL points at this test's vhost), applied with `evoke
+/// apply`: an order published with pika comes back enriched on
+/// `amq.topic` / `orders.enriched`, as the README shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_enrich_example_enriches_orders_from_rabbitmq() {
+    let vhost = RabbitVhost::new();
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/evoke.toml")).unwrap();
+    let local = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    assert!(shipped.contains(local), "{shipped}");
+    let manifest = shipped
+        .replace(local, &vhost.url())
+        .replace("code = \"examples/", &format!("code = \"{root}/examples/"));
+    let path = node.dir.path().join("evoke.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let server = node.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_evoke"))
+            .args(["apply", "-f"])
+            .arg(&path)
+            .env("EVOKE_SERVER", server)
+            .env_remove("EVOKE_API_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("connection") && stdout.contains("rabbit"), "{stdout}");
+    node.consuming("orders").await;
+    const README: &str = r#"
+import sys, json, pika
+ch = pika.BlockingConnection(pika.URLParameters(sys.argv[1])).channel()
+ch.queue_declare("orders-enriched", durable=True)
+ch.queue_bind("orders-enriched", "amq.topic", routing_key="orders.enriched")
+ch.basic_publish("", "orders", json.dumps({"id": "o-1", "items": [{"sku": "a", "qty": 2, "price": 1.25}]}),
+                 pika.BasicProperties(content_type="application/json", message_id="o-1"))
+"#;
+    python(README, &[&vhost.url()]);
+    let out: Vec<Value> = serde_json::from_str(
+        &python_async(PIKA_CONSUME, vec![vhost.url(), "orders-enriched".into(), "1".into()]).await,
+    )
+    .unwrap();
+    let order = enriched(&out[0]["body"]);
+    assert_eq!(
+        (order["id"].as_str(), order["total"].as_f64()),
+        (Some("o-1"), Some(2.5))
+    );
+    assert_eq!(order["item_count"], 1);
+    assert_eq!(out[0]["headers"]["cloudEvents:type"], "evoke.invocation.succeeded");
+    node.stop().await;
+}
