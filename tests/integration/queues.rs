@@ -896,3 +896,34 @@ ch.basic_publish("", "orders", json.dumps({"id": "o-1", "items": [{"sku": "a", "
     assert_eq!(out[0]["headers"]["cloudEvents:type"], "evoke.invocation.succeeded");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_partitions_of_a_kafka_consumer_group() {
+    let kafka = Kafka::start();
+    let brokers = kafka.brokers();
+    const TOPIC: &str = r#"
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+a = AdminClient({"bootstrap.servers": sys.argv[1]})
+for t, f in a.create_topics([NewTopic("work", num_partitions=2, replication_factor=1)]).items():
+    f.result()
+"#;
+    const PRODUCE: &str = r#"
+import sys
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+for i in range(40):
+    p.produce("work", str(i).encode(), partition=i % 2)
+assert p.flush(30) == 0
+"#;
+    python(TOPIC, &[&brokers]);
+    let trigger = json!({"kind": "kafka", "function": "sink", "url": format!("kafka://{brokers}"),
+                         "topics": ["work"], "start": "earliest"});
+    let b = brokers.clone();
+    two_nodes_share(trigger, move || {
+        // Both members joined; let the group settle on one partition each.
+        std::thread::sleep(Duration::from_secs(8));
+        python(PRODUCE, &[&b]);
+    })
+    .await;
+}
