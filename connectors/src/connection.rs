@@ -74,18 +74,7 @@ pub struct Resolved {
 impl ConnectionConfig {
     /// Reads and checks a `[connections.NAME]` table, every problem with its field.
     pub fn parse(v: &serde_json::Value) -> Result<ConnectionConfig, Vec<Problem>> {
-        let config: ConnectionConfig = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.inner().to_string();
-            let field = if path == "." {
-                crate::trigger::unknown_or_missing(&inner).unwrap_or_default()
-            } else {
-                path
-            };
-            vec![(field, inner)]
-        })?;
-        let problems = config.check();
-        if problems.is_empty() { Ok(config) } else { Err(problems) }
+        crate::trigger::parse_table(v, ConnectionConfig::check)
     }
 
     /// Whether any way to reach a broker is given.

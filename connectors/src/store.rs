@@ -45,18 +45,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 impl StoreConfig {
     /// Reads and checks a `[stores.NAME]` table, every problem with its field.
     pub fn parse(v: &serde_json::Value) -> Result<StoreConfig, Vec<Problem>> {
-        let config: StoreConfig = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.inner().to_string();
-            let field = if path == "." {
-                crate::trigger::unknown_or_missing(&inner).unwrap_or_default()
-            } else {
-                path
-            };
-            vec![(field, inner)]
-        })?;
-        let problems = config.check();
-        if problems.is_empty() { Ok(config) } else { Err(problems) }
+        crate::trigger::parse_table(v, StoreConfig::check)
     }
 
     pub fn check(&self) -> Vec<Problem> {

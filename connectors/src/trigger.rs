@@ -271,6 +271,26 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
+/// Reads a named table (`[stores.NAME]`, `[connections.NAME]`) into `T`,
+/// then runs `check`; every problem comes back with its field.
+pub(crate) fn parse_table<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    check: impl Fn(&T) -> Vec<Problem>,
+) -> Result<T, Vec<Problem>> {
+    let config: T = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        let field = if path == "." {
+            unknown_or_missing(&inner).unwrap_or_default()
+        } else {
+            path
+        };
+        vec![(field, inner)]
+    })?;
+    let problems = check(&config);
+    if problems.is_empty() { Ok(config) } else { Err(problems) }
+}
+
 /// Pulls the field name out of serde's "unknown field `x`" / "missing field `x`".
 pub(crate) fn unknown_or_missing(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
 use crate::connections::StoredConnection;
-use crate::registry::FieldError;
 
 fn view(s: &ApiState, c: &StoredConnection) -> Value {
     let missing: Vec<&String> = [&c.config.url_env, &c.config.username_env, &c.config.password_env]
@@ -58,31 +57,7 @@ pub async fn put(
     req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: Value = super::read_json(req, "InvalidConnection", "connection").await?;
-    let mut errors = Vec::new();
-    if !crate::registry::valid_name(&name) {
-        errors.push(FieldError {
-            field: "name".into(),
-            message: format!(
-                "`{name}` is not a valid connection name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"
-            ),
-        });
-    }
-    let parsed = ConnectionConfig::parse(&body);
-    let config = match parsed {
-        Ok(c) if errors.is_empty() => c,
-        other => {
-            if let Err(problems) = other {
-                errors.extend(
-                    problems
-                        .into_iter()
-                        .map(|(field, message)| FieldError { field, message }),
-                );
-            }
-            let mut e = ApiError::invalid(errors);
-            e.code = "InvalidConnection";
-            return Err(e);
-        }
-    };
+    let config = super::named_config(&name, "connection", "InvalidConnection", ConnectionConfig::parse(&body))?;
     if q.dry_run {
         return Ok((
             StatusCode::OK,

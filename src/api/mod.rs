@@ -160,6 +160,38 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Whether the request carries `Authorization: Bearer <token>`.
+/// A named config read from a request (`PUT /v1/stores/{name}`,
+/// `/v1/connections/{name}`): the name checked beside every problem of
+/// `parsed`, all answered at once as 400 `code`.
+fn named_config<T>(
+    name: &str,
+    what: &str,
+    code: &'static str,
+    parsed: Result<T, Vec<evoke_connectors::trigger::Problem>>,
+) -> Result<T, ApiError> {
+    let mut errors = Vec::new();
+    if !crate::registry::valid_name(name) {
+        errors.push(crate::registry::FieldError {
+            field: "name".into(),
+            message: format!(
+                "`{name}` is not a valid {what} name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"
+            ),
+        });
+    }
+    match parsed {
+        Ok(c) if errors.is_empty() => return Ok(c),
+        Ok(_) => {}
+        Err(problems) => errors.extend(
+            problems
+                .into_iter()
+                .map(|(field, message)| crate::registry::FieldError { field, message }),
+        ),
+    }
+    let mut e = ApiError::invalid(errors);
+    e.code = code;
+    Err(e)
+}
+
 fn bearer_ok(req: &Request, token: &str) -> bool {
     req.headers()
         .get("authorization")

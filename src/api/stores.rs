@@ -13,7 +13,6 @@ use evoke_connectors::trigger::SourceConfig;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
-use crate::registry::FieldError;
 use crate::stores::StoredStore;
 
 async fn view(s: &ApiState, st: &StoredStore) -> Value {
@@ -60,30 +59,7 @@ pub async fn put(
     req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: Value = super::read_json(req, "InvalidStore", "store").await?;
-    let mut errors = Vec::new();
-    if !crate::registry::valid_name(&name) {
-        errors.push(FieldError {
-            field: "name".into(),
-            message: format!(
-                "`{name}` is not a valid store name: use 1-63 characters, lower-case letters, digits and `-`, starting with a letter"
-            ),
-        });
-    }
-    let config = StoreConfig::parse(&body).map_err(|problems| {
-        errors.extend(
-            problems
-                .into_iter()
-                .map(|(field, message)| FieldError { field, message }),
-        );
-    });
-    let config = match config {
-        Ok(c) if errors.is_empty() => c,
-        _ => {
-            let mut e = ApiError::invalid(errors);
-            e.code = "InvalidStore";
-            return Err(e);
-        }
-    };
+    let config = super::named_config(&name, "store", "InvalidStore", StoreConfig::parse(&body))?;
     if q.dry_run {
         return Ok((
             StatusCode::OK,

@@ -884,3 +884,34 @@ pub fn private_ca(d: &std::path::Path) {
         .concat(),
     );
 }
+
+impl TestNode {
+    /// The shipped `evoke.toml` with `replace` applied (and code paths made
+    /// absolute), applied to this node with the real `evoke apply`;
+    /// panics when it fails, returns what it printed.
+    pub async fn apply_shipped(&self, replace: &[(&str, &str)]) -> String {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut manifest = std::fs::read_to_string(format!("{root}/evoke.toml")).unwrap();
+        for (from, to) in replace {
+            assert!(manifest.contains(from), "the shipped evoke.toml has `{from}`");
+            manifest = manifest.replace(from, to);
+        }
+        let manifest = manifest.replace("code = \"examples/", &format!("code = \"{root}/examples/"));
+        let path = self.dir.path().join("evoke.toml");
+        std::fs::write(&path, manifest).unwrap();
+        let server = self.base.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_evoke"))
+                .args(["apply", "-f"])
+                .arg(&path)
+                .env("EVOKE_SERVER", server)
+                .env_remove("EVOKE_API_TOKEN")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

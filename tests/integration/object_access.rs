@@ -74,27 +74,11 @@ async fn the_shipped_thumbnail_example_makes_thumbnails_of_uploads() {
         true,
     )
     .await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let shipped = std::fs::read_to_string(format!("{root}/evoke.toml")).unwrap();
-    assert!(shipped.contains("endpoint = \"http://127.0.0.1:9000\""), "{shipped}");
-    let manifest = shipped
-        .replace("http://127.0.0.1:9000", &moto.endpoint())
-        .replace("code = \"examples/", &format!("code = \"{root}/examples/"));
-    let path = node.dir.path().join("evoke.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let server = node.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_evoke"))
-            .args(["apply", "-f"])
-            .arg(&path)
-            .env("EVOKE_SERVER", server)
-            .env_remove("EVOKE_API_TOKEN")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.apply_shipped(&[(
+        "endpoint = \"http://127.0.0.1:9000\"",
+        &format!("endpoint = \"{}\"", moto.endpoint()),
+    )])
+    .await;
     let (_, t) = node.get("/v1/triggers/uploads").await;
     assert_eq!(t["state"], "active", "{t}");
 
