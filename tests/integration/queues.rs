@@ -853,29 +853,8 @@ async fn the_shipped_enrich_example_enriches_orders_from_rabbitmq() {
     let vhost = RabbitVhost::new();
     let nats = Nats::start();
     let node = TestNode::start(&nats.url()).await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let shipped = std::fs::read_to_string(format!("{root}/evoke.toml")).unwrap();
     let local = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    assert!(shipped.contains(local), "{shipped}");
-    let manifest = shipped
-        .replace(local, &vhost.url())
-        .replace("code = \"examples/", &format!("code = \"{root}/examples/"));
-    let path = node.dir.path().join("evoke.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let server = node.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_evoke"))
-            .args(["apply", "-f"])
-            .arg(&path)
-            .env("EVOKE_SERVER", server)
-            .env_remove("EVOKE_API_TOKEN")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = node.apply_shipped(&[(local, &vhost.url())]).await;
     assert!(stdout.contains("connection") && stdout.contains("rabbit"), "{stdout}");
     node.consuming("orders").await;
     const README: &str = r#"
@@ -1007,4 +986,42 @@ async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
         (offsets() == before + 5).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn bad_connections_and_queue_triggers_are_refused_with_the_field_named() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let resp = node
+        .http
+        .put(node.url("/v1/connections/Bad_Name"))
+        .json(&json!({"url": "amqp://u:hunter2@/x", "colour": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidConnection", "{v}");
+    let text = v.to_string();
+    assert!(text.contains("\"name\"") && text.contains("colour"), "{v}");
+    assert!(!text.contains("hunter2"), "no password echoed: {v}");
+    node.deploy_ok("sink", &super::common::print_module("ok"), &[]).await;
+    let (status, v) = node
+        .put_trigger(
+            "t",
+            json!({"kind": "amqp", "function": "sink", "connection": "missing", "queue": "q"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("connection `missing` does not exist"), "{v}");
+    let (status, v) = node
+        .put_trigger(
+            "t",
+            json!({"kind": "mqtt", "function": "sink", "url": "mqtt://h:1", "topics": ["a/#/b"], "qos": 7}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("topics") && text.contains("qos"), "{v}");
+    node.stop().await;
 }
