@@ -183,6 +183,9 @@ pub struct Connections {
     producers: Mutex<HashMap<(String, QueueKind), (u64, Producer)>>,
 }
 
+/// Longest a destination send may take (Kafka's own delivery timeout is 10 s).
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl Connections {
     pub fn new(kv: async_nats::jetstream::kv::Store, secrets: Secrets, node: String) -> Connections {
         Connections {
@@ -260,20 +263,27 @@ impl Connections {
     pub async fn send(&self, target: &QueueTarget, event: &Event) -> Result<(), String> {
         let producer = self.producer(target).await?;
         let key = event.subject.clone().unwrap_or_else(|| event.id.clone());
-        let sent: Result<(), String> = match &producer {
-            #[cfg(feature = "kafka")]
-            Producer::Kafka(p) => evoke_connectors::kafka::produce(p, &target.to, &key, event).await,
-            #[cfg(feature = "amqp")]
-            Producer::Amqp(p) => p.publish(&target.to, &target.key, event).await,
-            #[cfg(feature = "mqtt")]
-            Producer::Mqtt(p) => p.publish(&target.to, event).await,
-            #[cfg(feature = "nats")]
-            Producer::Nats(c) => match target.kind {
-                QueueKind::JetStream => evoke_connectors::nats::publish_stored(c, &target.to, event).await,
-                _ => evoke_connectors::nats::publish(c, &target.to, event).await,
-            },
-            Producer::None(never) => match *never {},
+        let send = async {
+            match &producer {
+                #[cfg(feature = "kafka")]
+                Producer::Kafka(p) => evoke_connectors::kafka::produce(p, &target.to, &key, event).await,
+                #[cfg(feature = "amqp")]
+                Producer::Amqp(p) => p.publish(&target.to, &target.key, event).await,
+                #[cfg(feature = "mqtt")]
+                Producer::Mqtt(p) => p.publish(&target.to, event).await,
+                #[cfg(feature = "nats")]
+                Producer::Nats(c) => match target.kind {
+                    QueueKind::JetStream => evoke_connectors::nats::publish_stored(c, &target.to, event).await,
+                    _ => evoke_connectors::nats::publish(c, &target.to, event).await,
+                },
+                Producer::None(never) => match *never {},
+            }
         };
+        // A client that lost its server may wait for it without end (a NATS
+        // client buffers until it reconnects): bound every send.
+        let sent = tokio::time::timeout(SEND_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| Err(format!("the broker did not take it within {SEND_TIMEOUT:?}")));
         let _ = key;
         if sent.is_err() {
             // Rebuilt on the next send: the link may be what broke.

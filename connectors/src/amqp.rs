@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::BatchConfig;
+use crate::queue::{BatchConfig, Order};
 use crate::trigger::Problem;
 use crate::units::ByteSize;
 
@@ -42,6 +42,9 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchConfig>,
+    /// `key`: events with the same key run one at a time, in order.
+    #[serde(default, skip_serializing_if = "Order::is_none")]
+    pub order: Order,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
 }
@@ -120,6 +123,8 @@ mod client {
         ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     };
     use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+    use crate::queue::Order;
     use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
     use serde_json::Value;
 
@@ -195,6 +200,11 @@ mod client {
             let mut args = FieldTable::default();
             if let Some(t) = &config.queue_type {
                 args.insert("x-queue-type".into(), AMQPValue::LongString(t.as_str().into()));
+            }
+            if config.order == Order::Key {
+                // One consumer at a time across nodes (the others stand
+                // by): a key's messages are never split between nodes.
+                args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
             }
             channel
                 .queue_declare(

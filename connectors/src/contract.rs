@@ -44,6 +44,11 @@ pub struct MemorySink {
     pub parked: Mutex<Vec<(String, String)>>,
     /// Set: JetStream "goes away" once this many events are stored.
     pub outage_after: Mutex<Option<usize>>,
+    /// Set: invocations are finished only once [`MemorySink::finish`]
+    /// names them (else at once).
+    pub holding: std::sync::atomic::AtomicBool,
+    /// Dedupe ids of finished invocations.
+    pub finished: Mutex<Vec<String>>,
 }
 
 impl MemorySink {
@@ -58,6 +63,14 @@ impl MemorySink {
     /// can never be stored.
     pub fn reject(&self, reason: &str) {
         *self.rejecting.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+    }
+
+    /// Finishes the invocation of `dedupe_id` (see `holding`).
+    pub fn finish(&self, dedupe_id: &str) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dedupe_id.to_string());
     }
 
     pub fn parked(&self) -> Vec<(String, String)> {
@@ -114,6 +127,20 @@ impl Sink for MemorySink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((dedupe_id.to_string(), reason.to_string()));
+        Ok(())
+    }
+
+    async fn settled(&self, _function: &str, dedupe_id: &str) -> Result<(), SinkError> {
+        while self.holding.load(std::sync::atomic::Ordering::Relaxed)
+            && !self
+                .finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|d| d == dedupe_id)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 }

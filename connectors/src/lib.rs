@@ -40,6 +40,7 @@ pub mod s3;
 pub mod schedule;
 pub mod source;
 pub mod store;
+pub mod syslog;
 pub mod trigger;
 pub mod units;
 pub mod webhook;

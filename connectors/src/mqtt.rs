@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::BatchConfig;
+use crate::queue::{BatchConfig, Order};
 use crate::trigger::Problem;
 use crate::units::ByteSize;
 
@@ -44,6 +44,9 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchConfig>,
+    /// `key`: events with the same key run one at a time, in order.
+    #[serde(default, skip_serializing_if = "Order::is_none")]
+    pub order: Order,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
 }

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::BatchConfig;
+use crate::queue::{BatchConfig, Order};
 use crate::trigger::Problem;
 use crate::units::ByteSize;
 
@@ -55,6 +55,9 @@ pub struct NatsConfig {
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchConfig>,
+    /// `key`: events with the same key run one at a time, in order.
+    #[serde(default, skip_serializing_if = "Order::is_none")]
+    pub order: Order,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<ByteSize>,
 }
@@ -141,10 +144,7 @@ mod client {
 
     /// Connects to a NATS server with the connection's credentials.
     pub async fn connect(c: &Resolved, name: &str) -> Result<async_nats::Client, String> {
-        let mut o = async_nats::ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
-            .max_reconnects(None);
+        let mut o = async_nats::ConnectOptions::new().name(name).max_reconnects(None);
         if let Some(f) = &c.config.creds_file {
             o = o
                 .credentials_file(f)
@@ -157,7 +157,9 @@ mod client {
         if let Some(ca) = &c.config.ca_file {
             o = o.add_root_certificates(ca.into());
         }
-        // `retry_on_initial_connect` returns at once; wait for the server.
+        // A server that is down fails the first connect at once (the
+        // caller retries with its backoff); once connected, the client
+        // reconnects by itself.
         let client = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             let client = o.connect(c.url.as_str()).await.map_err(|e| e.to_string())?;
             client.flush().await.map_err(|e| e.to_string())?;
@@ -334,7 +336,17 @@ mod client {
     }
 
     /// Core publish, flushed (the server has it; no subscriber is awaited).
+    /// Fails at once when the client lost its server (it would buffer
+    /// until it reconnects: a destination that is down must be an error).
+    fn connected(client: &async_nats::Client) -> Result<(), String> {
+        match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(format!("not connected to the NATS server ({other})")),
+        }
+    }
+
     pub async fn publish(client: &async_nats::Client, subject: &str, event: &Event) -> Result<(), String> {
+        connected(client)?;
         let (h, body) = encode(event);
         client
             .publish_with_headers(subject.to_string(), h, body)
@@ -345,6 +357,7 @@ mod client {
 
     /// JetStream publish, ack awaited (deduplicated by the event id).
     pub async fn publish_stored(client: &async_nats::Client, subject: &str, event: &Event) -> Result<(), String> {
+        connected(client)?;
         let (h, body) = encode(event);
         let js = jetstream::new(client.clone());
         let ack = js

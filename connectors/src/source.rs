@@ -54,6 +54,13 @@ pub trait Sink: Send + Sync + 'static {
         dedupe_id: &str,
         reason: &str,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Resolves once the invocation stored for `dedupe_id` is finished:
+    /// succeeded, or dead-lettered after its retries (`order = "key"`
+    /// waits for it before the next event of the key). [`SinkError::Rejected`]
+    /// when it can never finish (its function is gone); `Unavailable` when
+    /// that cannot be told now.
+    fn settled(&self, function: &str, dedupe_id: &str) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// Where an event ended up once a source may acknowledge upstream.
@@ -190,6 +197,9 @@ mod tests {
         }
         async fn park(&self, _: &str, _: &Event, _: &str, _: &str) -> Result<(), SinkError> {
             unreachable!("never rejects")
+        }
+        async fn settled(&self, _: &str, _: &str) -> Result<(), SinkError> {
+            Ok(())
         }
     }
 

@@ -67,6 +67,7 @@ source_kinds! {
     "amqp" => Amqp(crate::amqp::AmqpConfig),
     "mqtt" => Mqtt(crate::mqtt::MqttConfig),
     "nats" => Nats(crate::nats::NatsConfig),
+    "syslog" => Syslog(crate::syslog::SyslogConfig),
 }
 
 impl SourceConfig {
@@ -77,9 +78,11 @@ impl SourceConfig {
             SourceConfig::Webhook(_) => crate::webhook::last_event_key(name),
             SourceConfig::Cron(_) => crate::cron::cursor_key(name),
             SourceConfig::S3(_) => crate::s3::last_event_key(name),
-            SourceConfig::Kafka(_) | SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => {
-                crate::queue::last_event_key(name)
-            }
+            SourceConfig::Kafka(_)
+            | SourceConfig::Amqp(_)
+            | SourceConfig::Mqtt(_)
+            | SourceConfig::Nats(_)
+            | SourceConfig::Syslog(_) => crate::queue::last_event_key(name),
         }
     }
 
@@ -90,7 +93,61 @@ impl SourceConfig {
             SourceConfig::Amqp(c) => c.connection.as_deref(),
             SourceConfig::Mqtt(c) => c.connection.as_deref(),
             SourceConfig::Nats(c) => c.connection.as_deref(),
-            SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) => None,
+            SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) | SourceConfig::Syslog(_) => None,
+        }
+    }
+}
+
+/// The nodes a host-local source (a syslog listener, a file tail) runs on:
+/// `"all"` (default) or a list of node names (`evoke up --node-name`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NodesRepr", into = "NodesRepr")]
+pub enum Nodes {
+    #[default]
+    All,
+    Named(Vec<String>),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum NodesRepr {
+    Word(String),
+    List(Vec<String>),
+}
+
+impl TryFrom<NodesRepr> for Nodes {
+    type Error = String;
+    fn try_from(r: NodesRepr) -> Result<Nodes, String> {
+        match r {
+            NodesRepr::Word(w) if w == "all" => Ok(Nodes::All),
+            NodesRepr::Word(w) => Err(format!("`{w}`: say \"all\" or list node names")),
+            NodesRepr::List(l) => Ok(Nodes::Named(l)),
+        }
+    }
+}
+
+impl From<Nodes> for NodesRepr {
+    fn from(n: Nodes) -> NodesRepr {
+        match n {
+            Nodes::All => NodesRepr::Word("all".into()),
+            Nodes::Named(l) => NodesRepr::List(l),
+        }
+    }
+}
+
+impl Nodes {
+    /// Whether node `name` runs the source.
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            Nodes::All => true,
+            Nodes::Named(names) => names.iter().any(|n| n == name),
+        }
+    }
+
+    pub fn check(&self) -> Vec<Problem> {
+        match self {
+            Nodes::Named(n) if n.is_empty() => vec![("nodes".into(), "lists no node: say \"all\" or name some".into())],
+            _ => vec![],
         }
     }
 }
@@ -322,6 +379,7 @@ fn check_source(source: &SourceConfig) -> Vec<Problem> {
         SourceConfig::Amqp(c) => p.extend(c.check()),
         SourceConfig::Mqtt(c) => p.extend(c.check()),
         SourceConfig::Nats(c) => p.extend(c.check()),
+        SourceConfig::Syslog(c) => p.extend(c.check()),
         SourceConfig::Cron(c) => {
             if let Err(e) = c.parsed() {
                 let field = if e.contains("IANA") { "timezone" } else { "schedule" };

@@ -51,7 +51,8 @@ pub async fn hook(
         | SourceConfig::Kafka(_)
         | SourceConfig::Amqp(_)
         | SourceConfig::Mqtt(_)
-        | SourceConfig::Nats(_) => Err(not_found()),
+        | SourceConfig::Nats(_)
+        | SourceConfig::Syslog(_) => Err(not_found()),
     }
 }
 

@@ -95,7 +95,8 @@ pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) ->
                 | SourceConfig::Kafka(_)
                 | SourceConfig::Amqp(_)
                 | SourceConfig::Mqtt(_)
-                | SourceConfig::Nats(_),
+                | SourceConfig::Nats(_)
+                | SourceConfig::Syslog(_),
             )
             | Err(_) => false,
         })

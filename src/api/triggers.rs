@@ -45,7 +45,11 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
                 Via::Sqs | Via::Poll => (store, None),
             }
         }
-        SourceConfig::Kafka(_) | SourceConfig::Amqp(_) | SourceConfig::Mqtt(_) | SourceConfig::Nats(_) => {
+        SourceConfig::Kafka(_)
+        | SourceConfig::Amqp(_)
+        | SourceConfig::Mqtt(_)
+        | SourceConfig::Nats(_)
+        | SourceConfig::Syslog(_) => {
             let problem = match spec.source.connection() {
                 Some(c) => s.invoker.connections.resolve(c).await.err(),
                 None => None,
@@ -153,7 +157,8 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value, dry_run: bool) -> 
             | SourceConfig::Kafka(_)
             | SourceConfig::Amqp(_)
             | SourceConfig::Mqtt(_)
-            | SourceConfig::Nats(_) => None,
+            | SourceConfig::Nats(_)
+            | SourceConfig::Syslog(_) => None,
         };
         if auth.is_some_and(|a| a.scheme == Scheme::None) && !s.loopback {
             errors.push(field(
@@ -287,7 +292,8 @@ pub async fn backfill(
         | SourceConfig::Kafka(_)
         | SourceConfig::Amqp(_)
         | SourceConfig::Mqtt(_)
-        | SourceConfig::Nats(_) => {
+        | SourceConfig::Nats(_)
+        | SourceConfig::Syslog(_) => {
             return Err(ApiError::bad_request(
                 "NotBackfillable",
                 format!(

@@ -106,7 +106,7 @@ impl Metrics {
         let source_connected = Family::<TriggerLabel, Gauge>::default();
         registry.register(
             "source_messages",
-            "Messages of this node's queue triggers since it started, by outcome (received, stored, duplicates, filtered, parked, acked)",
+            "Messages of this node's queue triggers since it started, by outcome (received, stored, duplicates, filtered, parked, acked, dropped, truncated)",
             source_messages.clone(),
         );
         registry.register(
@@ -253,6 +253,8 @@ impl Metrics {
                 ("filtered", &s.filtered),
                 ("parked", &s.parked),
                 ("acked", &s.acked),
+                ("dropped", &s.dropped),
+                ("truncated", &s.truncated),
             ] {
                 let label = SourceLabel {
                     trigger: trigger.clone(),

@@ -56,7 +56,38 @@ impl Sink for NatsSink {
             .await
             .map_err(|e| SinkError::Unavailable(e.to_string()))
     }
+
+    /// Polls the invocation's record (a few ms apart at first, at most
+    /// [`SETTLED_POLL_MAX`]) until it says succeeded or dead-lettered.
+    async fn settled(&self, function: &str, dedupe_id: &str) -> Result<(), SinkError> {
+        use crate::invoker::records::Status;
+        let id = derived_invocation_id(function, dedupe_id);
+        let mut delay = SETTLED_POLL_MIN;
+        loop {
+            let record = self
+                .invoker
+                .get_record(&id)
+                .await
+                .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+            if record.is_some_and(|r| matches!(r.status, Status::Succeeded | Status::DeadLettered)) {
+                return Ok(());
+            }
+            // A removed function's queued events are gone with it: they never finish.
+            match self.invoker.registry.get(function).await {
+                Ok(None) => return Err(SinkError::Rejected(format!("function `{function}` does not exist"))),
+                Ok(Some(_)) => {}
+                Err(e) => return Err(SinkError::Unavailable(e.to_string())),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(SETTLED_POLL_MAX);
+        }
+    }
 }
+
+/// How often `order = "key"` asks whether an invocation finished: first
+/// after this, then twice as long each time up to [`SETTLED_POLL_MAX`].
+const SETTLED_POLL_MIN: std::time::Duration = std::time::Duration::from_millis(2);
+const SETTLED_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Source state in KV bucket EVOKE_STATE.
 pub struct KvState {
@@ -163,7 +194,8 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                 source @ (SourceConfig::Kafka(_)
                 | SourceConfig::Amqp(_)
                 | SourceConfig::Mqtt(_)
-                | SourceConfig::Nats(_)) => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
+                | SourceConfig::Nats(_)
+                | SourceConfig::Syslog(_)) => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
                     Some(start) => Supervised::spawn(revision, start),
                     None => continue,
                 },

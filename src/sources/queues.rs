@@ -7,9 +7,16 @@
 use std::sync::Arc;
 
 use evoke_connectors::filter::Filter;
-use evoke_connectors::queue::{Binding, DEFAULT_MAX_BODY, Pipeline, Shape};
+use evoke_connectors::queue::{Binding, DEFAULT_MAX_BODY, Order, Pipeline, Shape};
 use evoke_connectors::trigger::SourceConfig;
-#[cfg(any(feature = "kafka", feature = "amqp", feature = "mqtt", feature = "nats"))]
+use evoke_connectors::units::ByteSize;
+#[cfg(any(
+    feature = "kafka",
+    feature = "amqp",
+    feature = "mqtt",
+    feature = "nats",
+    feature = "syslog"
+))]
 use futures::FutureExt;
 
 use super::{NatsSink, Start};
@@ -23,11 +30,19 @@ pub fn task(
     source: SourceConfig,
     filter: Option<Filter>,
 ) -> Option<Start> {
-    let (kind, binding, batch, max_body) = match &source {
-        SourceConfig::Kafka(c) => ("kafka", Binding::Kafka, c.batch, c.max_body),
-        SourceConfig::Amqp(c) => ("amqp", Binding::Amqp, c.batch, c.max_body),
-        SourceConfig::Mqtt(c) => ("mqtt", Binding::Mqtt, c.batch, c.max_body),
-        SourceConfig::Nats(c) => ("nats", Binding::Nats, c.batch, c.max_body),
+    let (kind, binding, batch, order, max_body) = match &source {
+        SourceConfig::Kafka(c) => ("kafka", Binding::Kafka, c.batch, c.order, c.max_body),
+        SourceConfig::Amqp(c) => ("amqp", Binding::Amqp, c.batch, c.order, c.max_body),
+        SourceConfig::Mqtt(c) => ("mqtt", Binding::Mqtt, c.batch, c.order, c.max_body),
+        SourceConfig::Nats(c) => ("nats", Binding::Nats, c.batch, c.order, c.max_body),
+        SourceConfig::Syslog(c) => {
+            if !c.nodes.includes(&invoker.node) {
+                return None;
+            }
+            // The body is the parsed record as JSON: bounded by max_message,
+            // and refused by the queue (then parked) past its limit.
+            ("syslog", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8)))
+        }
         SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) => return None,
     };
     let connections = invoker.connections.clone();
@@ -40,6 +55,7 @@ pub fn task(
             binding,
             filter,
             batch,
+            order,
             max_body: max_body.unwrap_or(DEFAULT_MAX_BODY),
         },
         sink: Arc::new(NatsSink::new(invoker.clone())),
@@ -107,6 +123,14 @@ pub fn task(
                     let client = evoke_connectors::nats::connect(&conn, &name).await?;
                     evoke_connectors::nats::consumer(&c, client, &trigger, stats, evoke_connectors::queue::WINDOW).await
                 }
+            };
+            evoke_connectors::queue::run_reconnecting(pipeline, connect, stop).boxed()
+        }),
+        #[cfg(feature = "syslog")]
+        SourceConfig::Syslog(c) => Box::new(move |stop| {
+            let connect = move || {
+                let (c, stats) = (c.clone(), stats.clone());
+                async move { evoke_connectors::syslog::consumer(&c, stats).await }
             };
             evoke_connectors::queue::run_reconnecting(pipeline, connect, stop).boxed()
         }),

@@ -68,6 +68,27 @@ impl RabbitVhost {
     }
 }
 
+impl RabbitVhost {
+    /// The broker is "down" for this vhost: it refuses new connections and
+    /// drops the open ones (the shared server itself keeps serving the
+    /// other tests).
+    pub fn go_down(&self) {
+        run(Command::new("rabbitmqctl").args([
+            "-q",
+            "set_vhost_limits",
+            "-p",
+            &self.name,
+            r#"{"max-connections": 0}"#,
+        ]));
+        self.drop_connections();
+    }
+
+    /// Accepts connections again.
+    pub fn come_back(&self) {
+        run(Command::new("rabbitmqctl").args(["-q", "clear_vhost_limits", "-p", &self.name]));
+    }
+}
+
 impl Drop for RabbitVhost {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl")
@@ -195,31 +216,51 @@ impl Kafka {
     pub fn start() -> Kafka {
         init_tracing();
         let dir = TempDir::new().expect("temp dir");
-        let bin = std::env::var("EVOKE_TANSU").unwrap_or_else(|_| "tansu".into());
         let (child, port) = with_free_ports(|| {
             let port = free_port()?;
-            let mut child = Command::new(&bin)
-                .args([
-                    "--kafka-listener-url",
-                    &format!("tcp://127.0.0.1:{port}"),
-                    "--kafka-advertised-listener-url",
-                    &format!("tcp://127.0.0.1:{port}"),
-                    "--storage-engine",
-                    &format!("memory://tansu-{port}/"),
-                ])
-                .current_dir(dir.path())
-                .env(
-                    "RUST_LOG",
-                    std::env::var("EVOKE_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("tansu.log"))?)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot run {bin} (scripts/setup installs it): {e}"))?;
-            wait_port(port, &mut child, "tansu")?;
-            Ok((child, port))
+            Ok((Kafka::spawn(dir.path(), port)?, port))
         });
         Kafka { child, port, _dir: dir }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+        let bin = std::env::var("EVOKE_TANSU").unwrap_or_else(|_| "tansu".into());
+        let mut child = Command::new(&bin)
+            .args([
+                "--kafka-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--kafka-advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--storage-engine",
+                &format!("memory://tansu-{port}/"),
+            ])
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("EVOKE_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("tansu.log"))?,
+            )
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {bin} (scripts/setup installs it): {e}"))?;
+        wait_port(port, &mut child, "tansu")?;
+        Ok(child)
+    }
+
+    /// Kills the broker (its storage is in memory: topics are gone with it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped broker again on the same port, empty.
+    pub fn start_again(&mut self) {
+        self.child = Kafka::spawn(self._dir.path(), self.port).expect("restart tansu");
     }
 
     pub fn brokers(&self) -> String {

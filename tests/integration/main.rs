@@ -11,6 +11,7 @@ mod cluster;
 mod connection;
 mod deploy;
 mod hardening;
+mod logs;
 mod object_access;
 mod objects;
 mod queues;

@@ -770,6 +770,238 @@ async fn an_mqtt_destination_that_is_down_is_retried_until_it_is_back() {
     node.stop().await;
 }
 
+/// A destination whose broker is down while an invocation finishes: the
+/// invocation is retried (a system error) until `up` brought it back, and
+/// its result arrives once. `consume` reads the one result's order id.
+async fn a_destination_down_is_retried_until_back(
+    connection: Value,
+    destination: &str,
+    down: impl FnOnce(),
+    up: impl FnOnce(),
+    consume: impl FnOnce() -> String,
+) {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.put_connection("broker", connection).await;
+    node.deploy_ok(
+        "enrich",
+        &example("enrich"),
+        &[("on_success", destination), ("retries", "5")],
+    )
+    .await;
+    down();
+    let id = node
+        .invoke_async("enrich", "application/json", r#"{"id":"late","items":[{"price":2}]}"#)
+        .await;
+    node.wait_record(&id, Duration::from_secs(30), |r| {
+        r["attempts"].as_array().is_some_and(|a| a.len() >= 2)
+    })
+    .await;
+    up();
+    let record = node
+        .wait_record(&id, Duration::from_secs(90), |r| r["status"] == "succeeded")
+        .await;
+    let errors: Vec<&Value> = record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.get("error"))
+        .collect();
+    assert!(
+        !errors.is_empty() && errors.iter().all(|e| e["class"] == "system"),
+        "the destination being down is a system error: {record}"
+    );
+    assert_eq!(consume(), "late");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_destination_that_is_down_is_retried_until_it_is_back() {
+    let vhost = RabbitVhost::new();
+    let url = vhost.url();
+    python(PIKA_SETUP, &[&url]);
+    a_destination_down_is_retried_until_back(
+        json!({ "url": url }),
+        "amqp://broker/results/orders.enriched",
+        || vhost.go_down(),
+        || vhost.come_back(),
+        || {
+            let out: Vec<Value> = serde_json::from_str(&python(PIKA_CONSUME, &[&url, "enriched", "1"])).unwrap();
+            enriched(&out[0]["body"])["id"].as_str().unwrap().to_string()
+        },
+    )
+    .await;
+    assert_eq!(vhost.messages("enriched"), 0, "delivered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_destination_that_is_down_is_retried_until_it_is_back() {
+    let kafka = std::sync::Mutex::new(Kafka::start());
+    let brokers = kafka.lock().unwrap().brokers();
+    a_destination_down_is_retried_until_back(
+        json!({ "brokers": [brokers.clone()] }),
+        "kafka://broker/enriched",
+        || kafka.lock().unwrap().stop(),
+        || {
+            kafka.lock().unwrap().start_again();
+            python(KAFKA_TOPICS, &[&brokers, "enriched"]);
+        },
+        || {
+            let out: Vec<Value> = serde_json::from_str(&python(KAFKA_CONSUME, &[&brokers, "enriched", "1"])).unwrap();
+            enriched(&out[0]["body"])["id"].as_str().unwrap().to_string()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_destination_that_is_down_is_retried_until_it_is_back() {
+    let other = std::sync::Mutex::new(Nats::start());
+    let url = other.lock().unwrap().url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "RESULTS".into(),
+        subjects: vec!["results.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let handle = tokio::runtime::Handle::current();
+    a_destination_down_is_retried_until_back(
+        json!({ "url": url }),
+        "jetstream://broker/results.enriched",
+        || other.lock().unwrap().stop(),
+        || other.lock().unwrap().restart(),
+        || {
+            // The stream survived the restart (file storage) and holds one result.
+            tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let client = async_nats::connect(&url).await.unwrap();
+                    let js = async_nats::jetstream::new(client);
+                    let mut stream = js.get_stream("RESULTS").await.unwrap();
+                    assert_eq!(stream.info().await.unwrap().state.messages, 1, "delivered once");
+                    let m = stream
+                        .get_last_raw_message_by_subject("results.enriched")
+                        .await
+                        .unwrap();
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                    enriched(&v)["id"].as_str().unwrap().to_string()
+                })
+            })
+        },
+    )
+    .await;
+}
+
+/// The Kafka broker goes down mid-stream and comes back (librdkafka's mock
+/// cluster, for the fault tansu cannot survive: its storage is in memory):
+/// the consumer resumes from its committed offset, and each record runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_going_down_mid_stream_loses_and_repeats_nothing() {
+    use evoke_connectors::rdkafka::ClientConfig;
+    use evoke_connectors::rdkafka::mocking::MockCluster;
+    use evoke_connectors::rdkafka::producer::{FutureProducer, FutureRecord};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("work", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let produce = |from: usize, to: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in from..to {
+                let payload = i.to_string();
+                producer
+                    .send(
+                        FutureRecord::to("work").payload(&payload).key("k"),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .unwrap_or_else(|(e, _)| panic!("produce {i}: {e}"));
+            }
+        }
+    };
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("sink", &super::common::print_module("ok"), &[]).await;
+    produce(0, 20).await;
+    node.put_trigger(
+        "work",
+        json!({"kind": "kafka", "function": "sink", "url": format!("kafka://{brokers}"),
+               "topics": ["work"], "start": "earliest"}),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "some records stored", || async {
+        (node.consumer("work").await["stored"].as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+    produce(20, 40).await;
+    let n = settled(Duration::from_secs(90), Duration::from_secs(3), || async {
+        node.succeeded("sink").await as usize
+    })
+    .await;
+    assert_eq!(n, 40, "each record ran once: {}", node.consumer("work").await);
+    node.stop().await;
+}
+
+/// The source's own NATS server restarts mid-stream: the durable consumer
+/// (kept in the server's store) carries on, and every message runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_source_server_restarting_mid_stream_loses_nothing() {
+    let nats = Nats::start();
+    let mut other = Nats::start();
+    let url = other.url();
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok("sink", &super::common::print_module("ok"), &[]).await;
+    let publish = |from: usize, to: usize| {
+        let url = url.clone();
+        async move {
+            let client = async_nats::connect(&url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "WORK".into(),
+                subjects: vec!["work.>".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            for i in from..to {
+                js.publish(format!("work.{i}"), i.to_string().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(0, 20).await;
+    node.put_trigger(
+        "work",
+        json!({"kind": "nats", "function": "sink", "url": url, "stream": "WORK"}),
+    )
+    .await;
+    node.consuming("work").await;
+    other.restart();
+    publish(20, 40).await;
+    let n = settled(Duration::from_secs(90), Duration::from_secs(3), || async {
+        node.succeeded("sink").await as usize
+    })
+    .await;
+    assert_eq!(n, 40, "each message ran once");
+    let c = node.consumer("work").await;
+    assert_eq!(
+        c["stored"].as_u64().unwrap() + c["duplicates"].as_u64().unwrap(),
+        c["received"].as_u64().unwrap(),
+        "{c}"
+    );
+    node.stop().await;
+}
+
 /// Two nodes on one NATS; `trigger` runs `sink` on both; `publish` sends 40
 /// messages; each must run once, and both nodes take a share.
 async fn two_nodes_share(trigger: Value, publish: impl FnOnce()) {
@@ -840,6 +1072,175 @@ asyncio.run(main())
     let trigger = json!({"kind": "nats", "function": "sink", "url": url, "subject": "jobs.>"});
     two_nodes_share(trigger, || {
         python(PUBLISH, &[&url]);
+    })
+    .await;
+}
+
+/// The events of an ordering test, by key: `nap` takes 300 ms; `status:x`
+/// fails (a function error), is retried once and dead-lettered, and must
+/// hold its key all that time.
+const ORDERED: [(&str, &str, &str); 6] = [
+    ("a", "a-1", "nap"),
+    ("b", "b-1", "nap"),
+    ("a", "a-2", "status:x"),
+    ("b", "b-2", "nap"),
+    ("a", "a-3", "nap"),
+    ("b", "b-3", "nap"),
+];
+
+/// Deploys `hostile` (one retry), puts `trigger` (with `order = "key"`),
+/// lets `publish` send [`ORDERED`] as binary-mode CloudEvents with source
+/// `/t` (key `a` and `b` as the kind spells a key), then checks from the
+/// invocation records: per key one run at a time in publish order, the
+/// failing one's retry before the next of its key, and the keys in parallel.
+async fn runs_in_key_order(nats: &Nats, trigger: Value, publish: impl FnOnce()) {
+    let node = TestNode::start(&nats.url()).await;
+    node.deploy_ok(
+        "hostile",
+        &example("hostile"),
+        &[("retries", "1"), ("max_instances", "4")],
+    )
+    .await;
+    let (status, body) = node.put_trigger("ordered", trigger).await;
+    assert!(status.is_success(), "{status} {body}");
+    node.consuming("ordered").await;
+    publish();
+    let mut records = std::collections::HashMap::new();
+    for (_, id, _) in ORDERED {
+        let invocation = evoke::invoker::derived_invocation_id("hostile", &format!("ce./t.{id}"));
+        let r = eventually(Duration::from_secs(90), &format!("{id} finished"), || async {
+            let (_, r) = node.get(&format!("/v1/invocations/{invocation}")).await;
+            matches!(r["status"].as_str(), Some("succeeded" | "dead-lettered")).then_some(r)
+        })
+        .await;
+        records.insert(id, r);
+    }
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let started = |id: &str| time(&records[id]["attempts"][0]["started_at"]);
+    let finished = |id: &str| time(&records[id]["finished_at"]);
+    assert_eq!(records["a-2"]["status"], "dead-lettered");
+    assert_eq!(records["a-2"]["attempts"].as_array().unwrap().len(), 2, "retried once");
+    for key in [["a-1", "a-2", "a-3"], ["b-1", "b-2", "b-3"]] {
+        for w in key.windows(2) {
+            assert!(
+                finished(w[0]) <= started(w[1]),
+                "{} started before {} finished: {:?}",
+                w[1],
+                w[0],
+                records
+            );
+        }
+    }
+    let overlap = |x: &str, y: &str| started(x).max(started(y)) < finished(x).min(finished(y));
+    assert!(
+        ["a-1", "a-3"]
+            .iter()
+            .any(|a| ["b-1", "b-2", "b-3"].iter().any(|b| overlap(a, b))),
+        "keys a and b ran in parallel: {records:?}"
+    );
+    // Each acknowledged once its invocation finished (the source sees it
+    // finish a poll later).
+    eventually(Duration::from_secs(30), "all 6 acked", || async {
+        (node.consumer("ordered").await["acked"] == 6).then_some(())
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_subjects_run_in_order_per_subject() {
+    let nats = Nats::start();
+    let other = Nats::start();
+    let url = other.url();
+    const PUBLISH: &str = r#"
+import sys, json, asyncio, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    for key, id, body in json.loads(sys.argv[2]):
+        await nc.publish(f"orders.{key}", body.encode(), headers={
+            "ce-specversion": "1.0", "ce-id": id, "ce-source": "/t", "ce-type": "t"})
+    await nc.flush()
+    await nc.close()
+asyncio.run(main())
+"#;
+    let trigger = json!({"kind": "nats", "function": "hostile", "url": url, "subject": "orders.*", "order": "key"});
+    runs_in_key_order(&nats, trigger, || {
+        python(PUBLISH, &[&url, &json!(ORDERED).to_string()]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_routing_keys_run_in_order_per_key() {
+    let nats = Nats::start();
+    let vhost = RabbitVhost::new();
+    let url = vhost.url();
+    const PUBLISH: &str = r#"
+import sys, json, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.confirm_delivery()
+for key, id, body in json.loads(sys.argv[2]):
+    ch.basic_publish("shop", f"orders.{key}", body.encode(), pika.BasicProperties(headers={
+        "cloudEvents:specversion": "1.0", "cloudEvents:id": id, "cloudEvents:source": "/t", "cloudEvents:type": "t"}))
+conn.close()
+"#;
+    let trigger = json!({"kind": "amqp", "function": "hostile", "url": url, "queue": "ordered", "declare": true,
+                         "exchange": "shop", "routing_keys": ["orders.*"], "order": "key"});
+    runs_in_key_order(&nats, trigger, || {
+        python(PUBLISH, &[&url, &json!(ORDERED).to_string()]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_topics_run_in_order_per_topic() {
+    let nats = Nats::start();
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    const PUBLISH: &str = r#"
+import sys, json
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port = sys.argv[1].removeprefix("mqtt://").split(":")
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="order-pub", protocol=mqtt.MQTTv5)
+c.connect(host, int(port))
+c.loop_start()
+for key, id, body in json.loads(sys.argv[2]):
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = [("specversion", "1.0"), ("id", id), ("source", "/t"), ("type", "t")]
+    c.publish(f"orders/{key}", body.encode(), qos=1, properties=p).wait_for_publish(10)
+c.loop_stop()
+c.disconnect()
+"#;
+    let trigger =
+        json!({"kind": "mqtt", "function": "hostile", "url": url, "topics": ["orders/+"], "qos": 1, "order": "key"});
+    runs_in_key_order(&nats, trigger, || {
+        python(PUBLISH, &[&url, &json!(ORDERED).to_string()]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_keys_run_in_order_per_key() {
+    let nats = Nats::start();
+    let kafka = Kafka::start();
+    let brokers = kafka.brokers();
+    python(KAFKA_TOPICS, &[&brokers, "ordered"]);
+    const PRODUCE: &str = r#"
+import sys, json
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+for key, id, body in json.loads(sys.argv[2]):
+    p.produce("ordered", body.encode(), key=key.encode(), headers=[
+        ("ce_specversion", b"1.0"), ("ce_id", id.encode()), ("ce_source", b"/t"), ("ce_type", b"t")])
+assert p.flush(30) == 0, "records not delivered"
+"#;
+    let trigger = json!({"kind": "kafka", "function": "hostile", "url": format!("kafka://{brokers}"),
+                         "topics": ["ordered"], "start": "earliest", "order": "key"});
+    runs_in_key_order(&nats, trigger, || {
+        python(PRODUCE, &[&brokers, &json!(ORDERED).to_string()]);
     })
     .await;
 }

@@ -16,14 +16,14 @@
 //! (cut to the park limit) and the reason, then acknowledged: it never
 //! blocks the queue behind it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::event::{Event, valid_extension_name};
 use crate::filter::Filter;
-use crate::source::{Delivered, Published, Sink, deliver, park_until_stored};
+use crate::source::{Delivered, Published, Sink, SinkError, deliver, park_until_stored};
 use crate::units::ByteSize;
 
 /// Stores in flight at once per trigger (acks still run in order).
@@ -102,6 +102,8 @@ pub enum Binding {
     Mqtt,
     /// NATS: `ce-` headers, as the NATS binding (and HTTP) spell them.
     Nats,
+    /// No headers at all (syslog, files): never a binary-mode CloudEvent.
+    None,
 }
 
 impl Binding {
@@ -116,6 +118,7 @@ impl Binding {
             Binding::Amqp => strip("cloudEvents:").or_else(|| strip("cloudEvents_")),
             Binding::Nats => strip("ce-"),
             Binding::Mqtt => Some(header),
+            Binding::None => None,
         }
     }
 
@@ -125,7 +128,7 @@ impl Binding {
             Binding::Kafka => format!("ce_{attribute}"),
             Binding::Amqp => format!("cloudEvents:{attribute}"),
             Binding::Nats => format!("ce-{attribute}"),
-            Binding::Mqtt => attribute.to_string(),
+            Binding::Mqtt | Binding::None => attribute.to_string(),
         }
     }
 
@@ -166,6 +169,16 @@ pub struct BatchConfig {
     pub max_wait: Duration,
 }
 
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
 fn default_max_records() -> usize {
     100
 }
@@ -174,6 +187,27 @@ fn default_max_bytes() -> ByteSize {
 }
 fn default_max_wait() -> Duration {
     Duration::from_secs(1)
+}
+
+/// How a trigger orders the runs of its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Events run in parallel, up to the function's `max_instances` (default).
+    #[default]
+    None,
+    /// Events with the same key (Kafka key, AMQP routing key, MQTT topic,
+    /// NATS subject) run one at a time in arrival order, retries included;
+    /// different keys run in parallel. A message is acknowledged upstream
+    /// only once its invocation finished (succeeded or dead-lettered), so a
+    /// restart redelivers it and the chain is rebuilt.
+    Key,
+}
+
+impl Order {
+    pub fn is_none(&self) -> bool {
+        *self == Order::None
+    }
 }
 
 /// The largest batch body: a batch never exceeds what the queue takes
@@ -221,6 +255,7 @@ pub struct Shape {
     pub binding: Binding,
     pub filter: Option<Filter>,
     pub batch: Option<BatchConfig>,
+    pub order: Order,
     pub max_body: ByteSize,
 }
 
@@ -414,6 +449,11 @@ pub struct Stats {
     pub filtered: AtomicU64,
     pub parked: AtomicU64,
     pub acked: AtomicU64,
+    /// Messages the source lost before they were received (syslog over UDP:
+    /// the kernel's drops and datagrams evoke could not take in time).
+    pub dropped: AtomicU64,
+    /// Messages cut at the source's size limit (kept, marked `truncated`).
+    pub truncated: AtomicU64,
     /// Messages waiting at the broker (Kafka: high watermark minus
     /// position; AMQP: queue depth; JetStream: consumer pending), when known.
     pub lag: AtomicU64,
@@ -440,6 +480,11 @@ impl Stats {
             "received": n(&self.received), "stored": n(&self.stored), "duplicates": n(&self.duplicates),
             "filtered": n(&self.filtered), "parked": n(&self.parked), "acked": n(&self.acked),
         });
+        for (name, a) in [("dropped", &self.dropped), ("truncated", &self.truncated)] {
+            if n(a) > 0 {
+                v[name] = n(a).into();
+            }
+        }
         if self.lag_known.load(Ordering::Relaxed) {
             v["lag"] = n(&self.lag).into();
         }
@@ -465,12 +510,49 @@ enum Done {
     Stopped,
 }
 
+/// What storing a unit came to.
+enum Stored {
+    /// Stopped first: nothing may be acknowledged.
+    Stopped,
+    /// On the queue as the invocation with this dedupe id (or already there).
+    Invocation(String),
+    /// Filtered or parked: nothing will run.
+    Nothing,
+}
+
+/// Resolves once an ordered unit is finished: its invocation succeeded or
+/// was dead-lettered (`true`), or the pipeline stopped first (`false`).
+type Settled = Shared<BoxFuture<'static, bool>>;
+
+/// Keys with a unit that may still be running before old ones are forgotten.
+const MAX_CHAINS: usize = 4096;
+
+/// The last unit of each key of an `order = "key"` trigger: the next unit
+/// of that key waits for it to finish before it is stored.
+#[derive(Default)]
+struct Chains(HashMap<String, Settled>);
+
+impl Chains {
+    fn last(&self, key: &str) -> Option<Settled> {
+        self.0.get(key).cloned()
+    }
+
+    fn push(&mut self, key: String, settled: Settled) {
+        if self.0.len() >= MAX_CHAINS && !self.0.contains_key(&key) {
+            // Finished units need no successor to wait for them.
+            self.0.retain(|_, s| s.peek().is_none());
+        }
+        self.0.insert(key, settled);
+    }
+}
+
 impl<S: Sink> Pipeline<S> {
     /// Consumes until `stop` or until the consumer's connection is lost
     /// (`Err`, to reconnect). Messages taken but not stored when it returns
     /// are not acknowledged: the broker delivers them again.
     pub async fn run(&self, consumer: &mut impl Consumer, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let mut inflight: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
+        let mut chains = Chains::default();
         let mut batch: Vec<Incoming> = Vec::new();
         let mut batch_bytes = 0u64;
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -484,12 +566,15 @@ impl<S: Sink> Pipeline<S> {
                 biased;
                 _ = stop.changed() => break Ok(()),
                 Some(done) = inflight.next() => {
-                    if let Err(e) = self.acknowledge(done).await {
-                        break Err(e);
+                    match self.acknowledge(done).await {
+                        Ok(true) => {}
+                        // Only a stop leaves a unit unstored.
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
                     }
                 }
                 _ = tokio::time::sleep_until(close_at), if deadline.is_some() => {
-                    inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                    inflight.push_back(self.batch_work(std::mem::take(&mut batch), &mut chains, stop));
                     (batch_bytes, deadline) = (0, None);
                 }
                 next = consumer.next(), if room => {
@@ -499,29 +584,31 @@ impl<S: Sink> Pipeline<S> {
                     };
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
                     let Some(b) = self.shape.batch else {
-                        inflight.push_back(self.work(incoming, stop.clone()));
+                        inflight.push_back(self.work(incoming, &mut chains, stop));
                         continue;
                     };
                     let size = incoming.message.body.len() as u64;
                     if !batch.is_empty() && batch_bytes + size > b.max_bytes.0 {
-                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), &mut chains, stop));
                         (batch_bytes, deadline) = (0, None);
                     }
                     batch_bytes += size;
                     batch.push(incoming);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + b.max_wait);
                     if batch.len() >= b.max_records {
-                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), stop.clone()));
+                        inflight.push_back(self.batch_work(std::mem::take(&mut batch), &mut chains, stop));
                         (batch_bytes, deadline) = (0, None);
                     }
                 }
             }
         };
         // Finish what is in flight (stores already sent), acknowledging
-        // only what was stored; a batch not closed is not acknowledged.
+        // only what was stored, and nothing after the first unit that was
+        // not (a Kafka offset stored past it would commit it unstored); a
+        // batch not closed is not acknowledged.
         if result.is_ok() {
             while let Some(done) = inflight.next().await {
-                if self.acknowledge(done).await.is_err() {
+                if !matches!(self.acknowledge(done).await, Ok(true)) {
                     break;
                 }
             }
@@ -529,54 +616,139 @@ impl<S: Sink> Pipeline<S> {
         result
     }
 
-    async fn acknowledge(&self, done: Done) -> Result<(), String> {
-        let Done::Ack(acks) = done else { return Ok(()) };
+    /// Acknowledges a unit; `Ok(false)` when it was stopped before it was
+    /// stored (or finished, when ordered): nothing after it may be acknowledged.
+    async fn acknowledge(&self, done: Done) -> Result<bool, String> {
+        let Done::Ack(acks) = done else { return Ok(false) };
         for ack in acks {
             ack.await.map_err(|e| format!("acknowledging upstream: {e}"))?;
             self.stats.acked.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(true)
     }
 
-    fn count(&self, delivered: &Delivered) {
-        let c = match delivered {
-            Delivered::Queued(Published::Stored) => &self.stats.stored,
-            Delivered::Queued(Published::Duplicate) => &self.stats.duplicates,
-            Delivered::Parked(_) => &self.stats.parked,
+    /// Stores an event on the function's queue (or parks it when the queue
+    /// refuses it for good), and counts what happened.
+    async fn store(&self, event: &Event, dedupe: String, stop: impl Future<Output = ()>) -> Stored {
+        let delivered = deliver(&*self.sink, &self.shape.function, event, &dedupe, stop).await;
+        let (counter, stored) = match delivered {
+            None => return Stored::Stopped,
+            Some(Delivered::Queued(Published::Stored)) => (&self.stats.stored, Stored::Invocation(dedupe)),
+            Some(Delivered::Queued(Published::Duplicate)) => (&self.stats.duplicates, Stored::Invocation(dedupe)),
+            Some(Delivered::Parked(_)) => (&self.stats.parked, Stored::Nothing),
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
+        stored
+    }
+
+    fn detached(&self) -> Pipeline<S> {
+        Pipeline {
+            shape: self.shape.clone(),
+            sink: self.sink.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// The unit of work for one message (`key` set when ordered): `store`
+    /// runs once the previous unit of its key finished, and with ordering
+    /// the acks wait until its own invocation finished too.
+    fn unit<F>(
+        &self,
+        key: Option<String>,
+        chains: &mut Chains,
+        acks: Vec<Ack>,
+        stop: &watch::Receiver<bool>,
+        store: F,
+    ) -> BoxFuture<'static, Done>
+    where
+        F: Future<Output = Stored> + Send + 'static,
+    {
+        let me = self.detached();
+        let ordered = key.is_some();
+        let prev = key.as_deref().and_then(|k| chains.last(k));
+        let mut stop = stop.clone();
+        let stage: Settled = async move {
+            if let Some(prev) = prev {
+                tokio::select! {
+                    _ = prev => {}
+                    _ = stop.wait_for(|s| *s) => return false,
+                }
+            }
+            match store.await {
+                Stored::Stopped => false,
+                Stored::Nothing => true,
+                Stored::Invocation(_) if !ordered => true,
+                Stored::Invocation(dedupe) => me.finished(&dedupe, stop).await,
+            }
+        }
+        .boxed()
+        .shared();
+        if let Some(k) = key {
+            chains.push(k, stage.clone());
+        }
+        Box::pin(async move {
+            match stage.await {
+                true => Done::Ack(acks),
+                false => Done::Stopped,
+            }
+        })
+    }
+
+    /// Waits until the invocation of `dedupe` succeeded or was
+    /// dead-lettered; `false` when stopped first.
+    async fn finished(&self, dedupe: &str, mut stop: watch::Receiver<bool>) -> bool {
+        let mut delays = crate::backoff::PUBLISH.delays();
+        loop {
+            let r = tokio::select! {
+                r = self.sink.settled(&self.shape.function, dedupe) => r,
+                _ = stop.wait_for(|s| *s) => return false,
+            };
+            match r {
+                // Rejected: it can never run (its function is gone).
+                Ok(()) | Err(SinkError::Rejected(_)) => return true,
+                Err(SinkError::Unavailable(e)) => {
+                    let delay = delays.next().unwrap_or(crate::backoff::PUBLISH.max);
+                    tracing::warn!(trigger = self.shape.trigger, error = %e, "cannot tell whether the previous event of a key finished; asking again in {delay:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ordering key of a message, when the trigger orders by key.
+    fn key_of(&self, m: &Message) -> Option<String> {
+        (self.shape.order == Order::Key).then(|| m.key.clone()).flatten()
     }
 
     /// Stores one message (or parks it); its ack comes back.
-    fn work(&self, incoming: Incoming, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, Done> {
-        let (shape, sink, stats) = (self.shape.clone(), self.sink.clone(), self.stats.clone());
-        let me = Pipeline { shape, sink, stats };
-        Box::pin(async move {
+    fn work(&self, incoming: Incoming, chains: &mut Chains, stop: &watch::Receiver<bool>) -> BoxFuture<'static, Done> {
+        let Incoming { message, ack } = incoming;
+        let key = self.key_of(&message);
+        let me = self.detached();
+        let mut stop_rx = stop.clone();
+        let store = async move {
             let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
+                let _ = stop_rx.wait_for(|s| *s).await;
             };
-            let Incoming { message, ack } = incoming;
             match me.shape.event(&message) {
                 Ok(event) => {
                     if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
                         me.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                        return Done::Ack(vec![ack]);
+                        return Stored::Nothing;
                     }
                     let dedupe = me.shape.dedupe(&message, &event);
-                    match deliver(&*me.sink, &me.shape.function, &event, &dedupe, stopped).await {
-                        Some(d) => {
-                            me.count(&d);
-                            Done::Ack(vec![ack])
-                        }
-                        None => Done::Stopped,
-                    }
+                    me.store(&event, dedupe, stopped).await
                 }
                 Err(reason) => match me.park(&message, &reason, stopped).await {
-                    true => Done::Ack(vec![ack]),
-                    false => Done::Stopped,
+                    true => Stored::Nothing,
+                    false => Stored::Stopped,
                 },
             }
-        })
+        };
+        self.unit(key, chains, vec![ack], stop, store)
     }
 
     async fn park(&self, m: &Message, reason: &str, stop: impl Future<Output = ()>) -> bool {
@@ -590,49 +762,51 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Stores a batch as one event (messages that cannot be events are
-    /// parked one by one); every message's ack comes back.
-    fn batch_work(&self, batch: Vec<Incoming>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, Done> {
-        let (shape, sink, stats) = (self.shape.clone(), self.sink.clone(), self.stats.clone());
-        let me = Pipeline { shape, sink, stats };
-        Box::pin(async move {
-            let mut events = Vec::with_capacity(batch.len());
-            let mut acks = Vec::with_capacity(batch.len());
-            for Incoming { message, ack } in batch {
-                acks.push(ack);
-                match me.shape.event(&message) {
+    /// parked one by one); every message's ack comes back. With ordering,
+    /// batches run one at a time in arrival order.
+    fn batch_work(
+        &self,
+        batch: Vec<Incoming>,
+        chains: &mut Chains,
+        stop: &watch::Receiver<bool>,
+    ) -> BoxFuture<'static, Done> {
+        let me = self.detached();
+        let (messages, acks): (Vec<Message>, Vec<Ack>) = batch.into_iter().map(|i| (i.message, i.ack)).unzip();
+        let key = (self.shape.order == Order::Key).then(String::new);
+        let stop_rx = stop.clone();
+        let store = async move {
+            let mut events = Vec::with_capacity(messages.len());
+            for message in &messages {
+                match me.shape.event(message) {
                     Ok(e) if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&e)) => {
                         me.stats.filtered.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(e) => {
-                        let d = me.shape.dedupe(&message, &e);
+                        let d = me.shape.dedupe(message, &e);
                         events.push((e, d));
                     }
                     Err(reason) => {
-                        let mut s = stop.clone();
+                        let mut s = stop_rx.clone();
                         let stopped = async move {
                             let _ = s.wait_for(|s| *s).await;
                         };
-                        if !me.park(&message, &reason, stopped).await {
-                            return Done::Stopped;
+                        if !me.park(message, &reason, stopped).await {
+                            return Stored::Stopped;
                         }
                     }
                 }
             }
             if events.is_empty() {
-                return Done::Ack(acks);
+                return Stored::Nothing;
             }
             let (event, dedupe) = me.shape.batch_event(&events);
+            let mut s = stop_rx;
             let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
+                let _ = s.wait_for(|s| *s).await;
             };
-            match deliver(&*me.sink, &me.shape.function, &event, &dedupe, stopped).await {
-                Some(d) => {
-                    me.count(&d);
-                    Done::Ack(acks)
-                }
-                None => Done::Stopped,
-            }
-        })
+            me.store(&event, dedupe, stopped).await
+        };
+        self.unit(key, chains, acks, stop, store)
     }
 }
 

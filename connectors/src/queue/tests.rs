@@ -37,6 +37,7 @@ fn shape(binding: Binding) -> Shape {
         binding,
         filter: None,
         batch: None,
+        order: Order::None,
         max_body: DEFAULT_MAX_BODY,
     }
 }
@@ -259,6 +260,98 @@ async fn batches_close_on_count_bytes_or_time() {
     assert_eq!(acked.lock().unwrap().len(), 8);
 }
 
+/// What the sink stored so far, as bodies.
+fn bodies(sink: &MemorySink) -> Vec<String> {
+    sink.events()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect()
+}
+
+fn keyed(offset: u32, key: &str) -> Message {
+    let mut m = msg(offset, &format!("{key}{offset}"));
+    m.key = Some(key.into());
+    m
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_keys_run_one_at_a_time_and_other_keys_pass() {
+    let sink = Arc::new(MemorySink::default());
+    sink.holding.store(true, Ordering::Relaxed);
+    let mut p = pipeline(sink.clone(), None);
+    p.shape.order = Order::Key;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let acked = Arc::new(Mutex::new(vec![]));
+    let mut c = Fed {
+        rx,
+        acked: acked.clone(),
+    };
+    for (i, k) in ["a", "b", "a", "a", "c"].iter().enumerate() {
+        tx.send(keyed(i as u32, k)).unwrap();
+    }
+    let mut unkeyed = msg(5, "none");
+    unkeyed.key = None;
+    tx.send(unkeyed).unwrap();
+    let (stop_tx, mut stop) = watch::channel(false);
+    let run = tokio::spawn(async move { p.run(&mut c, &mut stop).await });
+    let settle = || tokio::time::sleep(Duration::from_millis(50));
+    settle().await;
+    // a0, b1, c4 and the unkeyed one are stored; a2 waits for a0 to finish.
+    assert_eq!(bodies(&sink), ["a0", "b1", "c4", "none"]);
+    assert!(acked.lock().unwrap().is_empty(), "acked only once finished");
+    sink.finish("kafka.orders.orders.0.1");
+    settle().await;
+    assert_eq!(bodies(&sink), ["a0", "b1", "c4", "none"], "b finishing frees no `a`");
+    assert!(acked.lock().unwrap().is_empty(), "acks stay in arrival order");
+    sink.finish("kafka.orders.orders.0.0");
+    settle().await;
+    assert_eq!(bodies(&sink), ["a0", "b1", "c4", "none", "a2"]);
+    assert_eq!(*acked.lock().unwrap(), ["orders.0.0", "orders.0.1"]);
+    sink.finish("kafka.orders.orders.0.2");
+    settle().await;
+    assert_eq!(bodies(&sink), ["a0", "b1", "c4", "none", "a2", "a3"]);
+    // Stopping while a3 and c4 run: they are not acknowledged (the broker
+    // redelivers them; the chain is rebuilt from the duplicates), nor is
+    // the unkeyed one after them, finished or not: an ack never passes a
+    // unit that was not.
+    stop_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(*acked.lock().unwrap(), ["orders.0.0", "orders.0.1", "orders.0.2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_batches_run_one_at_a_time() {
+    let sink = Arc::new(MemorySink::default());
+    sink.holding.store(true, Ordering::Relaxed);
+    let batch = BatchConfig {
+        max_records: 2,
+        max_bytes: ByteSize(1024),
+        max_wait: Duration::from_secs(1),
+    };
+    let mut p = pipeline(sink.clone(), Some(batch));
+    p.shape.order = Order::Key;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let acked = Arc::new(Mutex::new(vec![]));
+    let mut c = Fed {
+        rx,
+        acked: acked.clone(),
+    };
+    for i in 0..4 {
+        tx.send(keyed(i, if i % 2 == 0 { "a" } else { "b" })).unwrap();
+    }
+    let (stop_tx, mut stop) = watch::channel(false);
+    let run = tokio::spawn(async move { p.run(&mut c, &mut stop).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sink.events().len(), 1, "the second batch waits for the first");
+    let first = sink.stored.lock().unwrap()[0].0.clone();
+    sink.finish(&first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sink.events().len(), 2);
+    assert_eq!(acked.lock().unwrap().len(), 2);
+    stop_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
 #[test]
 fn binary_encoding_round_trips_through_the_binding() {
     for b in [Binding::Kafka, Binding::Amqp, Binding::Mqtt, Binding::Nats] {
@@ -293,10 +386,10 @@ fn queue_triggers_parse_and_name_their_bad_fields() {
     use serde_json::json;
     let ok = [
         json!({"function": "f", "kind": "kafka", "connection": "k", "topics": ["orders", "^logs-.*"], "start": "2026-01-01T00:00:00Z",
-               "batch": {"max_records": 10, "max_wait": "500ms"}}),
+               "batch": {"max_records": 10, "max_wait": "500ms"}, "order": "key"}),
         json!({"function": "f", "kind": "amqp", "url": "amqp://guest:guest@127.0.0.1:5672/%2f", "queue": "orders",
                "declare": true, "exchange": "shop", "routing_keys": ["orders.*"], "queue_type": "quorum"}),
-        json!({"function": "f", "kind": "mqtt", "connection": "m", "topics": ["a/+/b"], "qos": 2, "protocol": "3.1.1"}),
+        json!({"function": "f", "kind": "mqtt", "connection": "m", "topics": ["a/+/b"], "qos": 2, "protocol": "3.1.1", "order": "key"}),
         json!({"function": "f", "kind": "nats", "connection": "n", "stream": "ORDERS", "deliver": "by_start_time",
                "start_time": "2026-01-01T00:00:00Z"}),
         json!({"function": "f", "kind": "nats", "url": "nats://127.0.0.1:4222", "subject": "a.>"}),
