@@ -793,7 +793,8 @@ async fn a_destination_down_is_retried_until_back(
     let id = node
         .invoke_async("enrich", "application/json", r#"{"id":"late","items":[{"price":2}]}"#)
         .await;
-    node.wait_record(&id, Duration::from_secs(30), |r| {
+    // (A Kafka producer gives up on a broker after 10 s, three times.)
+    node.wait_record(&id, Duration::from_secs(120), |r| {
         r["attempts"].as_array().is_some_and(|a| a.len() >= 2)
     })
     .await;
@@ -940,6 +941,11 @@ async fn a_kafka_broker_going_down_mid_stream_loses_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.broker_up(1).unwrap();
     produce(20, 40).await;
+    // librdkafka reconnects with its own backoff (up to 10 s).
+    eventually(Duration::from_secs(90), "the records after the outage ran", || async {
+        (node.succeeded("sink").await >= 40).then_some(())
+    })
+    .await;
     let n = settled(Duration::from_secs(90), Duration::from_secs(3), || async {
         node.succeeded("sink").await as usize
     })
@@ -988,6 +994,12 @@ async fn a_jetstream_source_server_restarting_mid_stream_loses_nothing() {
     node.consuming("work").await;
     other.restart();
     publish(20, 40).await;
+    eventually(
+        Duration::from_secs(90),
+        "the messages after the restart ran",
+        || async { (node.succeeded("sink").await >= 40).then_some(()) },
+    )
+    .await;
     let n = settled(Duration::from_secs(90), Duration::from_secs(3), || async {
         node.succeeded("sink").await as usize
     })
@@ -1094,6 +1106,17 @@ const ORDERED: [(&str, &str, &str); 6] = [
 /// invocation records: per key one run at a time in publish order, the
 /// failing one's retry before the next of its key, and the keys in parallel.
 async fn runs_in_key_order(nats: &Nats, trigger: Value, publish: impl FnOnce()) {
+    runs_in_key_order_with(nats, trigger, publish, |_, id| format!("ce./t.{id}")).await
+}
+
+/// [`runs_in_key_order`] for a kind whose messages carry a stable origin
+/// id: `dedupe` gives the dedupe id of the `i`th message of [`ORDERED`].
+async fn runs_in_key_order_with(
+    nats: &Nats,
+    trigger: Value,
+    publish: impl FnOnce(),
+    dedupe: impl Fn(usize, &str) -> String,
+) {
     let node = TestNode::start(&nats.url()).await;
     node.deploy_ok(
         "hostile",
@@ -1106,14 +1129,14 @@ async fn runs_in_key_order(nats: &Nats, trigger: Value, publish: impl FnOnce()) 
     node.consuming("ordered").await;
     publish();
     let mut records = std::collections::HashMap::new();
-    for (_, id, _) in ORDERED {
-        let invocation = evoke::invoker::derived_invocation_id("hostile", &format!("ce./t.{id}"));
+    for (i, (_, id, _)) in ORDERED.iter().enumerate() {
+        let invocation = evoke::invoker::derived_invocation_id("hostile", &dedupe(i, id));
         let r = eventually(Duration::from_secs(90), &format!("{id} finished"), || async {
             let (_, r) = node.get(&format!("/v1/invocations/{invocation}")).await;
             matches!(r["status"].as_str(), Some("succeeded" | "dead-lettered")).then_some(r)
         })
         .await;
-        records.insert(id, r);
+        records.insert(*id, r);
     }
     let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
     let started = |id: &str| time(&records[id]["attempts"][0]["started_at"]);
@@ -1239,9 +1262,15 @@ assert p.flush(30) == 0, "records not delivered"
 "#;
     let trigger = json!({"kind": "kafka", "function": "hostile", "url": format!("kafka://{brokers}"),
                          "topics": ["ordered"], "start": "earliest", "order": "key"});
-    runs_in_key_order(&nats, trigger, || {
-        python(PRODUCE, &[&brokers, &json!(ORDERED).to_string()]);
-    })
+    // Kafka records are deduplicated by topic, partition and offset.
+    runs_in_key_order_with(
+        &nats,
+        trigger,
+        || {
+            python(PRODUCE, &[&brokers, &json!(ORDERED).to_string()]);
+        },
+        |i, _| format!("kafka.ordered.ordered.0.{i}"),
+    )
     .await;
 }
 
