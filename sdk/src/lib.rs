@@ -80,6 +80,20 @@ impl Event {
         self.extension("evokeattempt").and_then(|v| v.parse().ok()).unwrap_or(1)
     }
 
+    /// The items of a batch event (`evoke.<kind>.batch`: queue and log
+    /// triggers with `batch`), each a CloudEvent as JSON with its `id` and
+    /// `data`; an error when the event is no batch.
+    pub fn batch(&self) -> Result<Vec<serde_json::Value>, String> {
+        let batch = self
+            .datacontenttype
+            .as_deref()
+            .is_some_and(|ct| ct.starts_with("application/cloudevents-batch+json"));
+        if !batch {
+            return Err(format!("event {} is not a batch", self.id));
+        }
+        serde_json::from_slice(&self.data).map_err(|e| format!("batch data is not a JSON array: {e}"))
+    }
+
     /// The object an `s3` trigger's event is about (`None` for other
     /// events): read it with [`objects::Object::get`].
     pub fn object(&self) -> Option<objects::Object> {
@@ -109,6 +123,23 @@ impl Output {
             status: None,
             headers: Vec::new(),
         }
+    }
+
+    /// The answer to a batch where only the items with these ids failed:
+    /// evoke retries just those (as a smaller batch, up to the function's
+    /// `retries`, then dead-letters them); the others count as done. Naming
+    /// every item fails the whole batch, as an `Err` would.
+    pub fn batch_item_failures<I, S>(ids: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let failures: Vec<serde_json::Value> = ids
+            .into_iter()
+            .map(|id| serde_json::json!({ "itemIdentifier": id.into() }))
+            .collect();
+        let body = serde_json::json!({ "batchItemFailures": failures }).to_string();
+        Output::bytes(body.into_bytes(), "application/json")
     }
 
     /// Sets the HTTP status used when the caller is HTTP.

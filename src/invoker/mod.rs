@@ -9,6 +9,7 @@
 //! - [`dlq`]: the dead-letter queue (stream EVOKE_DLQ): list, show, redrive.
 //! - [`destinations`]: `on_success` / `on_failure` delivery.
 
+pub mod batches;
 pub mod destinations;
 pub mod dlq;
 pub mod records;

@@ -4,7 +4,9 @@
 //! the record, `on_failure`, and only then the ack of the original).
 //!
 //! Function errors count against `retries`; system errors (evoke's, NATS's,
-//! a destination's) are retried until the event's `max_event_age`.
+//! a destination's) are retried until the event's `max_event_age`. A batch
+//! whose output names failed items has those queued again as a smaller
+//! batch before it is acked (see [`super::batches`]).
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use async_nats::jetstream::{AckKind, Message};
 use chrono::Utc;
 use evoke_connectors::Event;
 
+use super::batches::{self, Failed};
 use super::dlq::DeadLetter;
 use super::records::{AttemptError, Record, Status};
 use super::{Invoker, retry};
@@ -33,6 +36,15 @@ impl Settling<'_> {
         let f = self.f;
         match &run.result {
             Ok(output) => {
+                if let Ok(Failed::Some(ids)) = batches::failed(event, &output.body)
+                    && let Err(e) = self.retry_items(&record, event, &ids).await
+                {
+                    record.fail_attempt(AttemptError::system(format!(
+                        "the function succeeded, but its batch's failed items were not queued again: {e}"
+                    )));
+                    self.system_error(record, event, Some(run), e, false).await;
+                    return;
+                }
                 record.finish(Status::Succeeded, Some(run));
                 if let Some(dest) = &f.spec.on_success {
                     let dest_event = super::destinations::destination_event(&record, event, Some(output), None);
@@ -65,6 +77,48 @@ impl Settling<'_> {
                 self.system_error(record, event, Some(run), e.to_string(), true).await;
             }
         }
+    }
+
+    /// Puts a batch's failed items back on the queue as a smaller batch, or
+    /// dead-letters them once the function's `retries` rounds are used up.
+    async fn retry_items(&self, record: &Record, event: &Event, ids: &[String]) -> Result<(), String> {
+        let round = batches::round(event) + 1;
+        let parent = event
+            .extensions
+            .get(batches::EXT_BATCH_PARENT)
+            .cloned()
+            .unwrap_or_else(|| record.id.clone());
+        let smaller = batches::smaller(event, ids, &parent, round);
+        let id = super::derived_invocation_id(self.f.name.as_str(), &smaller.id);
+        if round > self.f.spec.retries {
+            let entry = DeadLetter {
+                id,
+                function: self.f.name.to_string(),
+                reason: format!(
+                    "{} item(s) of a batch failed in all {round} round(s) (batchItemFailures): {}",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+                dead_lettered_at: Utc::now(),
+                attempts: record.attempts.clone(),
+                event: smaller.to_value(),
+                seq: None,
+            };
+            self.invoker.dead_letter(&entry, 0).await.map_err(|e| e.to_string())?;
+            if let Some(dest) = &self.f.spec.on_failure {
+                let dest_event = super::destinations::destination_event(record, &smaller, None, Some(&entry.reason));
+                if let Err(e) = self.invoker.deliver(dest, &dest_event).await {
+                    tracing::warn!(invocation = %entry.id, error = %e, "on_failure destination failed");
+                }
+            }
+            return Ok(());
+        }
+        self.invoker.metrics.retry(self.f.name.as_str(), "function");
+        self.invoker
+            .enqueue(self.f, &smaller, &id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// A system error: retried with the system backoff while the event is

@@ -315,7 +315,7 @@ async fn handle(
     event
         .extensions
         .insert(evoke_connectors::event::EXT_ATTEMPT.into(), started.number.to_string());
-    let run = run_alive(invoker, f, &msg, &event, &record).await;
+    let run = super::batches::judge(&event, run_alive(invoker, f, &msg, &event, &record).await);
     // Results are settled beside new runs: wait for a settle slot (the
     // backpressure of slow destinations), then free the run slot.
     let settle_slot = settles.acquire_owned().await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::brokers::{Kafka, Mosquitto, RabbitVhost, python, python_async};
-use super::common::{Nats, TestNode, eventually, example, settled};
+use super::common::{Nats, TestNode, eventually, example, print_module, settled};
 
 impl TestNode {
     pub async fn put_connection(&self, name: &str, spec: Value) {
@@ -1272,6 +1272,71 @@ assert p.flush(30) == 0, "records not delivered"
         |i, _| format!("kafka.ordered.ordered.0.{i}"),
     )
     .await;
+}
+
+/// Partial batch failure: the function answers that item `m-2` of a batch
+/// of three failed. With `retries = 0` that item is dead-lettered at once
+/// (the other two are done); with `retries = 1` it comes back alone as a
+/// smaller batch, which then fails whole (the answer names every item of
+/// it) and is dead-lettered after its one retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_failed_items_of_a_batch_are_retried_then_dead_lettered() {
+    let nats = Nats::start();
+    let other = Nats::start();
+    let url = other.url();
+    let node = TestNode::start(&nats.url()).await;
+    let answer = print_module(r#"{"batchItemFailures": [{"itemIdentifier": "m-2"}]}"#);
+    for (function, retries) in [("once", "0"), ("twice", "1")] {
+        node.deploy_ok(function, &answer, &[("retries", retries)]).await;
+        let trigger = json!({"kind": "nats", "function": function, "url": url, "subject": format!("{function}.*"),
+                             "batch": {"max_records": 3, "max_wait": "5s"}});
+        let (status, body) = node.put_trigger(function, trigger).await;
+        assert!(status.is_success(), "{status} {body}");
+        node.consuming(function).await;
+    }
+    const PUBLISH: &str = r#"
+import sys, asyncio, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    for f in ("once", "twice"):
+        for i in (1, 2, 3):
+            await nc.publish(f"{f}.x", f"item {i}".encode(), headers={
+                "ce-specversion": "1.0", "ce-id": f"m-{i}", "ce-source": "/t", "ce-type": "t"})
+    await nc.flush()
+    await nc.close()
+asyncio.run(main())
+"#;
+    python(PUBLISH, &[&url]);
+    for (function, reason) in [
+        (
+            "once",
+            "1 item(s) of a batch failed in all 1 round(s) (batchItemFailures): m-2",
+        ),
+        ("twice", "every item of the batch failed"),
+    ] {
+        let dead = node.dead_letters(function, 1).await;
+        assert_eq!(dead.len(), 1, "{function}: {dead:?}");
+        let (_, entry) = node
+            .get(&format!(
+                "/v1/functions/{function}/dlq/{}",
+                dead[0]["id"].as_str().unwrap()
+            ))
+            .await;
+        assert!(
+            entry["reason"].as_str().unwrap().contains(reason),
+            "{function}: {entry}"
+        );
+        let items = entry["event"]["data"].as_array().unwrap_or_else(|| panic!("{entry}"));
+        let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["m-2"], "only the failed item: {entry}");
+    }
+    // The originals succeeded (their other items are done), once each.
+    let n = settled(Duration::from_secs(30), Duration::from_secs(2), || async {
+        (node.succeeded("once").await + node.succeeded("twice").await) as usize
+    })
+    .await;
+    assert_eq!(n, 2);
+    node.stop().await;
 }
 
 /// The enrich example exactly as the shipped `evoke.toml` wires it (only
