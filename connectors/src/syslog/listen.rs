@@ -1,15 +1,15 @@
-//! The UDP and TCP listeners of a syslog trigger.
+//! The UDP, TCP and TLS listeners of a syslog trigger.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::{Endpoint, SyslogConfig, TCP_IN_FLIGHT, message};
+use super::{Endpoint, SyslogConfig, TCP_IN_FLIGHT, TlsFiles, message};
 use crate::queue::{Consumer, Incoming, Stats, no_ack};
 
 /// Messages from every listener of one trigger.
@@ -42,7 +42,18 @@ pub async fn consumer(config: &SyslogConfig, stats: Arc<Stats>) -> Result<Syslog
                 let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|e| format!("cannot listen on tcp://{addr}: {e}"))?;
-                tasks.spawn(tcp(listener, tx.clone(), stats.clone(), max));
+                tasks.spawn(tcp(listener, None, tx.clone(), stats.clone(), max));
+            }
+            Endpoint::Tls(addr) => {
+                let files = config
+                    .tls
+                    .as_ref()
+                    .ok_or("a tls:// listener needs `tls` (cert_file, key_file)")?;
+                let acceptor = acceptor(files)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on tls://{addr}: {e}"))?;
+                tasks.spawn(tcp(listener, Some(acceptor), tx.clone(), stats.clone(), max));
             }
         }
     }
@@ -77,14 +88,66 @@ async fn udp(socket: UdpSocket, tx: mpsc::Sender<Incoming>, stats: Arc<Stats>, m
     }
 }
 
-async fn tcp(listener: TcpListener, tx: mpsc::Sender<Incoming>, stats: Arc<Stats>, max: usize) {
+/// A TLS acceptor from PEM files (read when the trigger starts: a bad
+/// file is the trigger's error, shown in `evoke triggers`).
+fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("reading certificates from {}: {e}", files.cert_file))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", files.cert_file));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| format!("reading the private key from {}: {e}", files.key_file))?;
+    // The provider named, not the process default: other crates in the
+    // build may bring another one.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{} and {}: {e}", files.cert_file, files.key_file))?;
+    // Syslog senders only write: a TLS 1.3 session ticket they never read
+    // makes their close a reset, which can discard what they sent last.
+    config.send_tls13_tickets = 0;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn tcp(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tx: mpsc::Sender<Incoming>,
+    stats: Arc<Stats>,
+    max: usize,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(tcp_connection(stream, peer, tx.clone(), stats.clone(), max));
+                    let (tx, stats) = (tx.clone(), stats.clone());
+                    match tls.clone() {
+                        None => {
+                            connections.spawn(tcp_connection(stream, peer, "tcp", tx, stats, max));
+                        }
+                        Some(acceptor) => {
+                            connections.spawn(async move {
+                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => tcp_connection(s, peer, "tls", tx, stats, max).await,
+                                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "syslog TLS handshake failed"),
+                                    Err(_) => tracing::info!(%peer, "syslog TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "syslog tcp accept failed");
@@ -96,9 +159,10 @@ async fn tcp(listener: TcpListener, tx: mpsc::Sender<Incoming>, stats: Arc<Stats
     }
 }
 
-async fn tcp_connection(
-    stream: tokio::net::TcpStream,
+async fn tcp_connection<S: AsyncRead + Unpin>(
+    stream: S,
     peer: SocketAddr,
+    transport: &'static str,
     tx: mpsc::Sender<Incoming>,
     stats: Arc<Stats>,
     max: usize,
@@ -121,7 +185,7 @@ async fn tcp_connection(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let message = message(&frame.bytes, peer, "tcp", frame.truncated);
+        let message = message(&frame.bytes, peer, transport, frame.truncated);
         let ack = Box::pin(async move {
             drop(permit);
             Ok(())

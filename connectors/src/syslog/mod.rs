@@ -40,8 +40,12 @@ pub const DEFAULT_MAX_MESSAGE: ByteSize = ByteSize(64 * 1024);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyslogConfig {
-    /// Where to listen: `udp://0.0.0.0:5514`, `tcp://0.0.0.0:5514` (one, or a list).
+    /// Where to listen: `udp://0.0.0.0:5514`, `tcp://0.0.0.0:5514`,
+    /// `tls://0.0.0.0:6514` (RFC 5425; one, or a list).
     pub listen: Listen,
+    /// The certificate and key of `tls://` listeners (PEM files on each node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
     /// Which nodes listen: `"all"` (default) or node names (`evoke up --node-name`).
     #[serde(default)]
     pub nodes: Nodes,
@@ -74,25 +78,38 @@ impl Listen {
     }
 }
 
+/// PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert_file: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
 /// A listen address, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Udp(SocketAddr),
     Tcp(SocketAddr),
+    /// TCP with TLS (RFC 5425; octet counting, as that RFC says, or lines).
+    Tls(SocketAddr),
 }
 
 impl Endpoint {
     pub fn parse(s: &str) -> Result<Endpoint, String> {
         let (scheme, addr) = s
             .split_once("://")
-            .ok_or_else(|| format!("`{s}` needs a scheme: udp://host:port or tcp://host:port"))?;
+            .ok_or_else(|| format!("`{s}` needs a scheme: udp://, tcp:// or tls:// before IP:PORT"))?;
         let addr: SocketAddr = addr
             .parse()
             .map_err(|_| format!("`{addr}` is not an IP address and port (like 0.0.0.0:5514)"))?;
         match scheme {
             "udp" => Ok(Endpoint::Udp(addr)),
             "tcp" => Ok(Endpoint::Tcp(addr)),
-            other => Err(format!("`{other}://` is not supported: use udp:// or tcp://")),
+            "tls" => Ok(Endpoint::Tls(addr)),
+            other => Err(format!("`{other}://` is not supported: use udp://, tcp:// or tls://")),
         }
     }
 }
@@ -104,10 +121,24 @@ impl SyslogConfig {
         if addresses.is_empty() {
             p.push(("listen".into(), "needs at least one address".into()));
         }
+        let mut tls = false;
         for a in addresses {
-            if let Err(e) = Endpoint::parse(a) {
-                p.push(("listen".into(), e));
+            match Endpoint::parse(a) {
+                Ok(Endpoint::Tls(_)) => tls = true,
+                Ok(_) => {}
+                Err(e) => p.push(("listen".into(), e)),
             }
+        }
+        match &self.tls {
+            None if tls => p.push((
+                "tls".into(),
+                "a tls:// listener needs tls = { cert_file = \"...\", key_file = \"...\" }".into(),
+            )),
+            Some(_) if !tls => p.push(("tls".into(), "is set, but no listen address is tls://".into())),
+            Some(f) if f.cert_file.is_empty() || f.key_file.is_empty() => {
+                p.push(("tls".into(), "needs both cert_file and key_file".into()))
+            }
+            _ => {}
         }
         p.extend(self.nodes.check());
         if let Some(m) = self.max_message

@@ -33,6 +33,21 @@ fn syslog_triggers_parse_and_name_their_bad_fields() {
         fields(json!({"function": "f", "kind": "syslog", "listen": "tcp://0.0.0.0:1", "nodes": "some"})),
         ["nodes"]
     );
+    assert_eq!(
+        fields(json!({"function": "f", "kind": "syslog", "listen": "tls://0.0.0.0:6514"})),
+        ["tls"]
+    );
+    assert_eq!(
+        fields(json!({"function": "f", "kind": "syslog", "listen": "tcp://0.0.0.0:1",
+            "tls": {"cert_file": "c.pem", "key_file": "k.pem"}})),
+        ["tls"]
+    );
+    let t = TriggerSpec::parse(
+        &json!({"function": "f", "kind": "syslog", "listen": "tls://0.0.0.0:6514",
+        "tls": {"cert_file": "/etc/evoke/syslog.crt", "key_file": "/etc/evoke/syslog.key"}}),
+    )
+    .unwrap();
+    assert_eq!(TriggerSpec::parse(&t.to_value()).unwrap(), t, "round trip");
 }
 
 async fn frames(input: &[u8], max: usize) -> Vec<Frame> {
