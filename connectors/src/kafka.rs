@@ -196,8 +196,35 @@ mod client {
         }
     }
 
+    /// A consumer closed off the runtime: librdkafka's close waits for the
+    /// group coordinator (leave, last commit), and with the broker gone that
+    /// wait has no end. Whoever drops the last reference hands the close to
+    /// a thread of its own, so a stopping trigger or node never hangs on it
+    /// (the thread ends with the close, or with the process).
+    pub struct Closing(Option<StreamConsumer<Context>>);
+
+    impl std::ops::Deref for Closing {
+        type Target = StreamConsumer<Context>;
+        fn deref(&self) -> &StreamConsumer<Context> {
+            self.0.as_ref().expect("present until dropped")
+        }
+    }
+
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.take() {
+                let closing = std::thread::Builder::new()
+                    .name("kafka-close".into())
+                    .spawn(move || drop(c));
+                if let Err(e) = closing {
+                    tracing::warn!(error = %e, "cannot start a thread to close a Kafka consumer; leaving it open");
+                }
+            }
+        }
+    }
+
     pub struct KafkaConsumer {
-        consumer: Arc<StreamConsumer<Context>>,
+        consumer: Arc<Closing>,
         start: Start,
         stats: Arc<Stats>,
         lag_task: tokio::task::JoinHandle<()>,
@@ -243,7 +270,7 @@ mod client {
         consumer
             .subscribe(&topics)
             .map_err(|e| format!("subscribing to {topics:?}: {e}"))?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(Closing(Some(consumer)));
         let lag_task = tokio::spawn(track_lag(consumer.clone(), stats.clone()));
         Ok(KafkaConsumer {
             consumer,
@@ -255,7 +282,7 @@ mod client {
     }
 
     /// Every 5 s: messages behind the high watermarks of the assigned partitions.
-    async fn track_lag(consumer: Arc<StreamConsumer<Context>>, stats: Arc<Stats>) {
+    async fn track_lag(consumer: Arc<Closing>, stats: Arc<Stats>) {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let c = consumer.clone();
