@@ -723,42 +723,46 @@ impl<S: Sink> Pipeline<S> {
         (self.shape.order == Order::Key).then(|| m.key.clone()).flatten()
     }
 
+    /// The event a message becomes and its dedupe id; `Ok(None)` when the
+    /// trigger's filter drops it (counted), `Err` when it cannot be an event.
+    fn read(&self, m: &Message) -> Result<Option<(Event, String)>, String> {
+        let event = self.shape.event(m)?;
+        if self.shape.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
+            self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        let dedupe = self.shape.dedupe(m, &event);
+        Ok(Some((event, dedupe)))
+    }
+
     /// Stores one message (or parks it); its ack comes back.
     fn work(&self, incoming: Incoming, chains: &mut Chains, stop: &watch::Receiver<bool>) -> BoxFuture<'static, Done> {
         let Incoming { message, ack } = incoming;
         let key = self.key_of(&message);
         let me = self.detached();
-        let mut stop_rx = stop.clone();
+        let stop_rx = stop.clone();
         let store = async move {
-            let stopped = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            match me.shape.event(&message) {
-                Ok(event) => {
-                    if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&event)) {
-                        me.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                        return Stored::Nothing;
-                    }
-                    let dedupe = me.shape.dedupe(&message, &event);
-                    me.store(&event, dedupe, stopped).await
-                }
-                Err(reason) => match me.park(&message, &reason, stopped).await {
-                    true => Stored::Nothing,
-                    false => Stored::Stopped,
-                },
+            match me.read(&message) {
+                Ok(Some((event, dedupe))) => me.store(&event, dedupe, stopped(&stop_rx)).await,
+                Ok(None) => Stored::Nothing,
+                Err(reason) => me.park(&message, &reason, stopped(&stop_rx)).await,
             }
         };
         self.unit(key, chains, vec![ack], stop, store)
     }
 
-    async fn park(&self, m: &Message, reason: &str, stop: impl Future<Output = ()>) -> bool {
+    /// Parks a message that cannot be an event: [`Stored::Nothing`] once
+    /// parked, [`Stored::Stopped`] when stopped first.
+    async fn park(&self, m: &Message, reason: &str, stop: impl Future<Output = ()>) -> Stored {
         tracing::warn!(trigger = self.shape.trigger, %reason, "parking an unreadable message in the dead-letter queue");
         let (event, dedupe) = self.shape.poison_event(m);
-        let parked = park_until_stored(&*self.sink, &self.shape.function, &event, &dedupe, reason, stop).await;
-        if parked.is_some() {
-            self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        match park_until_stored(&*self.sink, &self.shape.function, &event, &dedupe, reason, stop).await {
+            Some(()) => {
+                self.stats.parked.fetch_add(1, Ordering::Relaxed);
+                Stored::Nothing
+            }
+            None => Stored::Stopped,
         }
-        parked.is_some()
     }
 
     /// Stores a batch as one event (messages that cannot be events are
@@ -777,20 +781,11 @@ impl<S: Sink> Pipeline<S> {
         let store = async move {
             let mut events = Vec::with_capacity(messages.len());
             for message in &messages {
-                match me.shape.event(message) {
-                    Ok(e) if me.shape.filter.as_ref().is_some_and(|f| !f.matches(&e)) => {
-                        me.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(e) => {
-                        let d = me.shape.dedupe(message, &e);
-                        events.push((e, d));
-                    }
+                match me.read(message) {
+                    Ok(Some(e)) => events.push(e),
+                    Ok(None) => {}
                     Err(reason) => {
-                        let mut s = stop_rx.clone();
-                        let stopped = async move {
-                            let _ = s.wait_for(|s| *s).await;
-                        };
-                        if !me.park(message, &reason, stopped).await {
+                        if let Stored::Stopped = me.park(message, &reason, stopped(&stop_rx)).await {
                             return Stored::Stopped;
                         }
                     }
@@ -800,13 +795,17 @@ impl<S: Sink> Pipeline<S> {
                 return Stored::Nothing;
             }
             let (event, dedupe) = me.shape.batch_event(&events);
-            let mut s = stop_rx;
-            let stopped = async move {
-                let _ = s.wait_for(|s| *s).await;
-            };
-            me.store(&event, dedupe, stopped).await
+            me.store(&event, dedupe, stopped(&stop_rx)).await
         };
         self.unit(key, chains, acks, stop, store)
+    }
+}
+
+/// Resolves once `stop` says stop.
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
     }
 }
 
