@@ -104,7 +104,8 @@ impl Event {
         serde_json::to_vec(&self.to_value()).unwrap_or_default()
     }
 
-    /// The event as a JSON object (structured mode).
+    /// The event as structured-mode JSON: `data` embedded when it is JSON,
+    /// a string when it is text (`text/*`, JSON lines), else `data_base64`.
     pub fn to_value(&self) -> Value {
         let mut m = Map::new();
         m.insert("specversion".into(), Value::String(self.specversion.clone()));
@@ -131,7 +132,7 @@ impl Event {
             let text = self
                 .datacontenttype
                 .as_deref()
-                .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
+                .is_some_and(is_text)
                 .then(|| std::str::from_utf8(&self.data).ok())
                 .flatten();
             match (embedded, text) {
@@ -378,6 +379,16 @@ fn optional(m: &mut Map<String, Value>, name: &'static str) -> Result<Option<Str
             reason: "must be a string".into(),
         }),
     }
+}
+
+/// Whether a content type is text that travels as a JSON string.
+fn is_text(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence.starts_with("text/")
+        || matches!(
+            essence.as_str(),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines"
+        )
 }
 
 #[cfg(test)]

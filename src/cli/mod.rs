@@ -259,6 +259,10 @@ pub struct DeployArgs {
     /// Where failures go after the last retry.
     #[arg(long)]
     pub on_failure: Option<String>,
+    /// What on_success receives: `invocation` (default: the invocation with
+    /// its request and response) or `output` (the function's output alone).
+    #[arg(long, value_name = "invocation|output")]
+    pub success_body: Option<String>,
     /// CPU budget per invocation, in fuel units (nodes started with --fuel).
     #[arg(long)]
     pub fuel: Option<u64>,

@@ -32,6 +32,7 @@ pub async fn deploy(client: &Client, a: DeployArgs, json: bool) -> anyhow::Resul
     set("idle_timeout", a.idle_timeout);
     set("on_success", a.on_success);
     set("on_failure", a.on_failure);
+    set("success_body", a.success_body);
     set("fuel", a.fuel.map(|n| n.to_string()));
     for e in a.env {
         query.push(("env".into(), e));

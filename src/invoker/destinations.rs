@@ -32,6 +32,20 @@ pub struct DeliveryError {
     pub message: String,
 }
 
+/// The event an `on_success` destination of a function with
+/// `success_body = "output"` receives: the output alone, its content type
+/// kept, the invocation named by `subject` and the event id.
+pub fn output_event(record: &Record, output: &Output) -> Event {
+    let mut e = Event::new(
+        format!("{}-success", record.id),
+        format!("/evoke/functions/{}", record.function),
+        "evoke.invocation.output",
+    )
+    .with_data(output.content_type.clone(), output.body.clone());
+    e.subject = Some(record.id.clone());
+    e
+}
+
 /// Builds the event a destination receives.
 pub fn destination_event(record: &Record, request: &Event, output: Option<&Output>, error: Option<&str>) -> Event {
     let succeeded = output.is_some();

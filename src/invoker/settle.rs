@@ -20,6 +20,7 @@ use super::records::{AttemptError, Record, Status};
 use super::{Invoker, retry};
 use crate::executor::{InvokeError, Run};
 use crate::registry::DeployedFunction;
+use crate::registry::spec::SuccessBody;
 
 /// One delivered message of function `f`, `age` old, being settled.
 pub(super) struct Settling<'a> {
@@ -47,7 +48,12 @@ impl Settling<'_> {
                 }
                 record.finish(Status::Succeeded, Some(run));
                 if let Some(dest) = &f.spec.on_success {
-                    let dest_event = super::destinations::destination_event(&record, event, Some(output), None);
+                    let dest_event = match f.spec.success_body {
+                        SuccessBody::Invocation => {
+                            super::destinations::destination_event(&record, event, Some(output), None)
+                        }
+                        SuccessBody::Output => super::destinations::output_event(&record, output),
+                    };
                     if let Err(e) = self.invoker.deliver(dest, &dest_event).await {
                         // Not the function's fault (a destination or NATS
                         // away): a system error, so the event runs again

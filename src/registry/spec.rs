@@ -208,6 +208,10 @@ pub struct FunctionSpec {
     pub on_success: Option<Destination>,
     #[serde(deserialize_with = "lenient::destination")]
     pub on_failure: Option<Destination>,
+    /// What `on_success` carries: the invocation with its request and
+    /// response (default), or the function's output alone.
+    #[serde(skip_serializing_if = "SuccessBody::is_invocation")]
+    pub success_body: SuccessBody,
     /// CPU budget per invocation in fuel units (about one per wasm
     /// instruction); only on nodes started with `--fuel`.
     #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient::fuel")]
@@ -216,6 +220,27 @@ pub struct FunctionSpec {
     /// stores (`"local/photos:read"`). None by default.
     #[serde(skip_serializing_if = "Grants::is_empty")]
     pub grants: Grants,
+}
+
+/// What an `on_success` destination receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuccessBody {
+    /// An `evoke.invocation.succeeded` event whose data is the invocation:
+    /// its id, attempts, request (the event) and response.
+    #[default]
+    Invocation,
+    /// An `evoke.invocation.output` event whose data is the function's
+    /// output, with its content type: the next step of a pipeline reads the
+    /// result, and the request (raw input a function may have cleansed)
+    /// does not travel on.
+    Output,
+}
+
+impl SuccessBody {
+    fn is_invocation(&self) -> bool {
+        *self == SuccessBody::Invocation
+    }
 }
 
 /// A function's grants.
@@ -364,6 +389,7 @@ impl Default for FunctionSpec {
             idle_timeout: Duration::from_secs(300),
             on_success: None,
             on_failure: None,
+            success_body: SuccessBody::Invocation,
             fuel: None,
             grants: Grants::default(),
         }
