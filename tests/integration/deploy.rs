@@ -202,6 +202,51 @@ fn the_compose_file_is_valid_and_matches_evoke() {
     for t in ["orders", "mqtt-orders"] {
         assert_eq!(manifest.triggers[t].function, "enrich");
     }
+    // Logs: the cleanse example reads the files `log-writer` appends to, on
+    // the node that mounts their volume, and the syslog `syslog-sender`
+    // sends to that node's listener.
+    for t in ["applogs", "syslog"] {
+        assert_eq!(manifest.triggers[t].function, "cleanse");
+    }
+    let spec = serde_json::to_value(&manifest.triggers["applogs"].source).unwrap();
+    let tailer = spec["nodes"][0].as_str().unwrap();
+    let dir = spec["paths"][0]
+        .as_str()
+        .unwrap()
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .to_string();
+    let (node, _) = services
+        .iter()
+        .find(|(_, s)| s["environment"]["EVOKE_NODE_NAME"].as_str() == Some(tailer))
+        .unwrap_or_else(|| panic!("no service runs node {tailer}"));
+    let mounts = |s: &Value| serde_yaml::to_string(&s["volumes"]).unwrap();
+    assert!(
+        mounts(&services[node.as_str().unwrap()]).contains(&dir),
+        "{tailer} mounts {dir}"
+    );
+    assert!(
+        mounts(&services["log-writer"]).contains(&dir),
+        "log-writer writes into {dir}"
+    );
+    let syslog = serde_json::to_value(&manifest.triggers["syslog"].source).unwrap();
+    assert_eq!(syslog["nodes"][0].as_str(), Some(tailer));
+    let port = syslog["listen"][0]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(services.contains_key("syslog-sender"));
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let target = format!("address=(\"{}\", {port})", node.as_str().unwrap());
+    assert!(compose.contains(&target), "syslog-sender sends to {target}");
+    assert_eq!(
+        manifest.functions["cleanse"].spec.success_body,
+        evoke::registry::spec::SuccessBody::Output
+    );
     let deps = serde_yaml::to_string(&functions["depends_on"]).unwrap();
     for b in ["rabbitmq", "kafka", "mosquitto"] {
         assert!(deps.contains(b), "the functions service waits for {b}: {deps}");
