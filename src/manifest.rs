@@ -125,7 +125,7 @@ impl Manifest {
         for (key, value) in &root {
             match key.as_str() {
                 "functions" => manifest.read_functions(value, base, &read, &mut errors),
-                "triggers" => manifest.read_triggers(value, &mut errors),
+                "triggers" => manifest.read_triggers(value, base, &mut errors),
                 "stores" => read_named(value, "stores", "store", StoreConfig::parse, &mut manifest.stores, &mut errors),
                 "connections" => read_named(
                     value,
@@ -196,7 +196,7 @@ impl Manifest {
         }
     }
 
-    fn read_triggers(&mut self, value: &Value, errors: &mut Vec<FieldError>) {
+    fn read_triggers(&mut self, value: &Value, base: &Path, errors: &mut Vec<FieldError>) {
         let Value::Object(triggers) = value else {
             errors.push(problem("triggers".into(), "must be a table of [triggers.<name>]"));
             return;
@@ -206,7 +206,7 @@ impl Manifest {
             if let Err(m) = check_name(name) {
                 errors.push(problem(path.clone(), m));
             }
-            match TriggerSpec::parse(body) {
+            match TriggerSpec::parse(&file_paths_from(body, base)) {
                 Ok(t) => {
                     self.triggers.insert(name.clone(), t);
                 }
@@ -214,6 +214,28 @@ impl Manifest {
             }
         }
     }
+}
+
+/// A `kind = "file"` trigger with its relative `paths` and `exclude`
+/// made absolute from the manifest's directory (as code paths are), so a
+/// manifest can tail logs beside it; other triggers as they are.
+fn file_paths_from(body: &Value, base: &Path) -> Value {
+    let mut body = body.clone();
+    if body.get("kind").and_then(Value::as_str) != Some("file") {
+        return body;
+    }
+    for field in ["paths", "exclude"] {
+        if let Some(Value::Array(list)) = body.get_mut(field) {
+            for p in list.iter_mut() {
+                if let Some(s) = p.as_str().filter(|s| !s.starts_with('/')) {
+                    let joined = base.join(s);
+                    let abs = std::path::absolute(&joined).unwrap_or(joined);
+                    *p = Value::String(abs.display().to_string());
+                }
+            }
+        }
+    }
+    body
 }
 
 /// Reads a section of named tables (`[stores.NAME]`, `[connections.NAME]`)
@@ -312,6 +334,24 @@ mod tests {
                 .message
                 .contains("TOML")
         );
+    }
+
+    #[test]
+    fn relative_file_tail_paths_are_from_the_manifest() {
+        let text = r#"
+            [triggers.logs]
+            function = "cleanse"
+            kind = "file"
+            paths = ["logs/*.log", "/var/log/app.log"]
+            exclude = ["logs/skip.log"]
+        "#;
+        let m = Manifest::parse(text, Path::new("/srv/site")).unwrap();
+        let spec = serde_json::to_value(&m.triggers["logs"].source).unwrap();
+        assert_eq!(
+            spec["paths"],
+            serde_json::json!(["/srv/site/logs/*.log", "/var/log/app.log"])
+        );
+        assert_eq!(spec["exclude"], serde_json::json!(["/srv/site/logs/skip.log"]));
     }
 
     #[test]

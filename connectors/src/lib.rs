@@ -30,6 +30,7 @@ pub mod connection;
 pub mod contract;
 pub mod cron;
 pub mod event;
+pub mod file;
 pub mod filter;
 pub mod kafka;
 pub mod lease;

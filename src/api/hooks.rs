@@ -46,13 +46,7 @@ pub async fn hook(
     match &spec.source {
         SourceConfig::Webhook(config) => webhook(&s, &trigger, &spec, config, req).await,
         SourceConfig::S3(config) if config.via == Via::Webhook => notification(&s, &trigger, &spec, config, req).await,
-        SourceConfig::S3(_)
-        | SourceConfig::Cron(_)
-        | SourceConfig::Kafka(_)
-        | SourceConfig::Amqp(_)
-        | SourceConfig::Mqtt(_)
-        | SourceConfig::Nats(_)
-        | SourceConfig::Syslog(_) => Err(not_found()),
+        _ => Err(not_found()),
     }
 }
 

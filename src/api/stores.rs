@@ -89,16 +89,7 @@ pub async fn remove(State(s): State<Arc<ApiState>>, Path(name): Path<String>) ->
         .into_iter()
         .filter(|(_, t)| match t.parsed().map(|spec| spec.source) {
             Ok(SourceConfig::S3(c)) => c.store == name,
-            Ok(
-                SourceConfig::Webhook(_)
-                | SourceConfig::Cron(_)
-                | SourceConfig::Kafka(_)
-                | SourceConfig::Amqp(_)
-                | SourceConfig::Mqtt(_)
-                | SourceConfig::Nats(_)
-                | SourceConfig::Syslog(_),
-            )
-            | Err(_) => false,
+            _ => false,
         })
         .map(|(n, _)| n)
         .collect();

@@ -45,11 +45,9 @@ async fn view(s: &ApiState, t: &StoredTrigger) -> Value {
                 Via::Sqs | Via::Poll => (store, None),
             }
         }
-        SourceConfig::Kafka(_)
-        | SourceConfig::Amqp(_)
-        | SourceConfig::Mqtt(_)
-        | SourceConfig::Nats(_)
-        | SourceConfig::Syslog(_) => {
+        // The sources of the shared queue pipeline: a named connection
+        // that does not resolve, or the source's own last error.
+        _ => {
             let problem = match spec.source.connection() {
                 Some(c) => s.invoker.connections.resolve(c).await.err(),
                 None => None,
@@ -152,13 +150,7 @@ pub async fn validate(s: &ApiState, name: &str, body: &Value, dry_run: bool) -> 
         let auth = match &spec.source {
             SourceConfig::Webhook(w) => Some(w.auth.clone()),
             SourceConfig::S3(c) if c.via == Via::Webhook => Some(c.auth()),
-            SourceConfig::S3(_)
-            | SourceConfig::Cron(_)
-            | SourceConfig::Kafka(_)
-            | SourceConfig::Amqp(_)
-            | SourceConfig::Mqtt(_)
-            | SourceConfig::Nats(_)
-            | SourceConfig::Syslog(_) => None,
+            _ => None,
         };
         if auth.is_some_and(|a| a.scheme == Scheme::None) && !s.loopback {
             errors.push(field(
@@ -287,13 +279,7 @@ pub async fn backfill(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InvalidTrigger", e))?;
     let config = match spec.source {
         SourceConfig::S3(c) => c,
-        SourceConfig::Webhook(_)
-        | SourceConfig::Cron(_)
-        | SourceConfig::Kafka(_)
-        | SourceConfig::Amqp(_)
-        | SourceConfig::Mqtt(_)
-        | SourceConfig::Nats(_)
-        | SourceConfig::Syslog(_) => {
+        _ => {
             return Err(ApiError::bad_request(
                 "NotBackfillable",
                 format!(

@@ -191,11 +191,8 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                         None => continue,
                     }
                 }
-                source @ (SourceConfig::Kafka(_)
-                | SourceConfig::Amqp(_)
-                | SourceConfig::Mqtt(_)
-                | SourceConfig::Nats(_)
-                | SourceConfig::Syslog(_)) => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
+                // Every other kind runs on the shared queue pipeline.
+                source => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
                     Some(start) => Supervised::spawn(revision, start),
                     None => continue,
                 },

@@ -15,7 +15,8 @@ use evoke_connectors::units::ByteSize;
     feature = "amqp",
     feature = "mqtt",
     feature = "nats",
-    feature = "syslog"
+    feature = "syslog",
+    feature = "file"
 ))]
 use futures::FutureExt;
 
@@ -42,6 +43,13 @@ pub fn task(
             // The body is the parsed record as JSON: bounded by max_message,
             // and refused by the queue (then parked) past its limit.
             ("syslog", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8)))
+        }
+        SourceConfig::File(c) => {
+            if !c.nodes.includes(&invoker.node) {
+                return None;
+            }
+            // The body is one line (at most max_line_bytes) as JSON.
+            ("file", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8)))
         }
         SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) => return None,
     };
@@ -134,6 +142,18 @@ pub fn task(
             };
             evoke_connectors::queue::run_reconnecting(pipeline, connect, stop).boxed()
         }),
+        #[cfg(feature = "file")]
+        SourceConfig::File(c) => {
+            let state = Arc::new(super::KvState::new(invoker.bus.state.clone()));
+            Box::new(move |stop| {
+                let connect = move || {
+                    let (c, trigger, node, state, stats) =
+                        (c.clone(), trigger.clone(), node.clone(), state.clone(), stats.clone());
+                    async move { evoke_connectors::file::consumer(&c, &trigger, &node, state, stats).await }
+                };
+                evoke_connectors::queue::run_reconnecting(pipeline, connect, stop).boxed()
+            })
+        }
         #[allow(unreachable_patterns)]
         other => {
             let _ = (pipeline, node, connections, stats);

@@ -915,3 +915,58 @@ impl TestNode {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// Stream `RESULTS` taking `results.>` on a test's NATS, read with a
+/// durable pull consumer: destinations publish there, and nothing is
+/// missed across a NATS or node restart (a core subscriber would miss
+/// what is published while it reconnects).
+pub struct Results {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+}
+
+impl Results {
+    pub async fn create(nats_url: &str) -> Results {
+        use async_nats::jetstream::{consumer, stream};
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+        let consumer = js
+            .create_stream(stream::Config {
+                name: "RESULTS".into(),
+                subjects: vec!["results.>".into()],
+                storage: stream::StorageType::File,
+                max_message_size: 8 * 1024 * 1024,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("test".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Results { consumer }
+    }
+
+    /// The destination messages stored since the last call (waits up to a
+    /// second for some), as JSON.
+    pub async fn fetch(&mut self) -> Vec<serde_json::Value> {
+        use futures::StreamExt;
+        let Ok(mut batch) = self
+            .consumer
+            .batch()
+            .max_messages(100)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return vec![];
+        };
+        let mut out = vec![];
+        while let Some(Ok(m)) = batch.next().await {
+            let _ = m.ack().await;
+            out.push(serde_json::from_slice(&m.payload).expect("a JSON destination message"));
+        }
+        out
+    }
+}

@@ -7,10 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use evoke::cli::nats::free_port;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::common::{Nats, TestNode, print_module};
+use super::common::{Nats, Results, TestNode, print_module};
 
 /// Runs util-linux `logger` with `args`, panicking when it fails.
 fn logger(args: &[&str]) {
@@ -33,29 +32,13 @@ struct Setup {
     node: TestNode,
     udp: u16,
     tcp: u16,
-    results: async_nats::jetstream::consumer::PullConsumer,
+    results: Results,
 }
 
 async fn setup(extra: Value) -> Setup {
-    use async_nats::jetstream::{consumer, stream};
     let nats = Nats::start();
     let node = TestNode::start(&nats.url()).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let results = js
-        .create_stream(stream::Config {
-            name: "RESULTS".into(),
-            subjects: vec!["results.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("test".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let results = Results::create(&nats.url()).await;
     node.deploy_ok(
         "sink",
         &print_module("ok"),
@@ -92,24 +75,7 @@ impl Setup {
                 "only {} of {n} records arrived: {out:?}",
                 out.len()
             );
-            let Ok(mut batch) = self
-                .results
-                .batch()
-                .max_messages(10)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await
-            else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            let mut got = vec![];
-            while let Some(Ok(m)) = batch.next().await {
-                let _ = m.ack().await;
-                got.push(m);
-            }
-            for m in got {
-                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            for v in self.results.fetch().await {
                 take(&v, &mut out);
             }
         }

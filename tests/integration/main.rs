@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod connection;
 mod deploy;
+mod files;
 mod hardening;
 mod logs;
 mod object_access;

@@ -161,7 +161,8 @@ pub struct BatchConfig {
     /// Most messages in one batch (default 100).
     #[serde(default = "default_max_records")]
     pub max_records: usize,
-    /// Most bytes of message bodies in one batch (default 256Ki).
+    /// Most bytes in one batch (default 256Ki): the messages' bodies plus
+    /// about 256 bytes each for the event around them.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: ByteSize,
     /// Longest a batch waits for more messages (default 1s).
@@ -587,7 +588,7 @@ impl<S: Sink> Pipeline<S> {
                         inflight.push_back(self.work(incoming, &mut chains, stop));
                         continue;
                     };
-                    let size = incoming.message.body.len() as u64;
+                    let size = weight(&incoming.message);
                     if !batch.is_empty() && batch_bytes + size > b.max_bytes.0 {
                         inflight.push_back(self.batch_work(std::mem::take(&mut batch), &mut chains, stop));
                         (batch_bytes, deadline) = (0, None);
@@ -800,6 +801,20 @@ impl<S: Sink> Pipeline<S> {
         self.unit(key, chains, acks, stop, store)
     }
 }
+
+/// What a message adds to a batch's event: its body and, roughly, the
+/// CloudEvents envelope around it (attributes and extensions), so a batch
+/// of many small messages still closes before the queue's message limit.
+fn weight(m: &Message) -> u64 {
+    let text = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+    let origin: usize = m.origin.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+    let key = m.key.as_ref().map_or(0, |k| k.len() + 16);
+    let subject = m.subject.as_ref().map_or(0, |s| s.len() + 16);
+    (m.body.len() + text(&m.headers) + origin + key + subject + ENVELOPE) as u64
+}
+
+/// The attributes every event of a batch carries (id, source, type, time...).
+const ENVELOPE: usize = 256;
 
 /// Resolves once `stop` says stop.
 fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
