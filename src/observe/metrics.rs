@@ -111,7 +111,7 @@ impl Metrics {
         );
         registry.register(
             "source_lag",
-            "Messages waiting at the broker for a queue trigger (consumer lag), where the broker tells",
+            "Messages waiting at the broker for a queue trigger (consumer lag), where the broker tells; for file tails, bytes not read yet",
             source_lag.clone(),
         );
         registry.register(

@@ -478,6 +478,9 @@ impl<St: StateStore> FileConsumer<St> {
         }
         let behind: u64 = self.files.iter().map(|t| t.size.saturating_sub(t.read)).sum();
         self.stats.set_lag(behind);
+        self.stats
+            .files
+            .store(self.files.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.stats.set_error((!listing.errors.is_empty()).then(|| {
             let more = listing.errors.len() - 1;
             let mut e = listing.errors.into_iter().next().unwrap_or_default();

@@ -288,6 +288,7 @@ mod tail {
         crate::contract::assert_valid_event(e);
         saved_offset(&state, &log, 24).await;
         assert_eq!(tail.stats.view()["acked"], 6);
+        assert_eq!(tail.stats.view()["files"], 1);
         tail.stop().await;
     }
 

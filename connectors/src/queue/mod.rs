@@ -455,6 +455,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Messages cut at the source's size limit (kept, marked `truncated`).
     pub truncated: AtomicU64,
+    /// Files being tailed (file sources).
+    pub files: AtomicU64,
     /// Messages waiting at the broker (Kafka: high watermark minus
     /// position; AMQP: queue depth; JetStream: consumer pending), when known.
     pub lag: AtomicU64,
@@ -481,7 +483,11 @@ impl Stats {
             "received": n(&self.received), "stored": n(&self.stored), "duplicates": n(&self.duplicates),
             "filtered": n(&self.filtered), "parked": n(&self.parked), "acked": n(&self.acked),
         });
-        for (name, a) in [("dropped", &self.dropped), ("truncated", &self.truncated)] {
+        for (name, a) in [
+            ("dropped", &self.dropped),
+            ("truncated", &self.truncated),
+            ("files", &self.files),
+        ] {
             if n(a) > 0 {
                 v[name] = n(a).into();
             }
