@@ -537,9 +537,9 @@ impl<St: StateStore> FileConsumer<St> {
             // Truncated while evoke was away.
             Some(cp) if same_start(&f.prefix, cp.fp_len, &cp.fp) => (unique_id(), 0),
             _ => {
-                let start = match self.copy_of(&f.prefix, f.len) {
+                let start = match self.copy_of(&f.prefix) {
                     // A copy (copy-truncate) of a file read up to `read`.
-                    Some(read) => read.min(f.len),
+                    Some(read) => read,
                     None if self.first && self.config.read_from == ReadFrom::End => f.len,
                     None => 0,
                 };
@@ -574,24 +574,23 @@ impl<St: StateStore> FileConsumer<St> {
         self.files.push(t);
     }
 
-    /// When a new file of `len` bytes starting with `prefix` is a copy of
-    /// a tracked file (copy-truncate), how far that file was read: a file
-    /// truncated since whose content before started the same, or a file
-    /// with a whole fingerprint (1 KiB) the same. The copy must be at least
-    /// as long as what was read. A short file's fingerprint is not trusted
-    /// for this: a new file that merely starts the same is read whole.
-    fn copy_of(&self, prefix: &[u8], len: u64) -> Option<u64> {
+    /// When a new file starting with `prefix` is a copy of a tracked file
+    /// (copy-truncate), how far that file was read: a file truncated since
+    /// whose content before started the same, or a file with a whole
+    /// fingerprint (1 KiB) the same. The copy may still be being written
+    /// (shorter than what was read): reading it waits for the rest. A short
+    /// file's fingerprint is not trusted for this: a new file that merely
+    /// starts the same is read whole.
+    fn copy_of(&self, prefix: &[u8]) -> Option<u64> {
         let whole = (prefix.len() as u64 == FINGERPRINT_BYTES).then(|| fingerprint(prefix));
         self.files.iter().find_map(|t| {
             if let Some((fp_len, fp, read)) = &t.before
                 && *fp_len > 0
-                && len >= *read
                 && same_start(prefix, *fp_len, fp)
             {
                 return Some(*read);
             }
-            let read = t.splitter.offset();
-            (t.fp_len == FINGERPRINT_BYTES && whole.as_deref() == Some(t.fp.as_str()) && len >= read).then_some(read)
+            (t.fp_len == FINGERPRINT_BYTES && whole.as_deref() == Some(t.fp.as_str())).then(|| t.splitter.offset())
         })
     }
 
