@@ -407,3 +407,28 @@ async fn the_cleanse_example_masks_drops_and_parses_the_sample_logs_across_a_rot
     assert_eq!(out, want);
     node.stop().await;
 }
+
+/// NATS goes away while lines keep coming: the tail stops advancing (its
+/// stores wait, its offsets are not saved), and every line arrives once
+/// NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_while_lines_keep_coming_loses_nothing() {
+    let mut nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let (mut results, _dir, log) = sink(&node, &nats).await;
+    let (status, body) = node
+        .put_trigger("tail", file_trigger(std::slice::from_ref(&log), 200))
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    node.consuming("tail").await;
+    let writer = Writer::start(&log, 1_000, 6);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart();
+    let total = writer.finish();
+    let mut counts = BTreeMap::new();
+    seen_lines(&mut results, &mut counts, total, Duration::from_secs(120)).await;
+    assert_eq!(counts.len() as u64, total);
+    node.stop().await;
+}

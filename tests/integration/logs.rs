@@ -321,3 +321,114 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as raw:
     .await;
     s.node.stop().await;
 }
+
+/// rsyslogd on a port of its own, forwarding everything it receives over
+/// UDP to `target` over TCP (octet-counted RFC 5424, rsyslog's `omfwd`);
+/// killed on drop.
+struct Rsyslog {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Rsyslog {
+    fn start(target: u16) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let conf = dir.path().join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{work}")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="{port}")
+action(type="omfwd" target="127.0.0.1" port="{target}" protocol="tcp"
+       TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+"#,
+                work = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.path().join("rsyslogd.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rsyslogd (Debian's rsyslog; scripts/setup installs it)");
+        Rsyslog { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay no one here wrote: `logger` → rsyslog (UDP) → evoke (TCP,
+/// octet-counted RFC 5424, as rsyslog forwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_forwarding_arrives_parsed_over_tcp() {
+    let mut s = setup(json!({})).await;
+    let rsyslog = Rsyslog::start(s.tcp);
+    let port = rsyslog.port.to_string();
+    let send = |text: &str| {
+        logger(&[
+            "-n",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-d",
+            "-t",
+            "billing",
+            "-p",
+            "local3.err",
+            text,
+        ]);
+    };
+    // rsyslog takes a moment to listen: ping until something comes through.
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing came through rsyslog");
+        send("ping");
+        for v in s.results.fetch().await {
+            take(&v, &mut out);
+        }
+    }
+    for i in 0..3 {
+        send(&format!("relayed {i}"));
+    }
+    let mut relayed = BTreeMap::new();
+    while relayed.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relayed lines missing: {relayed:?}"
+        );
+        for v in s.results.fetch().await {
+            take(&v, &mut out);
+        }
+        for r in &out {
+            if let Some(m) = r["message"].as_str().filter(|m| m.starts_with("relayed")) {
+                relayed.insert(m.to_string(), r.clone());
+            }
+        }
+    }
+    let r = &relayed["relayed 1"];
+    assert_eq!(r["format"], "rfc5424", "{r}");
+    assert_eq!(
+        (r["facility"].as_u64(), r["severity"].as_u64()),
+        (Some(19), Some(3)),
+        "{r}"
+    );
+    assert_eq!(r["app_name"], "billing", "{r}");
+    assert_eq!(r["extensions"]["transport"], "tcp");
+    assert!(r["parse_error"].is_null() && r["timestamp"].is_string(), "{r}");
+    drop(rsyslog);
+    s.node.stop().await;
+}

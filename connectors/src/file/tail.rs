@@ -426,6 +426,11 @@ fn prefix(path: &Path, dev: u64, ino: u64) -> std::io::Result<Option<Vec<u8>>> {
     if (m.dev(), m.ino()) != (dev, ino) {
         return Ok(None);
     }
+    read_prefix(&f).map(Some)
+}
+
+/// The first bytes (up to [`FINGERPRINT_BYTES`]) of an open file.
+fn read_prefix(f: &File) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0; FINGERPRINT_BYTES as usize];
     let mut n = 0;
     while n < buf.len() {
@@ -435,7 +440,7 @@ fn prefix(path: &Path, dev: u64, ino: u64) -> std::io::Result<Option<Vec<u8>>> {
         }
     }
     buf.truncate(n);
-    Ok(Some(buf))
+    Ok(buf)
 }
 
 fn fingerprint(bytes: &[u8]) -> String {
@@ -521,7 +526,14 @@ impl<St: StateStore> FileConsumer<St> {
             if let Some(j) = &mut t.joiner {
                 j.reset();
             }
-            (t.fp_len, t.fp) = (f.prefix.len() as u64, fingerprint(&f.prefix));
+            // The scan's prefix may be from before the truncation: the
+            // fingerprint starts again from what the file holds now (or
+            // empty, grown by the next scans).
+            let now = match &t.file {
+                Some(h) => read_prefix(h).unwrap_or_default(),
+                None => prefix(&t.path, t.dev, t.ino).ok().flatten().unwrap_or_default(),
+            };
+            (t.fp_len, t.fp) = (now.len() as u64, fingerprint(&now));
             self.book.set(&t.key, checkpoint(t));
         } else if (f.prefix.len() as u64) > t.fp_len {
             (t.fp_len, t.fp) = (f.prefix.len() as u64, fingerprint(&f.prefix));
