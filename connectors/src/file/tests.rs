@@ -496,4 +496,38 @@ mod tail {
         saved_offset(&state, &log, 40).await;
         tail.stop().await;
     }
+
+    /// The source contract: offsets never pass what is stored while
+    /// JetStream is away, the tail stops cleanly while it waits, and every
+    /// event is a valid CloudEvent.
+    #[tokio::test]
+    async fn offsets_stop_at_what_is_stored_while_the_queue_is_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        append(&log, &numbered("a", 0..5));
+        let sink = Arc::new(MemorySink {
+            outage_after: std::sync::Mutex::new(Some(2)),
+            ..Default::default()
+        });
+        let state = Arc::new(MemoryState::default());
+        let tail = start(&tail_config(dir.path(), "*.log"), &sink, &state);
+        assert_eq!(wait_lines(&sink, 2).await, expected("a", 0..2));
+        // Two lines of 4 bytes stored: the offset is 8 and stays there.
+        saved_offset(&state, &log, 8).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        saved_offset(&state, &log, 8).await;
+        tokio::time::timeout(Duration::from_secs(5), tail.stop())
+            .await
+            .expect("the tail stops while its stores wait");
+        saved_offset(&state, &log, 8).await;
+        // Back, and started again: the rest, once.
+        *sink.outage_after.lock().unwrap() = None;
+        let tail = start(&tail_config(dir.path(), "*.log"), &sink, &state);
+        assert_eq!(wait_lines(&sink, 5).await, expected("a", 0..5));
+        saved_offset(&state, &log, 20).await;
+        for e in sink.events() {
+            crate::contract::assert_valid_event(&e);
+        }
+        tail.stop().await;
+    }
 }
