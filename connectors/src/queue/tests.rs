@@ -219,9 +219,15 @@ async fn nothing_is_acked_that_was_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn batches_close_on_count_bytes_or_time() {
     let sink = Arc::new(MemorySink::default());
+    // A message weighs its body plus its envelope (headers, origin, key,
+    // subject and about 256 bytes of attributes).
+    let long = "b".repeat(100);
+    let (wa, wb, wc) = (weight(&msg(0, "a")), weight(&msg(4, &long)), weight(&msg(7, "ccc")));
+    let max = (4 * wa).max(3 * wb);
+    assert!(3 * wb + wc > max && 4 * wb > max);
     let batch = BatchConfig {
         max_records: 4,
-        max_bytes: ByteSize(10),
+        max_bytes: ByteSize(max),
         max_wait: Duration::from_secs(2),
     };
     let p = pipeline(sink.clone(), Some(batch));
@@ -231,13 +237,13 @@ async fn batches_close_on_count_bytes_or_time() {
         rx,
         acked: acked.clone(),
     };
-    // 4 small ones: closed by count; then 3-byte bodies: closed by bytes
-    // (3 fit in 10); then one alone: closed by time.
+    // 4 small ones: closed by count; then 3 longer ones: closed by bytes
+    // (the next does not fit); then one alone: closed by time.
     for i in 0..4 {
         tx.send(msg(i, "a")).unwrap();
     }
     for i in 4..7 {
-        tx.send(msg(i, "bbb")).unwrap();
+        tx.send(msg(i, &long)).unwrap();
     }
     tx.send(msg(7, "ccc")).unwrap();
     let (stop_tx, mut stop) = watch::channel(false);
