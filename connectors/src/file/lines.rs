@@ -58,6 +58,11 @@ impl Splitter {
         self.buf.len()
     }
 
+    /// The offset of the next byte to push: everything before it was pushed.
+    pub fn end(&self) -> u64 {
+        self.start + self.buf.len() as u64
+    }
+
     /// Starts again at `offset` (the file was truncated), dropping what is held.
     pub fn reset(&mut self, offset: u64) {
         self.buf.clear();

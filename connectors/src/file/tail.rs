@@ -77,56 +77,53 @@ impl Book {
         self.notify.notify_one();
     }
 
-    /// The lines of reading `id` before `end` are stored.
-    fn advance(&self, key: &str, id: &str, end: u64) {
+    /// Changes the entry of reading `id` of file `key` (none when the file
+    /// was read again since), and wakes the flusher.
+    fn update(&self, key: &str, id: &str, change: impl FnOnce(&mut Entry)) {
         if let Some(e) = self.lock().get_mut(key)
             && e.cp.id == id
-            && end > e.cp.offset
         {
-            e.cp.offset = end;
-            e.dirty = true;
+            change(e);
             self.notify.notify_one();
         }
+    }
+
+    /// The lines of reading `id` before `end` are stored.
+    fn advance(&self, key: &str, id: &str, end: u64) {
+        self.update(key, id, |e| {
+            if end > e.cp.offset {
+                e.cp.offset = end;
+                e.dirty = true;
+            }
+        });
     }
 
     fn fingerprint(&self, key: &str, id: &str, fp_len: u64, fp: &str) {
-        if let Some(e) = self.lock().get_mut(key)
-            && e.cp.id == id
-        {
+        self.update(key, id, |e| {
             (e.cp.fp_len, e.cp.fp) = (fp_len, fp.to_string());
             e.dirty = true;
-            self.notify.notify_one();
-        }
+        });
     }
 
     fn done(&self, key: &str, id: &str, at: u64) {
-        if let Some(e) = self.lock().get_mut(key)
-            && e.cp.id == id
-        {
-            e.done = Some(at);
-            self.notify.notify_one();
-        }
+        self.update(key, id, |e| e.done = Some(at));
     }
 
-    /// Saves what changed; `false` when KV did not take it all.
+    /// Saves what changed and forgets files let go and stored to their
+    /// end; `false` when KV did not take it all.
     async fn flush(&self, state: &impl StateStore) -> bool {
-        let (saves, forgets) = {
-            let mut entries = self.lock();
-            let mut saves = Vec::new();
-            for (k, e) in entries.iter_mut().filter(|(_, e)| e.dirty) {
+        let (mut saves, mut forgets) = (Vec::new(), Vec::new());
+        self.lock().retain(|k, e| {
+            if e.done.is_some_and(|d| e.cp.offset >= d) {
+                forgets.push(k.clone());
+                return false;
+            }
+            if e.dirty {
                 e.dirty = false;
                 saves.push((k.clone(), e.cp.clone()));
             }
-            let forgets: Vec<String> = entries
-                .iter()
-                .filter(|(k, e)| e.done.is_some_and(|d| e.cp.offset >= d) && !saves.iter().any(|(s, _)| s == *k))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &forgets {
-                entries.remove(k);
-            }
-            (saves, forgets)
-        };
+            true
+        });
         let mut ok = true;
         for (k, cp) in saves {
             let value = serde_json::to_string(&cp).unwrap_or_default();
@@ -181,8 +178,6 @@ struct Tracked {
     id: String,
     fp_len: u64,
     fp: String,
-    /// The next byte to read.
-    read: u64,
     /// Its length when last looked at.
     size: u64,
     /// The last read found nothing.
@@ -231,6 +226,8 @@ pub struct FileConsumer<St: StateStore> {
     open: usize,
     delimiter: Vec<u8>,
     multiline: Option<regex::Regex>,
+    /// Where reads land (one buffer, not one per read).
+    buf: Vec<u8>,
     _flusher: watch::Sender<bool>,
 }
 
@@ -272,6 +269,7 @@ pub async fn consumer<St: StateStore>(
         open: 0,
         delimiter: config.delimiter_bytes(),
         multiline,
+        buf: vec![0; READ_CHUNK],
         _flusher: tx,
     })
 }
@@ -419,14 +417,17 @@ fn list(config: &FileConfig) -> Listing {
     Listing { found, errors }
 }
 
-/// The first bytes of the file at `path`, when it is still `dev`/`ino`.
-fn prefix(path: &Path, dev: u64, ino: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// The file at `path`, opened, when it is still `dev`/`ino` (`None` when
+/// another file took its place).
+fn open_same(path: &Path, dev: u64, ino: u64) -> std::io::Result<Option<File>> {
     let f = File::open(path)?;
     let m = f.metadata()?;
-    if (m.dev(), m.ino()) != (dev, ino) {
-        return Ok(None);
-    }
-    read_prefix(&f).map(Some)
+    Ok(((m.dev(), m.ino()) == (dev, ino)).then_some(f))
+}
+
+/// The first bytes of the file at `path`, when it is still `dev`/`ino`.
+fn prefix(path: &Path, dev: u64, ino: u64) -> std::io::Result<Option<Vec<u8>>> {
+    open_same(path, dev, ino)?.map(|f| read_prefix(&f)).transpose()
 }
 
 /// The first bytes (up to [`FINGERPRINT_BYTES`]) of an open file.
@@ -463,9 +464,15 @@ impl<St: StateStore> FileConsumer<St> {
     fn apply(&mut self, listing: Listing) {
         let now = Instant::now();
         let mut seen = HashSet::new();
+        let index: HashMap<(u64, u64), usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.dev, t.ino), i))
+            .collect();
         for mut f in listing.found {
             seen.insert((f.dev, f.ino));
-            if let Some(i) = self.files.iter().position(|t| (t.dev, t.ino) == (f.dev, f.ino)) {
+            if let Some(&i) = index.get(&(f.dev, f.ino)) {
                 self.rescanned(i, f);
                 continue;
             }
@@ -481,7 +488,7 @@ impl<St: StateStore> FileConsumer<St> {
                 t.orphaned.get_or_insert(now);
             }
         }
-        let behind: u64 = self.files.iter().map(|t| t.size.saturating_sub(t.read)).sum();
+        let behind: u64 = self.files.iter().map(|t| t.size.saturating_sub(t.splitter.end())).sum();
         self.stats.set_lag(behind);
         self.stats
             .files
@@ -520,7 +527,6 @@ impl<St: StateStore> FileConsumer<St> {
             tracing::info!(trigger = self.trigger, path = %t.path.display(), "file truncated or rewritten; reading it from its start");
             t.before = Some((t.fp_len, t.fp.clone(), t.splitter.offset()));
             t.id = unique_id();
-            t.read = 0;
             t.at_end = false;
             t.splitter.reset(0);
             if let Some(j) = &mut t.joiner {
@@ -573,7 +579,6 @@ impl<St: StateStore> FileConsumer<St> {
             id,
             fp_len: f.prefix.len() as u64,
             fp: fingerprint(&f.prefix),
-            read: offset,
             size: f.len,
             at_end: false,
             last_read: now,
@@ -649,8 +654,8 @@ impl<St: StateStore> FileConsumer<St> {
             if t.file.take().is_some() {
                 self.open -= 1;
             }
-            tracing::info!(trigger = self.trigger, path = %t.path.display(), offset = t.read, "file let go (renamed or removed, read to its end)");
-            self.book.done(&t.key, &t.id, t.read);
+            tracing::info!(trigger = self.trigger, path = %t.path.display(), offset = t.splitter.end(), "file let go (renamed or removed, read to its end)");
+            self.book.done(&t.key, &t.id, t.splitter.end());
             progressed = true;
         }
         progressed
@@ -660,22 +665,20 @@ impl<St: StateStore> FileConsumer<St> {
     fn read_file(&mut self, i: usize, now: Instant) -> bool {
         if self.files[i].file.is_none() {
             let t = &self.files[i];
-            if t.orphaned.is_some() || t.size <= t.read {
+            if t.orphaned.is_some() || t.size <= t.splitter.end() {
                 return false;
             }
             if self.open >= self.config.max_open() && !self.free_handle(i) {
                 return false;
             }
             let t = &mut self.files[i];
-            match File::open(&t.path) {
-                Ok(f) => match f.metadata() {
-                    Ok(m) if (m.dev(), m.ino()) == (t.dev, t.ino) => {
-                        t.file = Some(f);
-                        self.open += 1;
-                    }
-                    // Another file is at its path now: the scan sorts it out.
-                    _ => return false,
-                },
+            match open_same(&t.path, t.dev, t.ino) {
+                Ok(Some(f)) => {
+                    t.file = Some(f);
+                    self.open += 1;
+                }
+                // Another file is at its path now: the scan sorts it out.
+                Ok(None) => return false,
                 Err(e) => {
                     self.stats
                         .set_error(Some(format!("{}: {e}; retrying", t.path.display())));
@@ -685,8 +688,8 @@ impl<St: StateStore> FileConsumer<St> {
         }
         let t = &mut self.files[i];
         let Some(f) = &t.file else { return false };
-        let mut buf = vec![0; READ_CHUNK];
-        let n = match f.read_at(&mut buf, t.read) {
+        let buf = &mut self.buf;
+        let n = match f.read_at(buf, t.splitter.end()) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(path = %t.path.display(), error = %e, "reading failed; closing the file for now");
@@ -701,10 +704,9 @@ impl<St: StateStore> FileConsumer<St> {
         }
         t.at_end = false;
         t.last_read = now;
-        t.read += n as u64;
-        t.size = t.size.max(t.read);
         let mut lines = Vec::new();
         t.splitter.push(&buf[..n], &mut lines);
+        t.size = t.size.max(t.splitter.end());
         let mut records = Vec::new();
         for l in lines {
             push_line(t, l, now, &mut records);
