@@ -85,6 +85,16 @@ impl SourceConfig {
         }
     }
 
+    /// The nodes a host-local source (syslog listener, file tail) runs on;
+    /// `None` for sources every node may run.
+    pub fn nodes(&self) -> Option<&Nodes> {
+        match self {
+            SourceConfig::Syslog(c) => Some(&c.nodes),
+            SourceConfig::File(c) => Some(&c.nodes),
+            _ => None,
+        }
+    }
+
     /// The connection a queue trigger names (`connection = "..."`), if any.
     pub fn connection(&self) -> Option<&str> {
         match self {

@@ -31,26 +31,19 @@ pub fn task(
     source: SourceConfig,
     filter: Option<Filter>,
 ) -> Option<Start> {
+    if source.nodes().is_some_and(|n| !n.includes(&invoker.node)) {
+        return None;
+    }
     let (kind, binding, batch, order, max_body) = match &source {
         SourceConfig::Kafka(c) => ("kafka", Binding::Kafka, c.batch, c.order, c.max_body),
         SourceConfig::Amqp(c) => ("amqp", Binding::Amqp, c.batch, c.order, c.max_body),
         SourceConfig::Mqtt(c) => ("mqtt", Binding::Mqtt, c.batch, c.order, c.max_body),
         SourceConfig::Nats(c) => ("nats", Binding::Nats, c.batch, c.order, c.max_body),
-        SourceConfig::Syslog(c) => {
-            if !c.nodes.includes(&invoker.node) {
-                return None;
-            }
-            // The body is the parsed record as JSON: bounded by max_message,
-            // and refused by the queue (then parked) past its limit.
-            ("syslog", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8)))
-        }
-        SourceConfig::File(c) => {
-            if !c.nodes.includes(&invoker.node) {
-                return None;
-            }
-            // The body is one line (at most max_line_bytes) as JSON.
-            ("file", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8)))
-        }
+        // The body is one parsed record or line as JSON, bounded by
+        // max_message / max_line_bytes, and refused by the queue (then
+        // parked) past its limit.
+        SourceConfig::Syslog(c) => ("syslog", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8))),
+        SourceConfig::File(c) => ("file", Binding::None, c.batch, Order::None, Some(ByteSize::mib(8))),
         SourceConfig::Webhook(_) | SourceConfig::Cron(_) | SourceConfig::S3(_) => return None,
     };
     let connections = invoker.connections.clone();

@@ -624,15 +624,10 @@ impl<St: StateStore> FileConsumer<St> {
             progressed |= self.read_file(i, now);
         }
         // Multiline records complete by timeout, and files let go.
-        let mut lines = Vec::new();
         let mut finished = Vec::new();
         for (i, t) in self.files.iter_mut().enumerate() {
-            if let Some(j) = &mut t.joiner {
-                j.flush(now, false, &mut lines);
-                for l in lines.drain(..) {
-                    self.ready.push_back(incoming(t, &self.node, &self.book, l));
-                }
-            }
+            let due = t.records(vec![], now, false);
+            emit(&mut self.ready, t, &self.node, &self.book, due);
             let gone = t.orphaned.is_some_and(|o| now >= o + ORPHAN_GRACE) && (t.at_end || t.file.is_none());
             if gone {
                 finished.push(i);
@@ -640,17 +635,10 @@ impl<St: StateStore> FileConsumer<St> {
         }
         for i in finished.into_iter().rev() {
             let mut t = self.files.remove(i);
+            let mut lines = Vec::new();
             t.splitter.finish(&mut lines);
-            let mut records = Vec::new();
-            for l in lines.drain(..) {
-                push_line(&mut t, l, now, &mut records);
-            }
-            if let Some(j) = &mut t.joiner {
-                j.flush(now, true, &mut records);
-            }
-            for r in records {
-                self.ready.push_back(incoming(&t, &self.node, &self.book, r));
-            }
+            let last = t.records(lines, now, true);
+            emit(&mut self.ready, &t, &self.node, &self.book, last);
             if t.file.take().is_some() {
                 self.open -= 1;
             }
@@ -707,13 +695,8 @@ impl<St: StateStore> FileConsumer<St> {
         let mut lines = Vec::new();
         t.splitter.push(&buf[..n], &mut lines);
         t.size = t.size.max(t.splitter.end());
-        let mut records = Vec::new();
-        for l in lines {
-            push_line(t, l, now, &mut records);
-        }
-        for r in records {
-            self.ready.push_back(incoming(t, &self.node, &self.book, r));
-        }
+        let records = t.records(lines, now, false);
+        emit(&mut self.ready, t, &self.node, &self.book, records);
         true
     }
 
@@ -738,12 +721,24 @@ impl<St: StateStore> FileConsumer<St> {
     }
 }
 
-/// A line through the file's multiline joiner, if it has one.
-fn push_line(t: &mut Tracked, line: Line, now: Instant, out: &mut Vec<Line>) {
-    match &mut t.joiner {
-        Some(j) => j.push(line, now, out),
-        None => out.push(line),
+impl Tracked {
+    /// Lines as records: through the multiline joiner when the file has
+    /// one, with the record it holds when its timeout passed (or always,
+    /// with `finish`).
+    fn records(&mut self, lines: Vec<Line>, now: Instant, finish: bool) -> Vec<Line> {
+        let Some(j) = &mut self.joiner else { return lines };
+        let mut out = Vec::new();
+        for l in lines {
+            j.push(l, now, &mut out);
+        }
+        j.flush(now, finish, &mut out);
+        out
     }
+}
+
+/// Hands a file's records to the pipeline.
+fn emit(ready: &mut VecDeque<Incoming>, t: &Tracked, node: &str, book: &Arc<Book>, records: Vec<Line>) {
+    ready.extend(records.into_iter().map(|r| incoming(t, node, book, r)));
 }
 
 fn checkpoint(t: &Tracked) -> Checkpoint {

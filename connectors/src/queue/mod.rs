@@ -812,11 +812,12 @@ impl<S: Sink> Pipeline<S> {
 /// CloudEvents envelope around it (attributes and extensions), so a batch
 /// of many small messages still closes before the queue's message limit.
 fn weight(m: &Message) -> u64 {
-    let text = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
-    let origin: usize = m.origin.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+    fn pairs<K: AsRef<str>>(v: &[(K, String)]) -> usize {
+        v.iter().map(|(k, v)| k.as_ref().len() + v.len() + 6).sum()
+    }
     let key = m.key.as_ref().map_or(0, |k| k.len() + 16);
     let subject = m.subject.as_ref().map_or(0, |s| s.len() + 16);
-    (m.body.len() + text(&m.headers) + origin + key + subject + ENVELOPE) as u64
+    (m.body.len() + pairs(&m.headers) + pairs(&m.origin) + key + subject + ENVELOPE) as u64
 }
 
 /// The attributes every event of a batch carries (id, source, type, time...).
