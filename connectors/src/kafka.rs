@@ -223,6 +223,9 @@ mod client {
         }
     }
 
+    /// How long `next` waits on rust-rdkafka's wakeup before polling again.
+    const REPOLL: Duration = Duration::from_millis(250);
+
     pub struct KafkaConsumer {
         consumer: Arc<Closing>,
         start: Start,
@@ -317,7 +320,16 @@ mod client {
     impl Consumer for KafkaConsumer {
         async fn next(&mut self) -> Result<Incoming, String> {
             loop {
-                let m = match self.consumer.recv().await {
+                // rust-rdkafka wakes a waiting `recv` on the queue's
+                // empty → non-empty edge only; an edge taken by an event it
+                // serves itself (a rebalance, a log line) leaves it asleep
+                // until its own fallback (max.poll.interval.ms / 2, minutes:
+                // a restarted node sat with its partitions assigned and
+                // unread). Asking again every REPOLL bounds that stall.
+                let Ok(received) = tokio::time::timeout(REPOLL, self.consumer.recv()).await else {
+                    continue;
+                };
+                let m = match received {
                     Ok(m) => {
                         if std::mem::take(&mut self.errored) {
                             self.stats.set_error(None);

@@ -36,7 +36,7 @@ use super::{Invoker, retry};
 use crate::bus;
 use crate::executor::Run;
 use crate::registry::{DeployedFunction, Functions};
-use crate::supervise::{Supervised, reconcile, stop_all};
+use crate::supervise::{Stopping, Supervised, reconcile, stop_all};
 
 /// How long an invocation runs before its record says `running`.
 pub const RUNNING_AFTER: Duration = Duration::from_millis(100);
@@ -55,11 +55,14 @@ pub async fn run(
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let mut running: HashMap<String, Supervised> = HashMap::new();
+    // A new revision's consumer starts at once: the old one's in-flight
+    // invocations finish beside it (one durable consumer, no overlap).
+    let mut stopping = Stopping::new();
     loop {
         let current = functions.borrow_and_update().clone();
         let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
         invoker.executor.retain(&live);
-        for (name, revision) in reconcile(&mut running, &live) {
+        for (name, revision) in reconcile(&mut running, &mut stopping, &live) {
             let Some(f) = current.get(&name) else { continue };
             let (inv, fc) = (invoker.clone(), f.clone());
             running.insert(name, Supervised::spawn(revision, |stop| consume(inv, fc, stop)));

@@ -72,6 +72,8 @@ pub type Registry = Catalog<DeployedFunction>;
 pub struct Catalog<T> {
     kv: kv::Store,
     view: watch::Sender<View<T>>,
+    /// True once the view holds every entry stored when the watch began.
+    loaded: watch::Sender<bool>,
 }
 
 impl<T> Clone for Catalog<T> {
@@ -79,6 +81,7 @@ impl<T> Clone for Catalog<T> {
         Catalog {
             kv: self.kv.clone(),
             view: self.view.clone(),
+            loaded: self.loaded.clone(),
         }
     }
 }
@@ -90,7 +93,17 @@ impl<T: Entry> Catalog<T> {
         Catalog {
             kv,
             view: watch::Sender::new(Arc::new(HashMap::new())),
+            loaded: watch::Sender::new(false),
         }
+    }
+
+    /// Waits until the live view holds every entry the bucket had when this
+    /// node began watching it (at start-up the view fills entry by entry):
+    /// what acts on the whole view (sources, which also read stores and
+    /// connections) must not act on half of it.
+    pub async fn loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        let _ = rx.wait_for(|loaded| *loaded).await;
     }
 
     /// Subscribes to the live view (current value first).
@@ -206,12 +219,16 @@ impl<T: Entry> Catalog<T> {
             failures = 0;
             if last > 0 {
                 tracing::info!(bucket = %self.bucket(), from = last + 1, "registry watch resumed");
+            } else if self.kv.status().await.is_ok_and(|s| s.values() == 0) {
+                // Nothing stored: no entry will say it is the last one.
+                self.loaded.send_replace(true);
             }
             loop {
                 tokio::select! {
                     entry = watch.next() => match entry {
                         Some(Ok(entry)) => {
                             last = last.max(entry.revision);
+                            let caught_up = entry.delta == 0;
                             if entry.operation == kv::Operation::Put {
                                 match decode::<T>(&entry.key, &entry.value, entry.revision) {
                                     Ok(f) => self.apply(&entry.key, Some(Arc::new(f))),
@@ -219,6 +236,9 @@ impl<T: Entry> Catalog<T> {
                                 }
                             } else {
                                 self.apply(&entry.key, None);
+                            }
+                            if caught_up && !*self.loaded.borrow() {
+                                self.loaded.send_replace(true);
                             }
                         }
                         Some(Err(e)) => {

@@ -20,7 +20,7 @@ use crate::invoker::{EnqueueError, Invoker, derived_invocation_id};
 pub mod lease;
 pub mod queues;
 pub mod s3;
-use crate::supervise::{Supervised, reconcile, stop_all};
+use crate::supervise::{Stopping, Supervised, reconcile, stop_all};
 
 /// Publishes source events onto the target function's queue.
 pub struct NatsSink {
@@ -146,7 +146,21 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
     let mut triggers = invoker.triggers.subscribe();
     let mut stores = invoker.stores.registry.subscribe();
     let mut connections = invoker.connections.registry.subscribe();
+    // Triggers read their stores and connections: start none before all
+    // three views are whole, or a trigger seen before its connection would
+    // start, then restart when the connection arrives.
+    let loaded = async {
+        invoker.triggers.loaded().await;
+        invoker.stores.registry.loaded().await;
+        invoker.connections.registry.loaded().await;
+    };
+    tokio::select! {
+        _ = loaded => {}
+        _ = shutdown.recv() => return,
+    }
     let mut running: HashMap<String, Supervised> = HashMap::new();
+    // A changed trigger's new task starts once its old one has stopped.
+    let mut stopping = Stopping::new();
     loop {
         let current = triggers.borrow_and_update().clone();
         let current_stores = stores.borrow_and_update().clone();
@@ -169,7 +183,7 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
         for name in running.keys().filter(|n| !desired.contains_key(*n)) {
             invoker.connections.forget_stats(name);
         }
-        for (name, revision) in reconcile(&mut running, &desired) {
+        for (name, revision) in reconcile(&mut running, &mut stopping, &desired) {
             let Some(stored) = current.get(&name) else { continue };
             let spec = match stored.parsed() {
                 Ok(s) => s,
@@ -179,21 +193,22 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
                 }
             };
             let (sink, state, trigger) = (sink.clone(), state.clone(), name.clone());
+            let previous = stopping.remove(&name);
             let task = match spec.source {
-                SourceConfig::Cron(config) => Supervised::spawn(revision, |stop| {
+                SourceConfig::Cron(config) => Supervised::spawn_after(revision, previous, |stop| {
                     evoke_connectors::cron::run(trigger, spec.function, config, sink, state, stop)
                 }),
                 // Served by the API at /hooks/<trigger>: no task here.
                 SourceConfig::Webhook(_) => continue,
                 SourceConfig::S3(config) => {
                     match s3_task(&invoker, &name, spec.function, config, spec.filter, stored.updated_at) {
-                        Some(start) => Supervised::spawn(revision, start),
+                        Some(start) => Supervised::spawn_after(revision, previous, start),
                         None => continue,
                     }
                 }
                 // Every other kind runs on the shared queue pipeline.
                 source => match queues::task(&invoker, &name, spec.function, source, spec.filter) {
-                    Some(start) => Supervised::spawn(revision, start),
+                    Some(start) => Supervised::spawn_after(revision, previous, start),
                     None => continue,
                 },
             };
