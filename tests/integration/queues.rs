@@ -1409,13 +1409,7 @@ assert p.flush(30) == 0
 /// `kill -9` of the `evoke` process while Kafka records wait for NATS: after
 /// NATS and the node come back, every record runs, once, and the committed
 /// offset never passed a record that was not stored.
-///
-/// Ignored until understood: it passed 5 of 7 runs. In a failing one the
-/// restarted node's consumer had received nothing in 90 s (no partition
-/// assigned: a consumer-group stall after the crash, the records still
-/// uncommitted in Kafka). Run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: in 2 of 7 runs the restarted consumer got no partition within 90 s; under investigation"]
 async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
     let kafka = Kafka::start();
     let mut nats = Nats::start();
@@ -1427,8 +1421,11 @@ async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
         dir: tempfile::TempDir::new().unwrap(),
     };
     let brokers = kafka.brokers();
-    node.put_connection("kafka", json!({ "brokers": [brokers.clone()] }))
-        .await;
+    node.put_connection(
+        "kafka",
+        json!({ "brokers": [brokers.clone()], "options": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"} }),
+    )
+    .await;
     node.deploy_ok(
         "enrich",
         &example("enrich"),
@@ -1450,6 +1447,17 @@ async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
         (offsets() >= 5).then_some(())
     })
     .await;
+    // The first five run to the end (results out, events acked) before the
+    // outage: a result delivered whose event's ack the outage then lost is
+    // run again, by design (at-least-once to destinations), and is not what
+    // this drill is about.
+    eventually(Duration::from_secs(60), "the first 5 settled", || async {
+        super::common::queued_events(&nats.url(), "enrich")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     let before = offsets();
     nats.stop();
     python(KAFKA_PRODUCE, &[&brokers, "orders", "5", "10"]);
@@ -1457,6 +1465,13 @@ async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
     assert_eq!(offsets(), before, "no offset above what is stored is committed");
     process.kill();
     nats.restart();
+    // The test broker's limit, not evoke's: tansu 0.6 lets a member that
+    // joins while the killed one's session still runs complete the group
+    // with the dead member as leader, and hands it no partition, for good
+    // (seen with a plain confluent-kafka client too). Kafka itself expires
+    // the dead member and rebalances. So the node comes back once the
+    // killed member's session (6 s) is over.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     process.restart();
     let out = python_async(
         KAFKA_CONSUME,
@@ -1472,15 +1487,21 @@ async fn a_node_killed_mid_kafka_stream_loses_and_repeats_nothing() {
     assert_eq!(
         ids,
         (0..10).map(|i| format!("k-{i}")).collect::<Vec<_>>(),
-        "every record's result, once; the consumer: {}; queued: {}; status: {}",
+        "every record's result, once; the consumer: {}; queued: {}; status: {}; log: {}",
         node.consumer("orders").await,
         super::common::queued_events(&nats.url(), "enrich").await.len(),
-        node.get("/v1/status").await.1
+        node.get("/v1/status").await.1,
+        process.log()
     );
     eventually(Duration::from_secs(30), "every offset committed", || async {
         (offsets() == before + 5).then_some(())
     })
     .await;
+    // Once per start: a restarted node waits for its connections before it
+    // starts triggers (it used to start this one, then restart it when the
+    // connection arrived: two consumers of one group in one process).
+    let log = process.log();
+    assert_eq!(log.matches("source started trigger=orders").count(), 2, "{log}");
 }
 
 #[tokio::test]
