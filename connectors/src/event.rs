@@ -100,13 +100,39 @@ impl Event {
 
     /// Encodes the event as CloudEvents structured JSON.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing a `Value` built from strings cannot fail.
+        // JSON data is written as it came, byte for byte (key order,
+        // numbers, spacing inside it): never through a `Value`, which would
+        // sort keys and round large numbers.
+        if let Some(data) = self.embedded_json() {
+            let mut m = self.attributes();
+            m.remove("data");
+            // Serializing a `Value` built from strings cannot fail.
+            let mut out = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
+            out.pop(); // the closing `}`
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"data\":");
+            out.extend_from_slice(data);
+            out.push(b'}');
+            return out;
+        }
         serde_json::to_vec(&self.to_value()).unwrap_or_default()
     }
 
-    /// The event as structured-mode JSON: `data` embedded when it is JSON,
-    /// a string when it is text (`text/*`, JSON lines), else `data_base64`.
-    pub fn to_value(&self) -> Value {
+    /// The data, trimmed, when it is declared JSON and is valid JSON: what
+    /// structured mode embeds as `data`.
+    fn embedded_json(&self) -> Option<&[u8]> {
+        if self.data.is_empty() || !self.data_is_json() {
+            return None;
+        }
+        let data = self.data.trim_ascii();
+        serde_json::from_slice::<serde::de::IgnoredAny>(data).ok()?;
+        Some(data)
+    }
+
+    /// The context attributes and extensions, without data.
+    fn attributes(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("specversion".into(), Value::String(self.specversion.clone()));
         m.insert("id".into(), Value::String(self.id.clone()));
@@ -124,6 +150,13 @@ impl Event {
         for (k, v) in &self.extensions {
             m.insert(k.clone(), Value::String(v.clone()));
         }
+        m
+    }
+
+    /// The event as structured-mode JSON: `data` embedded when it is JSON,
+    /// a string when it is text (`text/*`, JSON lines), else `data_base64`.
+    pub fn to_value(&self) -> Value {
+        let mut m = self.attributes();
         if !self.data.is_empty() {
             let embedded = self
                 .data_is_json()
@@ -210,7 +243,19 @@ impl Event {
     /// Decodes CloudEvents structured JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
-        Event::from_value(value)
+        let declared_json = value
+            .get("datacontenttype")
+            .and_then(Value::as_str)
+            .is_some_and(is_json_type);
+        let mut event = Event::from_value(value)?;
+        // JSON data keeps its bytes as they are in the envelope (the value
+        // went through a `Value` above only to be checked).
+        if let Some(raw) = member_span(bytes, b"data").map(|r| &bytes[r])
+            && (declared_json || raw.first() != Some(&b'"'))
+        {
+            event.data = Bytes::copy_from_slice(raw);
+        }
+        Ok(event)
     }
 
     /// Decodes a structured-mode JSON object.
@@ -253,6 +298,84 @@ impl Event {
             data,
             extensions,
         })
+    }
+}
+
+/// Where the value of top-level member `key` is in a JSON object (the last
+/// one, as a parser keeps the last of duplicate keys), trimmed. For valid
+/// JSON; a key written with escapes is not recognised.
+fn member_span(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
+    let ws = |i: &mut usize| {
+        while json.get(*i).is_some_and(u8::is_ascii_whitespace) {
+            *i += 1;
+        }
+    };
+    // The index after the string starting at `i` (a `"`).
+    let string_end = |mut i: usize| -> Option<usize> {
+        i += 1;
+        loop {
+            match json.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    };
+    // The index after the value starting at `i`.
+    let value_end = |mut i: usize| -> Option<usize> {
+        let mut depth = 0usize;
+        loop {
+            match json.get(i)? {
+                b'"' => i = string_end(i)?,
+                b'{' | b'[' => {
+                    depth += 1;
+                    i += 1;
+                }
+                b'}' | b']' if depth > 0 => {
+                    depth -= 1;
+                    i += 1;
+                }
+                b',' | b'}' | b']' if depth == 0 => return Some(i),
+                c if depth == 0 && c.is_ascii_whitespace() => return Some(i),
+                _ => i += 1,
+            }
+            if depth == 0 && json.get(i - 1).is_some_and(|c| b"}]\"".contains(c)) {
+                return Some(i);
+            }
+        }
+    };
+    let mut i = 0;
+    ws(&mut i);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut found = None;
+    loop {
+        ws(&mut i);
+        match json.get(i)? {
+            b'}' => return found,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(i)?;
+        let name = &json[i + 1..key_end - 1];
+        i = key_end;
+        ws(&mut i);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        ws(&mut i);
+        let start = i;
+        i = value_end(i)?;
+        if name == key {
+            found = Some(start..i);
+        }
     }
 }
 
@@ -394,6 +517,55 @@ fn is_text(ct: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_data_keeps_its_bytes_through_the_envelope() {
+        let samples: [&[u8]; 7] = [
+            br#"{"zebra":1,"apple":{"y":[3,2,1],"b":"}\"{"},"n":12345678901234567890123,"f":1e2,"g":1.50}"#,
+            br#"[ 1, 2 , {"b":1, "a":2} ]"#,
+            br#""a JSON string \" with } and {""#,
+            b"12345678901234567890.000",
+            b"null",
+            br#"{"data":{"data":1},"x":"data"}"#,
+            b"{}",
+        ];
+        for data in samples {
+            let mut e = Event::new("1", "/t", "t");
+            e.datacontenttype = Some("application/json".into());
+            e.data = Bytes::copy_from_slice(data);
+            e.extensions.insert("zz".into(), "last".into());
+            let json = e.to_json();
+            let back =
+                Event::from_json(&json).unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&json)));
+            assert_eq!(&back.data[..], data, "{}", String::from_utf8_lossy(&json));
+            assert_eq!(back.extensions["zz"], "last");
+            assert_eq!(back, Event::from_json(&back.to_json()).unwrap());
+        }
+    }
+
+    #[test]
+    fn member_spans_are_found_after_nested_strings_and_duplicates() {
+        let doc = br#" { "a" : "x\"data\":1" , "data" : [ {"data":2} ] , "b":true, "data":  {"k":"v"}  } "#;
+        assert_eq!(&doc[member_span(doc, b"data").unwrap()], br#"{"k":"v"}"#);
+        assert_eq!(&doc[member_span(doc, b"b").unwrap()], b"true");
+        assert_eq!(member_span(doc, b"c"), None);
+        assert_eq!(member_span(b"[1]", b"data"), None);
+        // Structured events from elsewhere: the data as written there.
+        let e = Event::from_json(br#"{"id":"1","source":"/s","type":"t","data":{"b":1,"a":[1.0, 2]}}"#).unwrap();
+        assert_eq!(&e.data[..], br#"{"b":1,"a":[1.0, 2]}"#);
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        // A string for a non-JSON type is its text; for a JSON type, JSON.
+        let e = Event::from_json(
+            br#"{"id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"hi \"x\""}"#,
+        )
+        .unwrap();
+        assert_eq!(&e.data[..], br#"hi "x""#);
+        let e = Event::from_json(
+            br#"{"id":"1","source":"/s","type":"t","datacontenttype":"application/json","data":"hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(&e.data[..], br#""hi""#);
+    }
 
     #[test]
     fn json_data_is_embedded_and_round_trips() {

@@ -327,3 +327,34 @@ async fn a_redeployed_function_keeps_consuming_with_its_new_settings() {
     assert_eq!(resp.text().await.unwrap(), "Hello, v2!", "the new code runs");
     node.stop().await;
 }
+
+/// JSON data reaches the function as it was sent, through the queue and the
+/// worker (key order, a number no float can hold, an exponent, spacing), and
+/// the function's JSON output leaves by a destination the same way.
+#[tokio::test]
+async fn json_data_travels_byte_exact_through_the_queue() {
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    crate::common::Results::create(&nats.url()).await;
+    node.deploy_ok(
+        "echo",
+        &example("echo-command"),
+        &[("on_success", "jetstream:results.echo"), ("success_body", "output")],
+    )
+    .await;
+    let data = r#"{"zebra":1,"apple":12345678901234567890123,"f":1e2,"g":[3, 2,1]}"#;
+    node.invoke_async("echo", "application/json", data).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let message = crate::common::eventually(Duration::from_secs(30), "the echoed event", || async {
+        let stream = js.get_stream("RESULTS").await.ok()?;
+        stream.get_last_raw_message_by_subject("results.echo").await.ok()
+    })
+    .await;
+    let payload = String::from_utf8(message.payload.to_vec()).unwrap();
+    // echo-command upper-cases the event it reads on stdin.
+    assert!(
+        payload.contains(&format!(r#""DATA":{}"#, data.to_uppercase())),
+        "{payload}"
+    );
+    node.stop().await;
+}
