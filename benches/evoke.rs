@@ -31,7 +31,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn row(name: &str, baseline: f64, evoke: f64, unit: &str) {
     println!(
-        "{name:<44} baseline {baseline:>12.1} {unit:<6} evoke {evoke:>12.1} {unit:<6} ratio {:.2}",
+        "{name:<60} baseline {baseline:>12.1} {unit:<6} evoke {evoke:>12.1} {unit:<6} ratio {:.2}",
         evoke / baseline
     );
 }
@@ -84,23 +84,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(resp.status().is_success(), "deploy failed: {}", resp.text().await?);
     let body = "x".repeat(MSG);
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        let req = http
-            .post(format!("{base}/v1/functions/noop/invoke"))
-            .header("content-type", "text/plain")
-            .header("x-evoke-invocation-type", "async")
-            .body(body.clone())
-            .send();
-        inflight.push(req);
-        if inflight.len() >= 64 {
-            let r = inflight.next().await.expect("in flight")?;
-            anyhow::ensure!(r.status() == 202, "async invoke: {}", r.status());
-        }
-    }
-    while let Some(r) = inflight.next().await {
-        anyhow::ensure!(r?.status() == 202);
-    }
+    queue(&http, &format!("{base}/v1/functions/noop/invoke"), &body, n).await?;
     let evoke_ingest = n as f64 / start.elapsed().as_secs_f64();
     row(
         "ingest: JetStream publish+ack vs async invoke",
@@ -150,8 +134,12 @@ async fn main() -> anyhow::Result<()> {
         "msg/s",
     );
 
-    // 2. Throughput: raw consume+ack vs evoke end-to-end (queued events run
-    //    by a no-op component, 64 instances).
+    // 2. End to end, as its baselines: a queue filled while no worker runs,
+    //    then drained. The baselines pull the same number of messages from
+    //    JetStream, run the same guest on each (components: one warm
+    //    instance; WASI commands: a fresh pooled instance per event) and
+    //    ack. evoke's node start-up is not timed: the clock starts at its
+    //    first finished event.
     let raw_stream = js.get_stream("RAW").await?;
     let consumer = raw_stream
         .create_consumer(pull::Config {
@@ -167,26 +155,51 @@ async fn main() -> anyhow::Result<()> {
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let raw_consume = n as f64 / start.elapsed().as_secs_f64();
+    let counter = examples("counter");
+    let raw_warm = raw_drain(&raw_stream, "raw-warm", n, &counter, Guest::Component).await?;
 
-    let worker_dir = tempfile::TempDir::new()?;
-    let cfg = NodeConfig::new("127.0.0.1:0".parse()?, &nats.url(), worker_dir.path().into());
-    let start = Instant::now();
-    let worker = Node::start(cfg).await?;
-    let events = js.get_stream(evoke::bus::STREAM_EVENTS).await?;
-    loop {
-        let mut s = events.clone();
-        if s.info().await?.state.messages == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let evoke_e2e = n as f64 / start.elapsed().as_secs_f64();
+    let rss_idle = rss_mb();
+    let (evoke_e2e, rss_busy) = drain(&nats.url(), n).await?;
     row(
         "async: JetStream consume+ack vs end-to-end",
         raw_consume,
         evoke_e2e,
         "msg/s",
     );
+    row(
+        "async: pull+warm call+ack vs end-to-end (component)",
+        raw_warm,
+        evoke_e2e,
+        "msg/s",
+    );
+
+    // The same with a WASI command (a fresh instance per event).
+    let command = examples("echo-command");
+    let resp = http
+        .put(format!("{base}/v1/functions/noop-command?max_instances=64"))
+        .header("content-type", "application/wasm")
+        .body(command.clone())
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "deploy failed: {}", resp.text().await?);
+    queue(&http, &format!("{base}/v1/functions/noop-command/invoke"), &body, n).await?;
+    let raw_fresh = raw_drain(&raw_stream, "raw-fresh", n, &command, Guest::Command).await?;
+    let (evoke_cmd, _) = drain(&nats.url(), n).await?;
+    row(
+        "async: pull+fresh instance+ack vs end-to-end (WASI command)",
+        raw_fresh,
+        evoke_cmd,
+        "msg/s",
+    );
+    println!(
+        "{:<60} {:>12.1} MB idle, {:.1} MB draining (this process: nodes and load)",
+        "memory: resident set", rss_idle, rss_busy
+    );
+
+    // A node for the sync and sandbox lines.
+    let worker_dir = tempfile::TempDir::new()?;
+    let cfg = NodeConfig::new("127.0.0.1:0".parse()?, &nats.url(), worker_dir.path().into());
+    let worker = Node::start(cfg).await?;
 
     // 3. Latency: bare axum echo vs evoke sync invoke, one request at a time.
     let app = axum::Router::new().route("/echo", axum::routing::post(|b: Bytes| async move { b }));
@@ -304,39 +317,13 @@ async fn main() -> anyhow::Result<()> {
 /// on an existing instance (p50, µs).
 async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> {
     use evoke::executor::bindings;
-    use evoke::executor::sandbox::{ComponentState, Sandbox};
-    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    use wasmtime::component::Component;
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
     let engine = evoke::executor::engine::build(100, false).map_err(err)?;
     let compiled = Component::new(&engine, code).map_err(err)?.serialize().map_err(err)?;
-    let mut linker = Linker::<ComponentState>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-    bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
-    bindings::evoke::function::objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
-    let event = bindings::Event {
-        id: "1".into(),
-        source: "/bench".into(),
-        type_: "bench".into(),
-        specversion: "1.0".into(),
-        subject: None,
-        time: None,
-        datacontenttype: None,
-        data: vec![],
-        extensions: vec![],
-    };
-    let new_store = || {
-        let mut s = wasmtime::Store::new(
-            &engine,
-            ComponentState {
-                wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
-                table: ResourceTable::new(),
-                sandbox: Sandbox::new(128 << 20, 65536, None),
-                objects: Default::default(),
-            },
-        );
-        s.set_epoch_deadline(u64::MAX / 2);
-        s
-    };
+    let linker = raw_linker(&engine)?;
+    let event = raw_event(b"");
+    let new_store = || raw_store(&engine, Bytes::new());
     let mut cold = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
@@ -372,4 +359,179 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
     cold.sort();
     warm.sort();
     Ok((pct(&cold, 0.5).as_secs_f64() * 1e6, pct(&warm, 0.5).as_secs_f64() * 1e6))
+}
+
+/// Queues `n` async invocations at `url`, 64 requests in flight.
+async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyhow::Result<()> {
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        let req = http
+            .post(url)
+            .header("content-type", "text/plain")
+            .header("x-evoke-invocation-type", "async")
+            .body(body.to_string())
+            .send();
+        inflight.push(req);
+        if inflight.len() >= 64 {
+            let r = inflight.next().await.expect("in flight")?;
+            anyhow::ensure!(r.status() == 202, "async invoke: {}", r.status());
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        anyhow::ensure!(r?.status() == 202, "async invoke");
+    }
+    Ok(())
+}
+
+/// This process's resident set size, in MB (Linux).
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts a worker node on a queue filled beforehand and times draining it
+/// from its first finished event; returns events/s and the highest RSS (MB)
+/// seen meanwhile. The node is stopped after.
+async fn drain(nats: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::TempDir::new()?;
+    let client = async_nats::connect(nats).await?;
+    let mut events = jetstream::new(client).get_stream(evoke::bus::STREAM_EVENTS).await?;
+    let queued = |s: &mut jetstream::stream::Stream| {
+        let mut s = s.clone();
+        async move { s.info().await.map(|i| i.state.messages) }
+    };
+    anyhow::ensure!(queued(&mut events).await? as usize >= n, "the queue was not filled");
+    let cfg = NodeConfig::new("127.0.0.1:0".parse()?, nats, dir.path().into());
+    let worker = Node::start(cfg).await?;
+    let (mut start, mut left) = (None, 0u64);
+    let mut rss = 0f64;
+    loop {
+        let now = queued(&mut events).await?;
+        rss = rss.max(rss_mb());
+        if now == 0 {
+            break;
+        }
+        if start.is_none() && (now as usize) < n {
+            (start, left) = (Some(Instant::now()), now);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = left as f64 / start.map_or(f64::NAN, |s: Instant| s.elapsed().as_secs_f64());
+    worker.stop().await;
+    Ok((rate, rss))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Guest {
+    /// A component: one warm instance, `handle` per event.
+    Component,
+    /// A WASI command: a fresh pooled instance per event, stdin to stdout.
+    Command,
+}
+
+/// The end-to-end baseline: a bare loop pulling `n` messages of subject
+/// `raw.a` with a durable of its own, running each in `code`, then acking.
+async fn raw_drain(
+    stream: &jetstream::stream::Stream,
+    durable: &str,
+    n: usize,
+    code: &[u8],
+    guest: Guest,
+) -> anyhow::Result<f64> {
+    use evoke::executor::bindings;
+    use wasmtime::component::Component;
+    let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+    let engine = evoke::executor::engine::build(100, false).map_err(err)?;
+    let component = Component::new(&engine, code).map_err(err)?;
+    let linker = raw_linker(&engine)?;
+    let pre = linker.instantiate_pre(&component).map_err(err)?;
+    let new_store = |stdin: Bytes| raw_store(&engine, stdin);
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: "raw.a".into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    let event = raw_event;
+    let start = Instant::now();
+    match guest {
+        Guest::Component => {
+            let mut store = new_store(Bytes::new());
+            let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
+            let handle = instance
+                .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")
+                .map_err(err)?;
+            for _ in 0..n {
+                let m = msgs.next().await.expect("message")?;
+                let _ = handle.call_async(&mut store, (event(&m.payload),)).await.map_err(err)?;
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        Guest::Command => {
+            let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(err)?;
+            for _ in 0..n {
+                let m = msgs.next().await.expect("message")?;
+                let mut store = new_store(m.payload.clone());
+                let cmd = pre.instantiate_async(&mut store).await.map_err(err)?;
+                let _ = cmd.wasi_cli_run().call_run(&mut store).await.map_err(err)?;
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A linker with what evoke links for components: WASI and evoke's host.
+fn raw_linker(
+    engine: &wasmtime::Engine,
+) -> anyhow::Result<wasmtime::component::Linker<evoke::executor::sandbox::ComponentState>> {
+    use evoke::executor::bindings::evoke::function::{host, objects};
+    use evoke::executor::sandbox::ComponentState;
+    use wasmtime::component::{HasSelf, Linker};
+    let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+    let mut linker = Linker::<ComponentState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+    host::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
+    objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut linker, |s| s).map_err(err)?;
+    Ok(linker)
+}
+
+/// A store with the limits evoke gives a function, `stdin` on stdin.
+fn raw_store(engine: &wasmtime::Engine, stdin: Bytes) -> wasmtime::Store<evoke::executor::sandbox::ComponentState> {
+    use evoke::executor::sandbox::{ComponentState, Sandbox};
+    let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+    wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin))
+        .stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20));
+    let mut s = wasmtime::Store::new(
+        engine,
+        ComponentState {
+            wasi: wasi.build(),
+            table: wasmtime::component::ResourceTable::new(),
+            sandbox: Sandbox::new(128 << 20, 65536, None),
+            objects: Default::default(),
+        },
+    );
+    s.set_epoch_deadline(u64::MAX / 2);
+    s
+}
+
+/// The event a baseline hands to `handle`.
+fn raw_event(data: &[u8]) -> evoke::executor::bindings::Event {
+    evoke::executor::bindings::Event {
+        id: "1".into(),
+        source: "/bench".into(),
+        type_: "bench".into(),
+        specversion: "1.0".into(),
+        subject: None,
+        time: None,
+        datacontenttype: (!data.is_empty()).then(|| "text/plain".into()),
+        data: data.to_vec(),
+        extensions: vec![],
+    }
 }
