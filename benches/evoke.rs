@@ -254,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
     let rounds = if quick { 50 } else { 300 };
     let mut cold = Vec::new();
     let mut load = Vec::new();
+    let mut fresh = Vec::new();
     for rev in 1..=rounds {
         let f = Arc::new(DeployedFunction {
             name: "noop".parse().map_err(|e: String| anyhow::anyhow!(e))?,
@@ -268,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
         let c = run.cold.expect("a new revision starts cold");
         load.push(Duration::from_micros(c.compile_or_load_us));
+        fresh.push(Duration::from_micros(c.instantiate_us));
         cold.push(run.duration);
     }
     let f = Arc::new(DeployedFunction {
@@ -288,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
     }
     cold.sort();
     load.sort();
+    fresh.sort();
     warm.sort();
     let raw = raw_wasmtime(&code, rounds as usize).await?;
     row(
@@ -302,6 +305,12 @@ async fn main() -> anyhow::Result<()> {
         pct(&load, 0.5).as_secs_f64() * 1e6
     );
     row(
+        "fresh instance p99 (instantiate from loaded code)",
+        raw.2,
+        pct(&fresh, 0.99).as_secs_f64() * 1e6,
+        "us",
+    );
+    row(
         "warm invoke p50 (instance reused)",
         raw.1,
         pct(&warm, 0.5).as_secs_f64() * 1e6,
@@ -313,9 +322,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raw wasmtime, same component: deserialize + instantiate + call, and a call
-/// on an existing instance (p50, µs).
-async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> {
+/// Raw wasmtime, same component: deserialize + instantiate + call (p50), a
+/// call on an existing instance (p50), and the instantiation alone (p99), µs.
+async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64, f64)> {
     use evoke::executor::bindings;
     use wasmtime::component::Component;
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
@@ -325,13 +334,16 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
     let event = raw_event(b"");
     let new_store = || raw_store(&engine, Bytes::new());
     let mut cold = Vec::new();
+    let mut fresh = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
         // SAFETY: bytes produced by `serialize` on this engine just above.
         let component = unsafe { Component::deserialize(&engine, &compiled) }.map_err(err)?;
         let pre = linker.instantiate_pre(&component).map_err(err)?;
         let mut store = new_store();
+        let i = Instant::now();
         let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
+        fresh.push(i.elapsed());
         let init = instance
             .get_typed_func::<(), (Result<(), String>,)>(&mut store, "init")
             .map_err(err)?;
@@ -358,7 +370,9 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64)> 
     }
     cold.sort();
     warm.sort();
-    Ok((pct(&cold, 0.5).as_secs_f64() * 1e6, pct(&warm, 0.5).as_secs_f64() * 1e6))
+    fresh.sort();
+    let us = |sorted: &[Duration], p| pct(sorted, p).as_secs_f64() * 1e6;
+    Ok((us(&cold, 0.5), us(&warm, 0.5), us(&fresh, 0.99)))
 }
 
 /// Queues `n` async invocations at `url`, 64 requests in flight.
