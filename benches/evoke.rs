@@ -318,8 +318,71 @@ async fn main() -> anyhow::Result<()> {
     );
 
     worker.stop().await;
+
+    // 5. Many functions: deploy them, then start a node that has them all.
+    let functions: usize = std::env::args()
+        .skip_while(|a| a != "--functions")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 200 } else { 10_000 });
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..functions {
+        let req = http
+            .put(format!("{base}/v1/functions/many-{i:05}"))
+            .header("content-type", "application/wasm")
+            .body(counter.clone())
+            .send();
+        inflight.push(req);
+        if inflight.len() >= 16 {
+            let r = inflight.next().await.expect("in flight")?;
+            anyhow::ensure!(r.status().is_success(), "deploy: {}", r.status());
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        anyhow::ensure!(r?.status().is_success(), "deploy");
+    }
+    let deploys = functions as f64 / start.elapsed().as_secs_f64();
+    let nats_before = rss_of(nats.pid());
+    let rss_before = rss_mb();
+    let dir = tempfile::TempDir::new()?;
+    let start = Instant::now();
+    let many = Node::start(NodeConfig::new("127.0.0.1:0".parse()?, &nats.url(), dir.path().into())).await?;
+    let started = start.elapsed();
+    // Let it settle (consumers, watches) before reading memory.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss_node, nats_after) = (rss_mb() - rss_before, rss_of(nats.pid()));
+    let mut first_calls = Vec::new();
+    for i in (0..functions).step_by((functions / 100).max(1)).take(100) {
+        let t = Instant::now();
+        let r = http
+            .post(format!("http://{}/v1/functions/many-{i:05}/invoke", many.addr))
+            .body("x")
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "invoke many-{i:05}: {}", r.status());
+        first_calls.push(t.elapsed());
+    }
+    first_calls.sort();
+    println!(
+        "{functions} functions: deployed at {deploys:.0}/s; a node starting with them: {} ms to serve, +{rss_node:.1} MB RSS after 5 s; nats-server {nats_before:.0} -> {nats_after:.0} MB; first sync call of 100 of them p50 {:.0} us, p99 {:.0} us",
+        started.as_millis(),
+        pct(&first_calls, 0.5).as_secs_f64() * 1e6,
+        pct(&first_calls, 0.99).as_secs_f64() * 1e6,
+    );
+    many.stop().await;
     ingest.stop().await;
     Ok(())
+}
+
+/// The resident set size of process `pid`, in MB (Linux).
+fn rss_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Raw wasmtime, same component: deserialize + instantiate + call (p50), a
@@ -399,12 +462,7 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
 
 /// This process's resident set size, in MB (Linux).
 fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    rss_of(std::process::id())
 }
 
 /// Starts a worker node on a queue filled beforehand and times draining it
