@@ -219,9 +219,22 @@ impl<T: Entry> Catalog<T> {
             failures = 0;
             if last > 0 {
                 tracing::info!(bucket = %self.bucket(), from = last + 1, "registry watch resumed");
-            } else if self.kv.status().await.is_ok_and(|s| s.values() == 0) {
-                // Nothing stored: no entry will say it is the last one.
-                self.loaded.send_replace(true);
+            } else {
+                match self.kv.status().await {
+                    // Nothing stored: no entry will say it is the last one.
+                    Ok(s) if s.values() == 0 => {
+                        self.loaded.send_replace(true);
+                    }
+                    Ok(_) => {}
+                    // Unknown: the view could never be called loaded.
+                    Err(e) => {
+                        tracing::warn!(bucket = %self.bucket(), error = %e, "cannot read the registry's size; re-subscribing");
+                        tokio::select! {
+                            _ = tokio::time::sleep(crate::invoker::retry::RECONNECT.min) => continue,
+                            _ = shutdown.recv() => return,
+                        }
+                    }
+                }
             }
             loop {
                 tokio::select! {
