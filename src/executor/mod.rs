@@ -262,7 +262,14 @@ pub struct Executor {
     config: ExecutorConfig,
     /// Where functions' object calls go (`None`: no object access).
     objects: Option<Arc<dyn objects::ObjectBackend>>,
+    /// Code this node has checked, by digest: deploying the same code again
+    /// (another function, a new setting) skips compiling it.
+    checked: Mutex<HashMap<String, GuestKind>>,
 }
+
+/// Digests kept in [`Executor::check_code`]'s memory (forgotten all at once
+/// past this: it only saves compiling again).
+const CHECKED_MAX: usize = 4096;
 
 /// Whether an error says the pooling allocator has no free slot.
 pub(crate) fn is_pool_full(e: &wasmtime::Error) -> bool {
@@ -331,6 +338,7 @@ impl Executor {
             slots: Mutex::new(HashMap::new()),
             config,
             objects,
+            checked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -355,6 +363,15 @@ impl Executor {
     pub async fn check_code(&self, code: Bytes) -> Result<(GuestKind, String), CodeError> {
         let engine = self.engine.clone();
         let digest = digest(&code);
+        if let Some(kind) = self
+            .checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .copied()
+        {
+            return Ok((kind, digest));
+        }
         let cache = self.cache.clone();
         let digest_for_cache = digest.clone();
         // Compiling and writing the cache both block: off the async runtime.
@@ -369,6 +386,11 @@ impl Executor {
         .map_err(|e| CodeError::Invalid(format!("compiler crashed: {e}")))??;
         let (kind, compiled) = compiled;
         guest::prepare(kind, compiled, &self.component_linker, &self.module_linker)?;
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.len() >= CHECKED_MAX {
+            checked.clear();
+        }
+        checked.insert(digest.clone(), kind);
         Ok((kind, digest))
     }
 
