@@ -287,15 +287,18 @@ async fn functions(invoker: &Invoker, warnings: &mut Vec<String>) -> Result<Vec<
     for name in invoker.registry.subscribe().borrow().keys() {
         per_fn.insert(name.clone(), (0, 0));
     }
-    for (stream, prefix, dlq) in [
-        (bus::STREAM_EVENTS, bus::SUBJECT_INVOKE, false),
-        (bus::STREAM_DLQ, bus::SUBJECT_DLQ, true),
-    ] {
-        for (subject, n) in b.subject_counts(stream, &format!("{prefix}.>")).await? {
-            if let Some(f) = bus::function_in(&subject, prefix) {
-                let counts = per_fn.entry(f.to_string()).or_default();
-                if dlq { counts.1 += n } else { counts.0 += n }
-            }
+    let deployed: Vec<String> = per_fn.keys().cloned().collect();
+    for (f, n) in b.queue_depths(&deployed).await? {
+        if n > 0 || per_fn.contains_key(&f) {
+            per_fn.entry(f).or_default().0 += n;
+        }
+    }
+    for (subject, n) in b
+        .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
+        .await?
+    {
+        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_DLQ) {
+            per_fn.entry(f.to_string()).or_default().1 += n;
         }
     }
     let events = b.js.get_stream(bus::STREAM_EVENTS).await.nats("opening the queue")?;
@@ -304,7 +307,7 @@ async fn functions(invoker: &Invoker, warnings: &mut Vec<String>) -> Result<Vec<
         let mut oldest_event_age_s = None;
         if queued > 0
             && let Ok(m) = events
-                .get_first_raw_message_by_subject(bus::invoke_subject(&name), 1)
+                .get_first_raw_message_by_subject(bus::invoke_filter(&name), 1)
                 .await
         {
             let age = time::OffsetDateTime::now_utc() - m.time;

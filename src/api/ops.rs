@@ -66,7 +66,7 @@ pub async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiEr
 pub async fn invocation(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let record = s
         .invoker
-        .get_record(&id)
+        .find_invocation(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("invocation", &id))?;
     Ok(Json(serde_json::to_value(record).unwrap_or_default()))

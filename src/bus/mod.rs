@@ -7,6 +7,7 @@
 pub mod config;
 pub mod names;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
@@ -201,6 +202,41 @@ impl Bus {
             .collect()
     }
 
+    /// Events waiting (queued, running or waiting for a retry) for each of
+    /// `functions`. Every event has its own subject, so counting subjects
+    /// would list the whole queue: a function's depth is read from its
+    /// durable consumer instead (one request per 256 functions), and only a
+    /// function without one yet (no worker ever started for it) has its
+    /// subjects counted.
+    pub async fn queue_depths(&self, functions: &[String]) -> Result<HashMap<String, u64>, NatsError> {
+        let doing = "reading queue depths";
+        let stream = self.js.get_stream(STREAM_EVENTS).await.nats(doing)?;
+        let mut out = HashMap::new();
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.nats(doing)?;
+            if let Some(f) = consumer_function(&info.name) {
+                out.insert(f.to_string(), info.num_pending + info.num_ack_pending as u64);
+            }
+        }
+        for f in functions {
+            if out.contains_key(f) {
+                continue;
+            }
+            let mut n = 0;
+            for filter in [invoke_filter(f), legacy_invoke_subject(f)] {
+                n += self
+                    .subject_counts(STREAM_EVENTS, &filter)
+                    .await?
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
+            }
+            out.insert(f.clone(), n);
+        }
+        Ok(out)
+    }
+
     /// Whether the connection to NATS is up now.
     pub fn connected(&self) -> bool {
         matches!(self.client.connection_state(), async_nats::connection::State::Connected)
@@ -241,7 +277,7 @@ impl Bus {
             headers.insert(*k, *v);
         }
         self.js
-            .publish_with_headers(invoke_subject(function), headers, payload)
+            .publish_with_headers(invoke_subject(function, invocation_id), headers, payload)
             .await
     }
 }

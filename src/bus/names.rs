@@ -30,9 +30,27 @@ pub const HDR_INVOCATION_ID: &str = "Evoke-Invocation-Id";
 /// Header set on events put back by `dlq redrive`.
 pub const HDR_REDRIVEN: &str = "Evoke-Redriven";
 
-/// Where async events for `function` wait.
-pub fn invoke_subject(function: &str) -> String {
+/// Where the async event of invocation `id` of `function` waits: one
+/// subject per invocation, so a queued invocation is found by its id alone
+/// (`GET /v1/invocations/{id}` before any record exists).
+pub fn invoke_subject(function: &str, id: &str) -> String {
+    format!("{SUBJECT_INVOKE}.{function}.{id}")
+}
+
+/// Every queued event of `function`.
+pub fn invoke_filter(function: &str) -> String {
+    format!("{SUBJECT_INVOKE}.{function}.*")
+}
+
+/// Where evoke before per-invocation subjects queued `function`'s events;
+/// its consumers still take them, so an upgrade strands none.
+pub fn legacy_invoke_subject(function: &str) -> String {
     format!("{SUBJECT_INVOKE}.{function}")
+}
+
+/// The queued event of invocation `id`, whatever its function.
+pub fn invocation_filter(id: &str) -> String {
+    format!("{SUBJECT_INVOKE}.*.{id}")
 }
 
 /// Where one dead letter of `function` is kept.
@@ -61,6 +79,11 @@ pub fn consumer_name(function: &str) -> String {
     format!("fn-{function}")
 }
 
+/// The function whose workers share the durable consumer `name`.
+pub fn consumer_function(name: &str) -> Option<&str> {
+    name.strip_prefix("fn-").filter(|f| !f.is_empty())
+}
+
 /// Sync invocations relayed to a worker node (request/reply).
 pub const SUBJECT_SYNC: &str = "evoke.sync";
 /// Queue group of the nodes serving relayed sync invocations.
@@ -76,7 +99,7 @@ pub fn sync_filter() -> String {
     format!("{SUBJECT_SYNC}.*")
 }
 
-/// The function a subject under `prefix` belongs to: `evoke.invoke.<fn>`,
+/// The function a subject under `prefix` belongs to: `evoke.invoke.<fn>.<id>`,
 /// `evoke.dlq.<fn>.<id>`, `evoke.sync.<fn>`, `evoke.logs.<fn>`.
 pub fn function_in<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
     subject
@@ -108,11 +131,13 @@ mod tests {
 
     #[test]
     fn subjects_name_their_function_and_back() {
-        assert_eq!(function_in(&invoke_subject("f-1"), SUBJECT_INVOKE), Some("f-1"));
+        assert_eq!(function_in(&invoke_subject("f-1", "abc"), SUBJECT_INVOKE), Some("f-1"));
+        assert_eq!(function_in(&legacy_invoke_subject("f-1"), SUBJECT_INVOKE), Some("f-1"));
         assert_eq!(function_in(&dlq_subject("f-1", "abc"), SUBJECT_DLQ), Some("f-1"));
         assert_eq!(function_in(&sync_subject("g"), SUBJECT_SYNC), Some("g"));
         assert_eq!(function_in("evoke.invokes.f", SUBJECT_INVOKE), None);
+        assert_eq!(consumer_function(&consumer_name("f-1")), Some("f-1"));
         assert_eq!(function_in("evoke.invoke.", SUBJECT_INVOKE), None);
-        assert!(reserved_subject(&invoke_subject("f")).is_some());
+        assert!(reserved_subject(&invoke_subject("f", "i")).is_some());
     }
 }

@@ -165,7 +165,16 @@ impl Invoker {
 
     /// Queues an event for `f`; returns once JetStream has stored it, with
     /// whether JetStream already had it (same id within its duplicate window).
+    ///
+    /// Nothing else is stored: until a worker writes its record, a queued
+    /// invocation is found by its event's subject (see [`Invoker::find_invocation`]).
     pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<bool, EnqueueError> {
+        if !valid_id(id) {
+            // Its subject would not be one token: no consumer would take it.
+            return Err(EnqueueError::Unavailable(format!(
+                "`{id}` is not a valid invocation id"
+            )));
+        }
         let payload = Bytes::from(event.to_json());
         let max = self.bus.max_event();
         if payload.len() > max {
@@ -174,24 +183,12 @@ impl Invoker {
                 max,
             });
         }
-        let record = Record::new(id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
-        // The record and the event are published back to back and their acks
-        // awaited together: one round trip, not two. The record is only
-        // created, never overwritten: a duplicate of an event already run
-        // must not turn its record back to `queued`.
-        let record_ack = self.publish_record_logged(&record, true).await;
         let ack = self
             .bus
             .enqueue(f.name.as_str(), id, id, payload, &[])
             .await
             .map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         let stored = ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
-        if let Some(record_ack) = record_ack
-            && let Err(e) = record_ack.await
-            && e.kind() != PublishErrorKind::WrongLastSequence
-        {
-            tracing::warn!(invocation = id, error = %e, "invocation record not stored");
-        }
         Ok(stored.duplicate)
     }
 
@@ -215,7 +212,8 @@ impl Invoker {
         }
         if let Ok(stream) = self.bus.js.get_stream(bus::STREAM_EVENTS).await {
             let _ = stream.delete_consumer(&bus::consumer_name(name)).await;
-            let _ = stream.purge().filter(bus::invoke_subject(name)).await;
+            let _ = stream.purge().filter(bus::invoke_filter(name)).await;
+            let _ = stream.purge().filter(bus::legacy_invoke_subject(name)).await;
         }
         Ok(true)
     }
@@ -242,29 +240,66 @@ impl Invoker {
         }
     }
 
-    /// Publishes a record and returns the pending ack. `create_only` makes
-    /// JetStream refuse it when the record already exists.
+    /// What `GET /v1/invocations/{id}` shows: the record, or, for an
+    /// invocation no worker has written one for yet, a `queued` record made
+    /// from its event on the queue.
+    pub async fn find_invocation(&self, id: &str) -> Result<Option<Record>, RecordError> {
+        if let Some(record) = self.get_record(id).await? {
+            return Ok(Some(record));
+        }
+        if let Some(record) = self.queued_record(id).await? {
+            return Ok(Some(record));
+        }
+        // A worker may have written the record and acked the event between
+        // the two reads.
+        self.get_record(id).await
+    }
+
+    /// A `queued` record for invocation `id` from its event, if it waits on
+    /// the queue.
+    async fn queued_record(&self, id: &str) -> Result<Option<Record>, RecordError> {
+        let doing = "looking for a queued event";
+        let stream = self.bus.js.get_stream(bus::STREAM_EVENTS).await.nats(doing)?;
+        let msg = match stream
+            .get_last_raw_message_by_subject(&bus::invocation_filter(id))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(RecordError::Nats(NatsError {
+                    doing: doing.into(),
+                    message: e.to_string(),
+                }));
+            }
+        };
+        let Some(function) = bus::function_in(msg.subject.as_str(), bus::SUBJECT_INVOKE) else {
+            return Ok(None);
+        };
+        let event_id = Event::from_json(&msg.payload).map(|e| e.id).unwrap_or_default();
+        let mut record = Record::new(id, function, Mode::Async, &event_id, Status::Queued);
+        let queued_at = chrono::DateTime::from_timestamp(msg.time.unix_timestamp(), msg.time.nanosecond());
+        if let Some(at) = queued_at {
+            record.created_at = at;
+            record.updated_at = at;
+        }
+        Ok(Some(record))
+    }
+
+    /// Publishes a record and returns the pending ack.
     async fn publish_record(
         &self,
         record: &Record,
-        create_only: bool,
     ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
         let subject = bus::invocation_record_subject(&record.id);
-        if create_only {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-            self.bus
-                .js
-                .publish_with_headers(subject, headers, record.to_bytes())
-                .await
-        } else {
-            self.bus.js.publish(subject, record.to_bytes()).await
-        }
+        self.bus.js.publish(subject, record.to_bytes()).await
     }
 
     /// Like `publish_record`, logging a failed publish instead of returning it.
-    async fn publish_record_logged(&self, record: &Record, create_only: bool) -> Option<PublishAckFuture> {
-        match self.publish_record(record, create_only).await {
+    async fn publish_record_logged(&self, record: &Record) -> Option<PublishAckFuture> {
+        match self.publish_record(record).await {
             Ok(ack) => Some(ack),
             Err(e) => {
                 tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
@@ -278,7 +313,7 @@ impl Invoker {
     /// record never lands before an earlier one; a failed ack is logged.
     /// Records are informational: losing one loses no event.
     pub async fn put_record(&self, record: &Record) {
-        if let Some(ack) = self.publish_record_logged(record, false).await {
+        if let Some(ack) = self.publish_record_logged(record).await {
             let id = record.id.clone();
             tokio::spawn(async move {
                 if let Err(e) = ack.await {
@@ -292,7 +327,7 @@ impl Invoker {
     /// depends on it).
     pub async fn put_record_acked(&self, record: &Record) -> Result<(), NatsError> {
         let doing = "storing an invocation record";
-        let ack = self.publish_record(record, false).await.nats(doing)?;
+        let ack = self.publish_record(record).await.nats(doing)?;
         ack.await.map(|_| ()).nats(doing)
     }
 

@@ -91,15 +91,35 @@ fn settle_slots(f: &DeployedFunction) -> usize {
     (f.spec.max_instances as usize * 4).max(16)
 }
 
+/// Pull requests one consumer keeps in flight at most.
+const MAX_PULLS: usize = 4;
+
+/// How long freed run slots wait to be asked for together while other pull
+/// requests are in flight (one request per freed slot would cost a server
+/// round trip per event).
+const GATHER: Duration = Duration::from_micros(500);
+
+/// The messages of one pull request, each paired with the run slot it was
+/// asked for; the slots of messages that never came are freed when the
+/// request ends.
+type Pull = futures::stream::Zip<futures::stream::Iter<std::vec::IntoIter<OwnedSemaphorePermit>>, pull::Batch>;
+
 async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watch::Receiver<bool>) {
     let name = f.name.to_string();
-    let runs = Arc::new(Semaphore::new(f.spec.max_instances as usize));
+    let max_runs = f.spec.max_instances as usize;
+    let runs = Arc::new(Semaphore::new(max_runs));
     let settles = Arc::new(Semaphore::new(settle_slots(&f)));
+    // Freed slots are asked for in groups of this many (or after GATHER).
+    let group = (max_runs / MAX_PULLS).max(1);
     let mut tasks = JoinSet::new();
     let mut consumer: Option<Consumer<pull::Config>> = None;
     let mut opened_before = false;
     let mut failures = 0u32;
-    'outer: loop {
+    // Pull requests in flight, and free run slots not yet asked for.
+    let mut pulls: futures::stream::SelectAll<Pull> = futures::stream::SelectAll::new();
+    let mut free: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut ask_by: Option<tokio::time::Instant> = None;
+    loop {
         if *stop.borrow() {
             break;
         }
@@ -131,64 +151,75 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 }
             },
         };
-        // Wait for a free run slot, then ask for as many messages as there
-        // are free slots: every message pulled has a slot waiting for it.
-        let first = tokio::select! {
-            p = runs.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
-        };
-        let mut slots = vec![first];
-        while let Ok(p) = runs.clone().try_acquire_owned() {
-            slots.push(p);
-        }
-        let batch = c
-            .batch()
-            .max_messages(slots.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(function = %name, error = %e, "pull request failed; reopening the consumer");
-                consumer = None;
-                drop(slots);
-                tokio::select! {
-                    _ = tokio::time::sleep(retry::RECONNECT.min) => continue,
-                    _ = stop.changed() => break,
+        // Ask for as many messages as there are free slots: every message
+        // pulled has a slot waiting for it. With nothing in flight at once;
+        // beside other requests, once a group has gathered or waited enough.
+        let due = pulls.is_empty() || free.len() >= group || ask_by.is_some_and(|t| t <= tokio::time::Instant::now());
+        if !free.is_empty() && due && pulls.len() < MAX_PULLS {
+            while let Ok(p) = runs.clone().try_acquire_owned() {
+                free.push(p);
+            }
+            let slots = std::mem::take(&mut free);
+            ask_by = None;
+            match c
+                .batch()
+                .max_messages(slots.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(batch) => pulls.push(futures::stream::iter(slots).zip(batch)),
+                Err(e) => {
+                    tracing::debug!(function = %name, error = %e, "pull request failed; reopening the consumer");
+                    consumer = None;
+                    drop(slots);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry::RECONNECT.min) => continue,
+                        _ = stop.changed() => break,
+                    }
                 }
             }
+        }
+        let ask_timer = async {
+            match ask_by {
+                Some(t) if !free.is_empty() => tokio::time::sleep_until(t).await,
+                _ => std::future::pending().await,
+            }
         };
-        tokio::pin!(batch);
-        loop {
-            let next = tokio::select! {
-                m = batch.next() => m,
-                _ = stop.changed() => break 'outer,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    let Some(slot) = slots.pop() else {
-                        // The server sent more than was asked for: hand it
-                        // back at once rather than hold it without a slot.
-                        let _ = msg.ack_with(AckKind::Nak(None)).await;
-                        continue;
-                    };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            next = pulls.next(), if !pulls.is_empty() => match next {
+                Some((slot, Ok(msg))) => {
                     let (invoker, f, settles) = (invoker.clone(), f.clone(), settles.clone());
                     tasks.spawn(async move { handle(&invoker, &f, msg, slot, settles).await });
                 }
-                Some(Err(e)) => {
+                Some((_, Err(e))) => {
                     tracing::debug!(function = %name, error = %e, "consumer hiccup; reopening the consumer");
                     consumer = None;
-                    tokio::time::sleep(retry::RECONNECT.min).await;
-                    break;
+                    // Every request in flight goes with it (their slots too).
+                    pulls = futures::stream::SelectAll::new();
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry::RECONNECT.min) => {}
+                        _ = stop.changed() => break,
+                    }
                 }
-                None => break,
-            }
-            while tasks.try_join_next().is_some() {}
+                None => {}
+            },
+            p = runs.clone().acquire_owned() => match p {
+                Ok(p) => {
+                    free.push(p);
+                    ask_by.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                }
+                Err(_) => break,
+            },
+            _ = ask_timer => {}
         }
-        drop(slots);
         while tasks.try_join_next().is_some() {}
     }
+    // Slots not used; requests in flight end with them.
+    drop(pulls);
+    drop(free);
     // Let in-flight invocations finish (bounded by their timeout).
     while tasks.join_next().await.is_some() {}
 }
@@ -201,9 +232,17 @@ async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<Consumer<pull::
         .await
         .map_err(|e| e.to_string())?;
     let durable = bus::consumer_name(f.name.as_str());
+    // Events queued by an evoke from before per-invocation subjects are
+    // taken too, while there are any (a second filter costs the server a
+    // little on every pull, so only then).
+    let mut filter_subjects = vec![bus::invoke_filter(f.name.as_str())];
+    let legacy = bus::legacy_invoke_subject(f.name.as_str());
+    if stream.get_first_raw_message_by_subject(&legacy, 1).await.is_ok() {
+        filter_subjects.push(legacy);
+    }
     let config = pull::Config {
         durable_name: Some(durable.clone()),
-        filter_subject: bus::invoke_subject(f.name.as_str()),
+        filter_subjects,
         ack_policy: AckPolicy::Explicit,
         ack_wait: invoker.ack_wait,
         max_deliver: -1,
@@ -334,7 +373,12 @@ async fn handle(
 /// that fails is a system error, never "no record": that would forget the
 /// attempts and retries so far), with lost attempts accounted for.
 async fn record_of(invoker: &Invoker, f: &DeployedFunction, d: &Delivery, event: &Event) -> Result<Record, String> {
-    let fresh = || Record::new(&d.id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+    let fresh = || {
+        let mut r = Record::new(&d.id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
+        // Created when it was queued (its first record is written only now).
+        r.created_at -= chrono::Duration::from_std(d.age).unwrap_or_default();
+        r
+    };
     let mut record = if d.delivered > 1 || d.redrive.is_some() {
         invoker
             .get_record(&d.id)

@@ -302,9 +302,9 @@ async fn depths(
     Ok(out)
 }
 
-/// Keeps `evoke_queue_pending` and `evoke_dlq_depth` current: two NATS
-/// requests per `every` ([`DEPTH_REFRESH`] by default), whatever the number
-/// of functions, with a series for each deployed function.
+/// Keeps `evoke_queue_pending` and `evoke_dlq_depth` current: a few NATS
+/// requests per `every` ([`DEPTH_REFRESH`] by default; one per 256
+/// functions for the queue), with a series for each deployed function.
 pub async fn refresh_depths(
     bus: crate::bus::Bus,
     registry: crate::registry::Registry,
@@ -319,15 +319,10 @@ pub async fn refresh_depths(
             _ = shutdown.recv() => return,
         }
         let names: Vec<String> = registry.subscribe().borrow().keys().cloned().collect();
-        for (stream, prefix, gauge) in [
-            (
-                crate::bus::STREAM_EVENTS,
-                crate::bus::SUBJECT_INVOKE,
-                &metrics.queue_pending,
-            ),
-            (crate::bus::STREAM_DLQ, crate::bus::SUBJECT_DLQ, &metrics.dlq_depth),
-        ] {
-            match depths(&bus, stream, prefix).await {
+        let queues = bus.queue_depths(&names).await;
+        let dead = depths(&bus, crate::bus::STREAM_DLQ, crate::bus::SUBJECT_DLQ).await;
+        for (counts, gauge) in [(queues, &metrics.queue_pending), (dead, &metrics.dlq_depth)] {
+            match counts {
                 Ok(counts) => {
                     gauge.clear();
                     for name in &names {
@@ -335,7 +330,7 @@ pub async fn refresh_depths(
                         gauge.get_or_create(&FnLabel { function: name.clone() }).set(n as i64);
                     }
                 }
-                Err(e) => tracing::debug!(stream, error = %e, "cannot read depths for metrics"),
+                Err(e) => tracing::debug!(error = %e, "cannot read depths for metrics"),
             }
         }
     }

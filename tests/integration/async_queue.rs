@@ -358,3 +358,72 @@ async fn json_data_travels_byte_exact_through_the_queue() {
     );
     node.stop().await;
 }
+
+/// An accepted invocation is visible at once, before any worker touched it
+/// (its record is written only by the worker): `queued`, with its function,
+/// event id and the time it was queued; a duplicate changes nothing; an
+/// unknown id is 404. A worker started later runs it.
+#[tokio::test]
+async fn a_queued_invocation_is_found_before_any_worker_runs_it() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.workers = false;
+    let api = TestNode::with_config(c, dir).await;
+    api.deploy_ok("hello", &example("hello"), &[]).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let ce = json!({"specversion":"1.0","id":"evt-q","source":"/test","type":"t","data":{"name":"q"}});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = api
+            .http
+            .post(api.url("/v1/functions/hello/invoke"))
+            .header("content-type", "application/cloudevents+json")
+            .header("x-evoke-invocation-type", "async")
+            .body(ce.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let v: Value = resp.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+        // Right after the 202: no window without an answer.
+        let (status, r) = api.get(&format!("/v1/invocations/{}", ids[0])).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        assert_eq!(
+            (&r["status"], &r["function"], &r["mode"], &r["event_id"]),
+            (&json!("queued"), &json!("hello"), &json!("async"), &json!("evt-q")),
+            "{r}"
+        );
+        let created: chrono::DateTime<chrono::Utc> = r["created_at"].as_str().unwrap().parse().unwrap();
+        assert!(created >= before && created <= chrono::Utc::now(), "{r}");
+    }
+    assert_eq!(ids[0], ids[1]);
+    let plain = api.invoke_async("hello", "application/json", r#"{"name":"p"}"#).await;
+    let (status, r) = api.get(&format!("/v1/invocations/{plain}")).await;
+    assert_eq!((status, &r["status"]), (StatusCode::OK, &json!("queued")), "{r}");
+    let queued_at: chrono::DateTime<chrono::Utc> = r["created_at"].as_str().unwrap().parse().unwrap();
+    let (status, _) = api.get("/v1/invocations/0195ffffffff7fff8fffffffffffffff").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.get("/v1/invocations/a.b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let worker = TestNode::start(&nats.url()).await;
+    for id in [&ids[0], &plain] {
+        let r = api
+            .wait_record(id, Duration::from_secs(15), |r| r["status"] == "succeeded")
+            .await;
+        assert_eq!(r["attempts"].as_array().unwrap().len(), 1, "{r}");
+        if id == &plain {
+            let created: chrono::DateTime<chrono::Utc> = r["created_at"].as_str().unwrap().parse().unwrap();
+            let drift = (created - queued_at).num_milliseconds().abs();
+            assert!(
+                drift < 500,
+                "the worker's record keeps the time it was queued ({queued_at}): {r}"
+            );
+        }
+    }
+    worker.stop().await;
+    api.stop().await;
+}

@@ -399,11 +399,10 @@ pub async fn queued_events(nats_url: &str, function: &str) -> Vec<evoke_connecto
         let info = stream.info().await.expect("info");
         (info.state.first_sequence, info.state.last_sequence)
     };
-    let subject = evoke::bus::invoke_subject(function);
     let mut out = Vec::new();
     for seq in first..=last {
         if let Ok(m) = stream.get_raw_message(seq).await
-            && m.subject.as_str() == subject
+            && evoke::bus::function_in(m.subject.as_str(), evoke::bus::SUBJECT_INVOKE) == Some(function)
         {
             out.push(evoke_connectors::Event::from_json(&m.payload).expect("event"));
         }

@@ -113,7 +113,7 @@ async fn redrive_never_deletes_the_only_copy() {
     headers.insert("Nats-Msg-Id", format!("{id}.r.{seq}").as_str());
     headers.insert(evoke::bus::HDR_INVOCATION_ID, id.as_str());
     js.publish_with_headers(
-        evoke::bus::invoke_subject("flaky"),
+        evoke::bus::invoke_subject("flaky", &id),
         headers,
         dl["event"].to_string().into(),
     )
