@@ -427,3 +427,59 @@ async fn a_queued_invocation_is_found_before_any_worker_runs_it() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// Queue depth (`evoke status`, `evoke_queue_pending`) counts every event
+/// not yet settled: with no worker at all (no consumer yet), and with a
+/// worker running one and holding the rest.
+#[tokio::test]
+async fn queue_depth_counts_waiting_and_running_events() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.workers = false;
+    let api = TestNode::with_config(c, dir).await;
+    api.deploy_ok("slow", &busy_module(1500), &[("max_instances", "1")])
+        .await;
+    api.deploy_ok("idle", &example("hello"), &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(api.invoke_async("slow", "text/plain", &format!("e{i}")).await);
+    }
+    let depth = |status: &Value, name: &str| {
+        status["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["queued"].as_u64().unwrap())
+    };
+    let (_, status) = api.get("/v1/status").await;
+    assert_eq!(
+        (depth(&status, "slow"), depth(&status, "idle")),
+        (Some(3), Some(0)),
+        "{status:#}"
+    );
+    assert!(
+        api.wait_metric(r#"evoke_queue_pending{function="slow"} 3"#, Duration::from_secs(5))
+            .await
+    );
+
+    // A worker runs one at a time: the running one counts until it is acked.
+    let worker = TestNode::start(&nats.url()).await;
+    crate::common::eventually(Duration::from_secs(10), "the first event running", || async {
+        let mut running = 0;
+        for id in &ids {
+            running += usize::from(api.get(&format!("/v1/invocations/{id}")).await.1["status"] == "running");
+        }
+        let (_, r) = api.get("/v1/status").await;
+        (running == 1 && depth(&r, "slow") == Some(3)).then_some(())
+    })
+    .await;
+    crate::common::eventually(Duration::from_secs(20), "the queue drained", || async {
+        let (_, r) = api.get("/v1/status").await;
+        (depth(&r, "slow") == Some(0)).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    api.stop().await;
+}
