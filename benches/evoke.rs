@@ -29,6 +29,52 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// CPU seconds used so far by this process (nodes and load) and by
+/// nats-server: where an event's cost goes, read around each timed run.
+#[derive(Clone, Copy)]
+struct Cpu {
+    own: f64,
+    nats: f64,
+}
+
+impl Cpu {
+    fn now(nats: u32) -> Cpu {
+        Cpu {
+            own: cpu_of(std::process::id()),
+            nats: cpu_of(nats),
+        }
+    }
+
+    /// µs of CPU per event since `self`, for `n` events: (this process, nats-server).
+    fn per_event(self, nats: u32, n: usize) -> (f64, f64) {
+        let now = Cpu::now(nats);
+        let per = |a: f64, b: f64| (b - a) * 1e6 / n as f64;
+        (per(self.own, now.own), per(self.nats, now.nats))
+    }
+}
+
+/// CPU seconds (user + system) of a process, from /proc (10 ms ticks).
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    match (ticks.get(11), ticks.get(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => 0.0,
+    }
+}
+
+/// The CPU line under a throughput row: µs per event, evoke's run and its
+/// baseline's, split between this process and nats-server.
+fn cpu_row(baseline: (f64, f64), evoke: (f64, f64)) {
+    println!(
+        "{:<60} baseline {:>5.1} + {:>5.1} us   evoke {:>5.1} + {:>5.1} us   (this process + nats-server)",
+        "  cpu per event", baseline.0, baseline.1, evoke.0, evoke.1
+    );
+}
+
 fn row(name: &str, baseline: f64, evoke: f64, unit: &str) {
     println!(
         "{name:<60} baseline {baseline:>12.1} {unit:<6} evoke {evoke:>12.1} {unit:<6} ratio {:.2}",
@@ -83,9 +129,12 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(resp.status().is_success(), "deploy failed: {}", resp.text().await?);
     let body = "x".repeat(MSG);
+    let nats_pid = nats.pid();
+    let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
     queue(&http, &format!("{base}/v1/functions/noop/invoke"), &body, n).await?;
     let evoke_ingest = n as f64 / start.elapsed().as_secs_f64();
+    let evoke_ingest_cpu = cpu.per_event(nats_pid, n);
     row(
         "ingest: JetStream publish+ack vs async invoke",
         raw_pub,
@@ -94,14 +143,19 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // The same HTTP load against a bare axum handler that publishes to
-    // JetStream and awaits the ack: what HTTP itself costs on this machine.
+    // JetStream with a `Nats-Msg-Id` (deduplicated, as evoke's events are)
+    // and awaits the ack: what HTTP and one stored message cost here.
     let js_axum = js.clone();
+    let ids = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let app = axum::Router::new().route(
         "/publish",
         axum::routing::post(move |b: Bytes| {
             let js = js_axum.clone();
+            let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
-                match js.publish("raw.b", b).await {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.to_string().as_str());
+                match js.publish_with_headers("raw.b", headers, b).await {
                     Ok(ack) => match ack.await {
                         Ok(_) => axum::http::StatusCode::ACCEPTED,
                         Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -114,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let publish_url = format!("http://{}/publish", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
@@ -127,12 +182,14 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r?.status() == 202);
     }
     let axum_ingest = n as f64 / start.elapsed().as_secs_f64();
+    let axum_ingest_cpu = cpu.per_event(nats_pid, n);
     row(
         "ingest: axum+JetStream handler vs async invoke",
         axum_ingest,
         evoke_ingest,
         "msg/s",
     );
+    cpu_row(axum_ingest_cpu, evoke_ingest_cpu);
 
     // 2. End to end, as its baselines: a queue filled while no worker runs,
     //    then drained. The baselines pull the same number of messages from
@@ -155,14 +212,23 @@ async fn main() -> anyhow::Result<()> {
         m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let raw_consume = n as f64 / start.elapsed().as_secs_f64();
+    // The same on a work-queue stream, as evoke's queue is: each ack
+    // deletes the message (JetStream's own cost, at any client).
+    let raw_wq = wq_consume(&js, n, &payload).await?;
     let counter = examples("counter");
-    let raw_warm = raw_drain(&raw_stream, "raw-warm", n, &counter, Guest::Component).await?;
+    let (raw_warm, raw_warm_cpu) = raw_drain(&raw_stream, "raw-warm", n, &counter, Guest::Component, nats_pid).await?;
 
     let rss_idle = rss_mb();
-    let (evoke_e2e, rss_busy) = drain(&nats.url(), n).await?;
+    let (evoke_e2e, rss_busy, evoke_e2e_cpu) = drain(&nats.url(), n, nats_pid).await?;
     row(
         "async: JetStream consume+ack vs end-to-end",
         raw_consume,
+        evoke_e2e,
+        "msg/s",
+    );
+    row(
+        "async: consume+ack on a work-queue stream vs end-to-end",
+        raw_wq,
         evoke_e2e,
         "msg/s",
     );
@@ -172,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         evoke_e2e,
         "msg/s",
     );
+    cpu_row(raw_warm_cpu, evoke_e2e_cpu);
 
     // The same with a WASI command (a fresh instance per event).
     let command = examples("echo-command");
@@ -183,14 +250,15 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(resp.status().is_success(), "deploy failed: {}", resp.text().await?);
     queue(&http, &format!("{base}/v1/functions/noop-command/invoke"), &body, n).await?;
-    let raw_fresh = raw_drain(&raw_stream, "raw-fresh", n, &command, Guest::Command).await?;
-    let (evoke_cmd, _) = drain(&nats.url(), n).await?;
+    let (raw_fresh, raw_fresh_cpu) = raw_drain(&raw_stream, "raw-fresh", n, &command, Guest::Command, nats_pid).await?;
+    let (evoke_cmd, _, evoke_cmd_cpu) = drain(&nats.url(), n, nats_pid).await?;
     row(
         "async: pull+fresh instance+ack vs end-to-end (WASI command)",
         raw_fresh,
         evoke_cmd,
         "msg/s",
     );
+    cpu_row(raw_fresh_cpu, evoke_cmd_cpu);
     println!(
         "{:<60} {:>12.1} MB idle, {:.1} MB draining (this process: nodes and load)",
         "memory: resident set", rss_idle, rss_busy
@@ -466,9 +534,9 @@ fn rss_mb() -> f64 {
 }
 
 /// Starts a worker node on a queue filled beforehand and times draining it
-/// from its first finished event; returns events/s and the highest RSS (MB)
-/// seen meanwhile. The node is stopped after.
-async fn drain(nats: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+/// from its first finished event; returns events/s, the highest RSS (MB)
+/// seen meanwhile and the CPU per event. The node is stopped after.
+async fn drain(nats: &str, n: usize, nats_pid: u32) -> anyhow::Result<(f64, f64, (f64, f64))> {
     let dir = tempfile::TempDir::new()?;
     let client = async_nats::connect(nats).await?;
     let mut events = jetstream::new(client).get_stream(evoke::bus::STREAM_EVENTS).await?;
@@ -480,6 +548,7 @@ async fn drain(nats: &str, n: usize) -> anyhow::Result<(f64, f64)> {
     let cfg = NodeConfig::new("127.0.0.1:0".parse()?, nats, dir.path().into());
     let worker = Node::start(cfg).await?;
     let (mut start, mut left) = (None, 0u64);
+    let mut cpu = Cpu::now(nats_pid);
     let mut rss = 0f64;
     loop {
         let now = queued(&mut events).await?;
@@ -489,12 +558,54 @@ async fn drain(nats: &str, n: usize) -> anyhow::Result<(f64, f64)> {
         }
         if start.is_none() && (now as usize) < n {
             (start, left) = (Some(Instant::now()), now);
+            cpu = Cpu::now(nats_pid);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = left as f64 / start.map_or(f64::NAN, |s: Instant| s.elapsed().as_secs_f64());
+    let used = cpu.per_event(nats_pid, left as usize);
     worker.stop().await;
-    Ok((rate, rss))
+    Ok((rate, rss, used))
+}
+
+/// Fills a work-queue stream with `n` messages (one subject each, as
+/// evoke's events), then pulls and acks them as the plain consume line does.
+async fn wq_consume(js: &jetstream::Context, n: usize, payload: &Bytes) -> anyhow::Result<f64> {
+    let stream = js
+        .create_stream(stream::Config {
+            name: "RAWWQ".into(),
+            subjects: vec!["rawwq.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let mut acks = FuturesUnordered::new();
+    for i in 0..n {
+        acks.push(js.publish(format!("rawwq.f.{i}"), payload.clone()).await?.into_future());
+        if acks.len() >= 1024 {
+            acks.next().await.transpose()?;
+        }
+    }
+    while acks.next().await.transpose()?.is_some() {}
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("wq".into()),
+            filter_subject: "rawwq.f.*".into(),
+            ..Default::default()
+        })
+        .await?;
+    let start = Instant::now();
+    let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    for _ in 0..n {
+        let m = msgs.next().await.expect("message")?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Done when the stream is empty: the acks were applied.
+    let mut stream = stream;
+    while stream.info().await?.state.messages > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -513,7 +624,8 @@ async fn raw_drain(
     n: usize,
     code: &[u8],
     guest: Guest,
-) -> anyhow::Result<f64> {
+    nats_pid: u32,
+) -> anyhow::Result<(f64, (f64, f64))> {
     use evoke::executor::bindings;
     use wasmtime::component::Component;
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
@@ -531,6 +643,7 @@ async fn raw_drain(
         .await?;
     let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
     let event = raw_event;
+    let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
     match guest {
         Guest::Component => {
@@ -556,7 +669,7 @@ async fn raw_drain(
             }
         }
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok((n as f64 / start.elapsed().as_secs_f64(), cpu.per_event(nats_pid, n)))
 }
 
 /// A linker with what evoke links for components: WASI and evoke's host.
