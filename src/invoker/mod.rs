@@ -244,6 +244,10 @@ impl Invoker {
     /// invocation no worker has written one for yet, a `queued` record made
     /// from its event on the queue.
     pub async fn find_invocation(&self, id: &str) -> Result<Option<Record>, RecordError> {
+        // Checked first: `*` or `>` in an id would make the lookup a wildcard.
+        if !valid_id(id) {
+            return Ok(None);
+        }
         if let Some(record) = self.get_record(id).await? {
             return Ok(Some(record));
         }

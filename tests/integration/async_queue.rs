@@ -405,8 +405,11 @@ async fn a_queued_invocation_is_found_before_any_worker_runs_it() {
     let queued_at: chrono::DateTime<chrono::Utc> = r["created_at"].as_str().unwrap().parse().unwrap();
     let (status, _) = api.get("/v1/invocations/0195ffffffff7fff8fffffffffffffff").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = api.get("/v1/invocations/a.b").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Wildcards in an id match no other invocation.
+    for bad in ["a.b", "*", "%3E", "%2A"] {
+        let (status, r) = api.get(&format!("/v1/invocations/{bad}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}: {r}");
+    }
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let worker = TestNode::start(&nats.url()).await;
@@ -480,6 +483,58 @@ async fn queue_depth_counts_waiting_and_running_events() {
         (depth(&r, "slow") == Some(0)).then_some(())
     })
     .await;
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// Events queued by an evoke from before per-invocation subjects (on
+/// `evoke.invoke.<fn>`, with the durable consumer it made) still run after
+/// an upgrade: nothing already accepted is stranded.
+#[tokio::test]
+async fn events_queued_before_per_invocation_subjects_still_run() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(&nats.url(), &dir);
+    c.workers = false;
+    let api = TestNode::with_config(c, dir).await;
+    api.deploy_ok("hello", &example("hello"), &[]).await;
+
+    // What the old evoke left: its consumer, and an event on the old subject.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(evoke::bus::STREAM_EVENTS).await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(evoke::bus::consumer_name("hello")),
+            filter_subject: evoke::bus::legacy_invoke_subject("hello"),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = "0195aaaaaaaa7aaa8aaaaaaaaaaaaaaa";
+    let event = json!({"specversion":"1.0","id":"old-1","source":"/old","type":"t","datacontenttype":"application/json","data":{"name":"old"}});
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers.insert(evoke::bus::HDR_INVOCATION_ID, id);
+    js.publish_with_headers(
+        evoke::bus::legacy_invoke_subject("hello"),
+        headers,
+        event.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let new = api.invoke_async("hello", "application/json", r#"{"name":"new"}"#).await;
+
+    let worker = TestNode::start(&nats.url()).await;
+    for id in [id, new.as_str()] {
+        let r = api
+            .wait_record(id, Duration::from_secs(15), |r| r["status"] == "succeeded")
+            .await;
+        assert_eq!(r["function"], "hello", "{r}");
+    }
     worker.stop().await;
     api.stop().await;
 }
