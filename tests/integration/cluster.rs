@@ -382,6 +382,7 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
     let start = Instant::now();
     let mut ticks = Vec::new();
     let mut stable = 0;
+    let mut seen = Vec::new();
     while stable < 3 {
         let status: Value = status_of(&first).await;
         let queued = status["functions"]
@@ -394,10 +395,11 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
             .unwrap();
         let now = cron_ticks(&cluster.url(survivor)).await;
         stable = if queued == 0 && now == ticks { stable + 1 } else { 0 };
+        seen.push((queued, now.len()));
         ticks = now;
         assert!(
             start.elapsed() < Duration::from_secs(90),
-            "seq never settled: {status:#}"
+            "seq never settled; (queued, ticks) every 500 ms: {seen:?}; last status: {status:#}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
