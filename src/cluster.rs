@@ -293,13 +293,8 @@ async fn functions(invoker: &Invoker, warnings: &mut Vec<String>) -> Result<Vec<
             per_fn.entry(f).or_default().0 += n;
         }
     }
-    for (subject, n) in b
-        .subject_counts(bus::STREAM_DLQ, &format!("{}.>", bus::SUBJECT_DLQ))
-        .await?
-    {
-        if let Some(f) = bus::function_in(&subject, bus::SUBJECT_DLQ) {
-            per_fn.entry(f.to_string()).or_default().1 += n;
-        }
+    for (f, n) in b.dlq_depths().await? {
+        per_fn.entry(f).or_default().1 += n;
     }
     let events = b.js.get_stream(bus::STREAM_EVENTS).await.nats("opening the queue")?;
     let mut functions = Vec::new();

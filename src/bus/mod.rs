@@ -237,6 +237,17 @@ impl Bus {
         Ok(out)
     }
 
+    /// Dead letters per function (every function with any).
+    pub async fn dlq_depths(&self) -> Result<HashMap<String, u64>, NatsError> {
+        let mut out = HashMap::new();
+        for (subject, n) in self.subject_counts(STREAM_DLQ, &format!("{SUBJECT_DLQ}.>")).await? {
+            if let Some(f) = function_in(&subject, SUBJECT_DLQ) {
+                *out.entry(f.to_string()).or_default() += n;
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the connection to NATS is up now.
     pub fn connected(&self) -> bool {
         matches!(self.client.connection_state(), async_nats::connection::State::Connected)

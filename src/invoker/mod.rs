@@ -268,16 +268,10 @@ impl Invoker {
             .get_last_raw_message_by_subject(&bus::invocation_filter(id))
             .await
         {
-            Ok(m) => m,
             Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(None);
             }
-            Err(e) => {
-                return Err(RecordError::Nats(NatsError {
-                    doing: doing.into(),
-                    message: e.to_string(),
-                }));
-            }
+            other => other.nats(doing)?,
         };
         let Some(function) = bus::function_in(msg.subject.as_str(), bus::SUBJECT_INVOKE) else {
             return Ok(None);
@@ -301,29 +295,21 @@ impl Invoker {
         self.bus.js.publish(subject, record.to_bytes()).await
     }
 
-    /// Like `publish_record`, logging a failed publish instead of returning it.
-    async fn publish_record_logged(&self, record: &Record) -> Option<PublishAckFuture> {
-        match self.publish_record(record).await {
-            Ok(ack) => Some(ack),
-            Err(e) => {
-                tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record");
-                None
-            }
-        }
-    }
-
     /// Stores a record without waiting for JetStream's ack (pipelined). The
     /// publish itself is queued here, in order, so a later write of the same
     /// record never lands before an earlier one; a failed ack is logged.
     /// Records are informational: losing one loses no event.
     pub async fn put_record(&self, record: &Record) {
-        if let Some(ack) = self.publish_record_logged(record).await {
-            let id = record.id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = ack.await {
-                    tracing::warn!(invocation = %id, error = %e, "cannot store invocation record");
-                }
-            });
+        match self.publish_record(record).await {
+            Ok(ack) => {
+                let id = record.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(invocation = %id, error = %e, "cannot store invocation record");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(invocation = %record.id, error = %e, "cannot store invocation record"),
         }
     }
 

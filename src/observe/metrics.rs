@@ -6,7 +6,6 @@
 //! scrape never waits on NATS. Series are per deployed function (bounded by
 //! the registry), never per event or dead letter.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -287,21 +286,6 @@ impl Metrics {
 /// How often queue and DLQ depths are read from NATS.
 pub const DEPTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Events per function in one stream, summed from its subject counts.
-async fn depths(
-    bus: &crate::bus::Bus,
-    stream: &str,
-    prefix: &str,
-) -> Result<HashMap<String, u64>, crate::bus::NatsError> {
-    let mut out = HashMap::new();
-    for (subject, n) in bus.subject_counts(stream, &format!("{prefix}.>")).await? {
-        if let Some(f) = crate::bus::function_in(&subject, prefix) {
-            *out.entry(f.to_string()).or_default() += n;
-        }
-    }
-    Ok(out)
-}
-
 /// Keeps `evoke_queue_pending` and `evoke_dlq_depth` current: a few NATS
 /// requests per `every` ([`DEPTH_REFRESH`] by default; one per 256
 /// functions for the queue), with a series for each deployed function.
@@ -320,7 +304,7 @@ pub async fn refresh_depths(
         }
         let names: Vec<String> = registry.subscribe().borrow().keys().cloned().collect();
         let queues = bus.queue_depths(&names).await;
-        let dead = depths(&bus, crate::bus::STREAM_DLQ, crate::bus::SUBJECT_DLQ).await;
+        let dead = bus.dlq_depths().await;
         for (counts, gauge) in [(queues, &metrics.queue_pending), (dead, &metrics.dlq_depth)] {
             match counts {
                 Ok(counts) => {
