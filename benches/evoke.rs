@@ -104,14 +104,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let payload = Bytes::from(vec![b'x'; MSG]);
     let start = Instant::now();
-    let mut acks = FuturesUnordered::new();
-    for _ in 0..n {
-        acks.push(js.publish("raw.a", payload.clone()).await?.into_future());
-        if acks.len() >= 1024 {
-            acks.next().await.transpose()?;
-        }
-    }
-    while acks.next().await.transpose()?.is_some() {}
+    publish_all(&js, n, &payload, |_| "raw.a".into()).await?;
     let raw_pub = n as f64 / start.elapsed().as_secs_f64();
 
     let ingest_dir = tempfile::TempDir::new()?;
@@ -198,19 +191,7 @@ async fn main() -> anyhow::Result<()> {
     //    ack. evoke's node start-up is not timed: the clock starts at its
     //    first finished event.
     let raw_stream = js.get_stream("RAW").await?;
-    let consumer = raw_stream
-        .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
-            filter_subject: "raw.a".into(),
-            ..Default::default()
-        })
-        .await?;
-    let start = Instant::now();
-    let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
-    for _ in 0..n {
-        let m = msgs.next().await.expect("message")?;
-        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let start = consume_all(&raw_stream, "raw", "raw.a", n).await?;
     let raw_consume = n as f64 / start.elapsed().as_secs_f64();
     // The same on a work-queue stream, as evoke's queue is: each ack
     // deletes the message (JetStream's own cost, at any client).
@@ -568,6 +549,49 @@ async fn drain(nats: &str, n: usize, nats_pid: u32) -> anyhow::Result<(f64, f64,
     Ok((rate, rss, used))
 }
 
+/// Publishes `n` messages, the i-th to `subject(i)`, with 1024 acks in flight.
+async fn publish_all(
+    js: &jetstream::Context,
+    n: usize,
+    payload: &Bytes,
+    subject: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let mut acks = FuturesUnordered::new();
+    for i in 0..n {
+        acks.push(js.publish(subject(i), payload.clone()).await?.into_future());
+        if acks.len() >= 1024 {
+            acks.next().await.transpose()?;
+        }
+    }
+    while acks.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// Pulls (batches of 1000) and acks `n` messages of `filter` with a
+/// durable consumer of its own; returns when the clock started (once the
+/// consumer exists).
+async fn consume_all(
+    stream: &jetstream::stream::Stream,
+    durable: &str,
+    filter: &str,
+    n: usize,
+) -> anyhow::Result<Instant> {
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await?;
+    let start = Instant::now();
+    let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    for _ in 0..n {
+        let m = msgs.next().await.expect("message")?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(start)
+}
+
 /// Fills a work-queue stream with `n` messages (one subject each, as
 /// evoke's events), then pulls and acks them as the plain consume line does.
 async fn wq_consume(js: &jetstream::Context, n: usize, payload: &Bytes) -> anyhow::Result<f64> {
@@ -579,27 +603,8 @@ async fn wq_consume(js: &jetstream::Context, n: usize, payload: &Bytes) -> anyho
             ..Default::default()
         })
         .await?;
-    let mut acks = FuturesUnordered::new();
-    for i in 0..n {
-        acks.push(js.publish(format!("rawwq.f.{i}"), payload.clone()).await?.into_future());
-        if acks.len() >= 1024 {
-            acks.next().await.transpose()?;
-        }
-    }
-    while acks.next().await.transpose()?.is_some() {}
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("wq".into()),
-            filter_subject: "rawwq.f.*".into(),
-            ..Default::default()
-        })
-        .await?;
-    let start = Instant::now();
-    let mut msgs = consumer.stream().max_messages_per_batch(1000).messages().await?;
-    for _ in 0..n {
-        let m = msgs.next().await.expect("message")?;
-        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    publish_all(js, n, payload, |i| format!("rawwq.f.{i}")).await?;
+    let start = consume_all(&stream, "wq", "rawwq.f.*", n).await?;
     // Done when the stream is empty: the acks were applied.
     let mut stream = stream;
     while stream.info().await?.state.messages > 0 {

@@ -180,18 +180,10 @@ async fn same_cloudevent_twice_is_one_invocation() {
     let ce = json!({"specversion":"1.0","id":"evt-1","source":"/test","type":"t","datacontenttype":"application/json","data":{"name":"ce"}});
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let resp = node
-            .http
-            .post(node.url("/v1/functions/hello/invoke"))
-            .header("content-type", "application/cloudevents+json")
-            .header("x-evoke-invocation-type", "async")
-            .body(ce.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-        let v: Value = resp.json().await.unwrap();
-        ids.push(v["id"].as_str().unwrap().to_string());
+        ids.push(
+            node.invoke_async("hello", "application/cloudevents+json", &ce.to_string())
+                .await,
+        );
     }
     assert_eq!(ids[0], ids[1]);
     node.wait_record(&ids[0], Duration::from_secs(10), |r| r["status"] == "succeeded")
@@ -366,27 +358,16 @@ async fn json_data_travels_byte_exact_through_the_queue() {
 #[tokio::test]
 async fn a_queued_invocation_is_found_before_any_worker_runs_it() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = crate::common::config(&nats.url(), &dir);
-    c.workers = false;
-    let api = TestNode::with_config(c, dir).await;
+    let api = TestNode::without_workers(&nats.url()).await;
     api.deploy_ok("hello", &example("hello"), &[]).await;
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
     let ce = json!({"specversion":"1.0","id":"evt-q","source":"/test","type":"t","data":{"name":"q"}});
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let resp = api
-            .http
-            .post(api.url("/v1/functions/hello/invoke"))
-            .header("content-type", "application/cloudevents+json")
-            .header("x-evoke-invocation-type", "async")
-            .body(ce.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-        let v: Value = resp.json().await.unwrap();
-        ids.push(v["id"].as_str().unwrap().to_string());
+        ids.push(
+            api.invoke_async("hello", "application/cloudevents+json", &ce.to_string())
+                .await,
+        );
         // Right after the 202: no window without an answer.
         let (status, r) = api.get(&format!("/v1/invocations/{}", ids[0])).await;
         assert_eq!(status, StatusCode::OK, "{r}");
@@ -437,10 +418,7 @@ async fn a_queued_invocation_is_found_before_any_worker_runs_it() {
 #[tokio::test]
 async fn queue_depth_counts_waiting_and_running_events() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = crate::common::config(&nats.url(), &dir);
-    c.workers = false;
-    let api = TestNode::with_config(c, dir).await;
+    let api = TestNode::without_workers(&nats.url()).await;
     api.deploy_ok("slow", &busy_module(1500), &[("max_instances", "1")])
         .await;
     api.deploy_ok("idle", &example("hello"), &[]).await;
@@ -493,10 +471,7 @@ async fn queue_depth_counts_waiting_and_running_events() {
 #[tokio::test]
 async fn events_queued_before_per_invocation_subjects_still_run() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = crate::common::config(&nats.url(), &dir);
-    c.workers = false;
-    let api = TestNode::with_config(c, dir).await;
+    let api = TestNode::without_workers(&nats.url()).await;
     api.deploy_ok("hello", &example("hello"), &[]).await;
 
     // What the old evoke left: its consumer, and an event on the old subject.

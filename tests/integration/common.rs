@@ -197,6 +197,15 @@ impl TestNode {
         Self::with_config(c, dir).await
     }
 
+    /// A node serving the API and sources but running no workers: what it
+    /// queues stays on the queue until a worker node starts.
+    pub async fn without_workers(nats: &str) -> TestNode {
+        let dir = TempDir::new().expect("temp dir");
+        let mut c = config(nats, &dir);
+        c.workers = false;
+        Self::with_config(c, dir).await
+    }
+
     pub async fn with_config(c: NodeConfig, dir: TempDir) -> TestNode {
         let node = Node::start(c).await.expect("start node");
         let base = format!("http://{}", node.addr);

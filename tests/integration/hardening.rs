@@ -90,10 +90,7 @@ async fn dedupe_is_per_function_and_duplicates_say_so() {
 #[tokio::test]
 async fn redrive_never_deletes_the_only_copy() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = config(&nats.url(), &dir);
-    c.workers = false;
-    let api = TestNode::with_config(c, dir).await;
+    let api = TestNode::without_workers(&nats.url()).await;
     let worker = TestNode::start(&nats.url()).await;
     worker
         .deploy_ok("flaky", &example("counter"), &[("retries", "0")])

@@ -81,10 +81,7 @@ async fn nats_restart_under_load_loses_no_accepted_event() {
 #[tokio::test]
 async fn cron_ticks_during_a_nats_outage_are_stored_once_it_is_back() {
     let mut nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = crate::common::config(&nats.url(), &dir);
-    c.workers = false;
-    let node = TestNode::with_config(c, dir).await;
+    let node = TestNode::without_workers(&nats.url()).await;
     node.deploy_ok("hello", &example("hello"), &[]).await;
     let spec = serde_json::json!({"function":"hello","kind":"cron","schedule":"* * * * * *"});
     assert_eq!(node.put_trigger("beat", spec).await.0, StatusCode::CREATED);

@@ -293,10 +293,7 @@ async fn logs_follow_streams_new_lines() {
 #[tokio::test]
 async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = crate::common::config(&nats.url(), &dir);
-    c.workers = false;
-    let api = TestNode::with_config(c, dir).await;
+    let api = TestNode::without_workers(&nats.url()).await;
     api.deploy_ok("hello", &example("hello"), &[]).await;
 
     // No worker node yet: a clear 503.

@@ -174,10 +174,8 @@ async fn cron_fires_in_its_time_zone_once_per_tick_across_three_nodes() {
     let nats = Nats::start();
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let dir = tempfile::TempDir::new().unwrap();
-        let mut c = config(&nats.url(), &dir);
-        c.workers = false; // keep the events on the queue to count them
-        nodes.push(TestNode::with_config(c, dir).await);
+        // No workers: the events stay on the queue to be counted.
+        nodes.push(TestNode::without_workers(&nats.url()).await);
     }
     nodes[0].deploy_ok("hello", &example("hello"), &[]).await;
     // Every second, but only during the current hour *in Shanghai*: in UTC
@@ -282,10 +280,7 @@ async fn cron_catches_up_after_every_node_was_down() {
 #[tokio::test]
 async fn a_trigger_changed_live_takes_effect_without_restart() {
     let nats = Nats::start();
-    let dir = tempfile::TempDir::new().unwrap();
-    let mut c = config(&nats.url(), &dir);
-    c.workers = false;
-    let node = TestNode::with_config(c, dir).await;
+    let node = TestNode::without_workers(&nats.url()).await;
     node.deploy_ok("hello", &example("hello"), &[]).await;
     let spec = |name: &str| json!({"function":"hello","kind":"cron","schedule":"* * * * * *","payload":{"name":name}});
     let url = nats.url();
