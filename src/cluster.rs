@@ -287,8 +287,7 @@ async fn functions(invoker: &Invoker, warnings: &mut Vec<String>) -> Result<Vec<
     for name in invoker.registry.subscribe().borrow().keys() {
         per_fn.insert(name.clone(), (0, 0));
     }
-    let deployed: Vec<String> = per_fn.keys().cloned().collect();
-    for (f, n) in b.queue_depths(&deployed).await? {
+    for (f, n) in b.queue_depths().await? {
         if n > 0 || per_fn.contains_key(&f) {
             per_fn.entry(f).or_default().0 += n;
         }

@@ -47,6 +47,11 @@ pub struct NodeConfig {
     pub allow_link_local_destinations: bool,
     /// How often queue and DLQ depths are read for `/metrics`.
     pub depth_refresh: Duration,
+    /// How long a function's workers wait with no event before they stop
+    /// pulling until woken.
+    pub worker_idle: Duration,
+    /// How often workers look for queued events no wake told them about.
+    pub worker_sweep: Duration,
 }
 
 impl NodeConfig {
@@ -69,6 +74,8 @@ impl NodeConfig {
             metrics_token: None,
             allow_link_local_destinations: false,
             depth_refresh: crate::observe::metrics::DEPTH_REFRESH,
+            worker_idle: crate::invoker::worker::IDLE_AFTER,
+            worker_sweep: crate::invoker::worker::SWEEP_EVERY,
         }
     }
 }
@@ -134,6 +141,8 @@ impl Node {
         let executor = Arc::new(Executor::new(exec_config, Some(bus.code.clone()), stores.backend())?);
         let mut invoker = Invoker::new(bus, executor.clone(), metrics, config.node_name.clone(), stores);
         invoker.ack_wait = config.ack_wait;
+        invoker.worker_idle = config.worker_idle;
+        invoker.worker_sweep = config.worker_sweep;
         invoker.runs_locally = config.workers;
         // Broker sessions (MQTT client ids, AMQP consumer tags) are named by
         // this node's data directory, so a restarted node resumes its
@@ -164,8 +173,10 @@ impl Node {
         if config.workers {
             let relay = invoker.relay_subscription().await?;
             tasks.push(tokio::spawn(invoker.clone().serve_relayed(relay, shutdown.subscribe())));
+            let wakes = invoker.wake_subscription().await?;
             tasks.push(tokio::spawn(worker::run(
                 invoker.clone(),
+                wakes,
                 registry.subscribe(),
                 shutdown.subscribe(),
             )));

@@ -48,6 +48,11 @@ impl Supervised {
         })
     }
 
+    /// The revision the task runs.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// Asks the task to stop and lets it finish in the background (in-flight
     /// work completes); returns the task, to wait for it.
     pub fn release(mut self) -> Option<JoinHandle<()>> {

@@ -202,13 +202,13 @@ impl Bus {
             .collect()
     }
 
-    /// Events waiting (queued, running or waiting for a retry) for each of
-    /// `functions`. Every event has its own subject, so counting subjects
-    /// would list the whole queue: a function's depth is read from its
-    /// durable consumer instead (one request per 256 functions), and only a
-    /// function without one yet (no worker ever started for it) has its
-    /// subjects counted.
-    pub async fn queue_depths(&self, functions: &[String]) -> Result<HashMap<String, u64>, NatsError> {
+    /// Events waiting (queued, running or waiting for a retry) per function,
+    /// read from the functions' durable consumers (one request per 256).
+    /// Every event has its own subject, so counting subjects would list the
+    /// whole queue. A function without a consumer has no events: queueing
+    /// an event creates its function's consumer first
+    /// ([`Bus::function_consumer`]).
+    pub async fn queue_depths(&self) -> Result<HashMap<String, u64>, NatsError> {
         let doing = "reading queue depths";
         let stream = self.js.get_stream(STREAM_EVENTS).await.nats(doing)?;
         let mut out = HashMap::new();
@@ -219,22 +219,65 @@ impl Bus {
                 out.insert(f.to_string(), info.num_pending + info.num_ack_pending as u64);
             }
         }
-        for f in functions {
-            if out.contains_key(f) {
-                continue;
-            }
-            let mut n = 0;
-            for filter in [invoke_filter(f), legacy_invoke_subject(f)] {
-                n += self
-                    .subject_counts(STREAM_EVENTS, &filter)
-                    .await?
-                    .iter()
-                    .map(|(_, n)| n)
-                    .sum::<u64>();
-            }
-            out.insert(f.clone(), n);
-        }
         Ok(out)
+    }
+
+    /// The durable consumer the workers of every node share for `function`
+    /// (created, or its settings updated). It takes events queued by an
+    /// evoke from before per-invocation subjects too, while there are any
+    /// (a second filter costs the server a little on every pull, so only
+    /// then).
+    pub async fn function_consumer(
+        &self,
+        function: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, NatsError> {
+        let doing = "opening the function's event consumer";
+        let stream = self.js.get_stream(STREAM_EVENTS).await.nats(doing)?;
+        let mut filter_subjects = vec![invoke_filter(function)];
+        let legacy = legacy_invoke_subject(function);
+        if stream.get_first_raw_message_by_subject(&legacy, 1).await.is_ok() {
+            filter_subjects.push(legacy);
+        }
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(consumer_name(function)),
+            filter_subjects,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending,
+            description: Some(format!("evoke workers of function {function}")),
+            ..Default::default()
+        };
+        stream.create_consumer(config).await.nats(doing)
+    }
+
+    /// Whether `function`'s durable consumer exists and takes its events
+    /// (an evoke from before per-invocation subjects made consumers that
+    /// do not).
+    pub async fn has_function_consumer(&self, function: &str) -> Result<bool, NatsError> {
+        let doing = "looking up the function's event consumer";
+        let stream = self.js.get_stream(STREAM_EVENTS).await.nats(doing)?;
+        match stream.consumer_info(consumer_name(function)).await {
+            Ok(info) => {
+                let filter = invoke_filter(function);
+                let c = &info.config;
+                Ok(c.filter_subject == filter || c.filter_subjects.contains(&filter))
+            }
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).nats(doing),
+        }
+    }
+
+    /// Wakes the workers of `function`: events are queued for it. A core
+    /// NATS publish (not stored); a lost wake is made up for by the
+    /// workers' periodic sweep.
+    pub async fn wake(&self, function: &str) {
+        // Only queues the message in the client (no round trip).
+        if let Err(e) = self.client.publish(wake_subject(function), Bytes::new()).await {
+            tracing::debug!(error = %e, "cannot publish a wake");
+        }
     }
 
     /// Dead letters per function (every function with any).

@@ -84,6 +84,21 @@ pub fn consumer_function(name: &str) -> Option<&str> {
     name.strip_prefix("fn-").filter(|f| !f.is_empty())
 }
 
+/// Wakes: a core NATS message saying "events are queued for this function",
+/// so workers consume only functions that have events (no consumer, task or
+/// pull for a function never invoked).
+pub const SUBJECT_WAKE: &str = "evoke.wake";
+
+/// Where the wake of `function`'s workers is published.
+pub fn wake_subject(function: &str) -> String {
+    format!("{SUBJECT_WAKE}.{function}")
+}
+
+/// Every wake (what worker nodes subscribe to).
+pub fn wake_filter() -> String {
+    format!("{SUBJECT_WAKE}.*")
+}
+
 /// Sync invocations relayed to a worker node (request/reply).
 pub const SUBJECT_SYNC: &str = "evoke.sync";
 /// Queue group of the nodes serving relayed sync invocations.
@@ -100,7 +115,7 @@ pub fn sync_filter() -> String {
 }
 
 /// The function a subject under `prefix` belongs to: `evoke.invoke.<fn>.<id>`,
-/// `evoke.dlq.<fn>.<id>`, `evoke.sync.<fn>`, `evoke.logs.<fn>`.
+/// `evoke.dlq.<fn>.<id>`, `evoke.sync.<fn>`, `evoke.logs.<fn>`, `evoke.wake.<fn>`.
 pub fn function_in<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
     subject
         .strip_prefix(prefix)?
@@ -119,7 +134,7 @@ pub fn reserved_subject(subject: &str) -> Option<&'static str> {
     } else if subject.starts_with("_INBOX.") || subject == "_INBOX" {
         Some("`_INBOX` subjects carry replies of other clients")
     } else if subject == "evoke" || subject.starts_with("evoke.") {
-        Some("`evoke.` subjects are evoke's own (queues, dead letters, logs, sync relays)")
+        Some("`evoke.` subjects are evoke's own (queues, dead letters, logs, sync relays, wakes)")
     } else {
         None
     }
@@ -135,6 +150,7 @@ mod tests {
         assert_eq!(function_in(&legacy_invoke_subject("f-1"), SUBJECT_INVOKE), Some("f-1"));
         assert_eq!(function_in(&dlq_subject("f-1", "abc"), SUBJECT_DLQ), Some("f-1"));
         assert_eq!(function_in(&sync_subject("g"), SUBJECT_SYNC), Some("g"));
+        assert_eq!(function_in(&wake_subject("g-2"), SUBJECT_WAKE), Some("g-2"));
         assert_eq!(function_in("evoke.invokes.f", SUBJECT_INVOKE), None);
         assert_eq!(consumer_function(&consumer_name("f-1")), Some("f-1"));
         assert_eq!(function_in("evoke.invoke.", SUBJECT_INVOKE), None);

@@ -291,6 +291,12 @@ impl Invoker {
     async fn redrive_one(&self, entry: &DeadLetter, stream: &stream::Stream) -> Result<(), String> {
         let event = Event::from_value(entry.event.clone()).map_err(|e| format!("the dead event is unreadable: {e}"))?;
         let seq = entry.seq.ok_or("the dead letter has no stream sequence")?;
+        let f = self
+            .registry
+            .get(&entry.function)
+            .await
+            .map_err(|e| format!("cannot read the function: {e}"))?
+            .ok_or_else(|| format!("function `{}` is not deployed; deploy it, then redrive", entry.function))?;
         let before = self
             .get_record(&entry.id)
             .await
@@ -312,21 +318,16 @@ impl Invoker {
         // JetStream duplicate window.
         let msg_id = format!("{}.r.{seq}", entry.id);
         let redrive = record.redrives.to_string();
-        let queued = async {
-            let ack = self
-                .bus
-                .enqueue(
-                    &entry.function,
-                    &entry.id,
-                    &msg_id,
-                    Bytes::from(event.to_json()),
-                    &[(bus::HDR_REDRIVEN, redrive.as_str())],
-                )
-                .await
-                .map_err(|e| format!("cannot queue the event: {e}"))?;
-            ack.await.map_err(|e| format!("the queue did not store the event: {e}"))
-        }
-        .await;
+        let queued = self
+            .queue_event(
+                &f,
+                &entry.id,
+                &msg_id,
+                Bytes::from(event.to_json()),
+                &[(bus::HDR_REDRIVEN, redrive.as_str())],
+            )
+            .await
+            .map_err(|e| format!("cannot queue the event: {e}"));
         let restore = async || {
             if let Some(before) = &before
                 && let Err(e) = self.put_record_acked(before).await

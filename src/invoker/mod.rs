@@ -17,8 +17,9 @@ pub mod relay;
 mod settle;
 pub mod worker;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
@@ -77,8 +78,27 @@ pub struct Invoker {
     pub runs_locally: bool,
     /// Whether HTTP destinations may reach link-local addresses.
     pub allow_link_local: bool,
+    /// How long a function's workers wait with no event before they stop
+    /// pulling (until woken: see [`worker`]).
+    pub worker_idle: Duration,
+    /// How often workers look for queued events no wake told them about.
+    pub worker_sweep: Duration,
+    /// Functions whose event consumer this node has made sure of (by
+    /// revision), and when it last woke their workers.
+    queues: Mutex<HashMap<String, QueueSeen>>,
     pub(crate) http: reqwest::Client,
 }
+
+/// What this node knows of one function's queue.
+struct QueueSeen {
+    revision: u64,
+    woken: Option<Instant>,
+}
+
+/// Wakes for one function are sent at most this often by one node: its
+/// workers stay awake far longer than this after a wake (see
+/// [`worker::IDLE_AFTER`]), so a wake left out never finds them asleep.
+const WAKE_EVERY: Duration = Duration::from_millis(100);
 
 /// A new invocation id: time-ordered, subject- and KV-safe.
 pub fn new_invocation_id() -> String {
@@ -120,6 +140,9 @@ impl Invoker {
             ack_wait: worker::ACK_WAIT,
             runs_locally: true,
             allow_link_local: false,
+            worker_idle: worker::IDLE_AFTER,
+            worker_sweep: worker::SWEEP_EVERY,
+            queues: Mutex::new(HashMap::new()),
             http,
         }
     }
@@ -183,13 +206,71 @@ impl Invoker {
                 max,
             });
         }
-        let ack = self
-            .bus
-            .enqueue(f.name.as_str(), id, id, payload, &[])
+        let stored = self
+            .queue_event(f, id, id, payload, &[])
             .await
             .map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
-        let stored = ack.await.map_err(|e| EnqueueError::Unavailable(e.to_string()))?;
         Ok(stored.duplicate)
+    }
+
+    /// Stores an event on `f`'s queue and wakes its workers: the function's
+    /// event consumer first (once per revision on this node: a function
+    /// without one has no events, which lets workers and `evoke status`
+    /// ignore functions never invoked), then the event, JetStream's ack
+    /// awaited, then the wake.
+    pub(crate) async fn queue_event(
+        &self,
+        f: &DeployedFunction,
+        id: &str,
+        msg_id: &str,
+        payload: Bytes,
+        extra: &[(&str, &str)],
+    ) -> Result<async_nats::jetstream::publish::PublishAck, String> {
+        let name = f.name.as_str();
+        let known = self.queue_seen(f, |_| ()).is_some();
+        if !known {
+            let has = self.bus.has_function_consumer(name).await.map_err(|e| e.to_string())?;
+            if !has {
+                self.bus
+                    .function_consumer(name, self.ack_wait, worker::max_ack_pending(f))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            lock(&self.queues).insert(
+                name.to_string(),
+                QueueSeen {
+                    revision: f.revision,
+                    woken: None,
+                },
+            );
+        }
+        let ack = self
+            .bus
+            .enqueue(name, id, msg_id, payload, extra)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored = ack.await.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let due = self.queue_seen(f, |q| {
+            let due = q.woken.is_none_or(|t| now.duration_since(t) >= WAKE_EVERY);
+            if due {
+                q.woken = Some(now);
+            }
+            due
+        });
+        if due != Some(false) {
+            self.bus.wake(name).await;
+        }
+        Ok(stored)
+    }
+
+    /// Runs `with` on what this node knows of `f`'s queue at its revision.
+    fn queue_seen<T>(&self, f: &DeployedFunction, with: impl FnOnce(&mut QueueSeen) -> T) -> Option<T> {
+        let mut queues = lock(&self.queues);
+        queues
+            .get_mut(f.name.as_str())
+            .filter(|q| q.revision == f.revision)
+            .map(with)
     }
 
     /// Stores code in the object store under its digest (once: code is
@@ -210,6 +291,7 @@ impl Invoker {
         if !self.registry.delete(name).await? {
             return Ok(false);
         }
+        lock(&self.queues).remove(name);
         if let Ok(stream) = self.bus.js.get_stream(bus::STREAM_EVENTS).await {
             let _ = stream.delete_consumer(&bus::consumer_name(name)).await;
             let _ = stream.purge().filter(bus::invoke_filter(name)).await;
@@ -384,4 +466,8 @@ pub fn valid_id(id: &str) -> bool {
 /// Whether a publish failed because nothing listens on the subject.
 pub fn no_responders(e: &async_nats::jetstream::context::PublishError) -> bool {
     e.kind() == PublishErrorKind::StreamNotFound
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -172,6 +172,14 @@ impl Invoker {
 
     /// Joins the queue group of worker nodes; once this returns, relayed
     /// invocations can reach this node.
+    /// The wakes of this node's workers (see [`super::worker::run`]).
+    pub async fn wake_subscription(&self) -> Result<async_nats::Subscriber, crate::bus::NatsError> {
+        let doing = "subscribing to worker wakes";
+        let sub = self.bus.client.subscribe(bus::wake_filter()).await.nats(doing)?;
+        self.bus.client.flush().await.nats(doing)?;
+        Ok(sub)
+    }
+
     pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, crate::bus::NatsError> {
         let subject = bus::sync_filter();
         let sub = self

@@ -23,11 +23,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, Consumer, pull};
+use async_nats::jetstream::consumer::{Consumer, pull};
 use async_nats::jetstream::{AckKind, Message};
 use evoke_connectors::Event;
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::records::{Mode, Record, Status};
@@ -47,10 +47,33 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 
-/// Runs consumers for every deployed function until shutdown, starting,
-/// restarting (on a new revision) and stopping them as the registry changes.
+/// How long a function's workers wait with no event before they stop
+/// pulling (by default; [`Invoker::worker_idle`]).
+pub const IDLE_AFTER: Duration = Duration::from_secs(30);
+
+/// How often workers look for queued events of functions no wake reached
+/// (by default; [`Invoker::worker_sweep`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// A consume task with nothing to do asking to be stopped: granted unless
+/// its function was woken since `wakes` (the count it had seen when it
+/// found the queue empty).
+struct Sleepy {
+    function: String,
+    revision: u64,
+    wakes: u64,
+}
+
+/// Runs consumers for the deployed functions that have events until
+/// shutdown: started when a function is woken (an event was queued for it:
+/// [`Invoker::queue_event`]) or a sweep finds events for it, stopped when
+/// they have been idle for [`Invoker::worker_idle`] with none left,
+/// restarted on a new revision. A function never invoked costs no task,
+/// no pull and no consumer. Functions with reserved instances are always
+/// consumed.
 pub async fn run(
     invoker: Arc<Invoker>,
+    wake_up: async_nats::Subscriber,
     mut functions: watch::Receiver<Functions>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
@@ -58,16 +81,52 @@ pub async fn run(
     // A new revision's consumer starts at once: the old one's in-flight
     // invocations finish beside it (one durable consumer, no overlap).
     let mut stopping = Stopping::new();
+    let mut current = functions.borrow_and_update().clone();
+    // Functions with events, and how often each was woken (a consume task
+    // watches its count: a wake after it found its queue empty keeps it).
+    // A wake may come before this node's registry has the function (it was
+    // deployed a moment ago): kept for a while, by when it was woken.
+    let mut awake: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut wakes: HashMap<String, watch::Sender<u64>> = HashMap::new();
+    let (sleepy_tx, mut sleepy_rx) = mpsc::unbounded_channel::<Sleepy>();
+    let (found_tx, mut found) = mpsc::channel::<Vec<String>>(1);
+    let sweeper = tokio::spawn(sweep(invoker.clone(), found_tx));
+    let mut wake_up = wake_up.fuse();
+    let mut changed = true;
+    // Reserved functions are always consumed.
+    let mut reserved: Vec<String> = Vec::new();
     loop {
-        let current = functions.borrow_and_update().clone();
-        let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
-        invoker.executor.retain(&live);
-        for (name, revision) in reconcile(&mut running, &mut stopping, &live) {
+        if changed {
+            reserved = current
+                .iter()
+                .filter(|(_, f)| f.spec.reserved > 0)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let live: HashMap<String, u64> = current.iter().map(|(n, f)| (n.clone(), f.revision)).collect();
+            invoker.executor.retain(&live);
+            let now = tokio::time::Instant::now();
+            awake.retain(|n, at| live.contains_key(n) || now.duration_since(*at) < UNKNOWN_WAKE_KEPT);
+            wakes.retain(|n, _| live.contains_key(n) || awake.contains_key(n));
+        }
+        let desired: HashMap<String, u64> = reserved
+            .iter()
+            .chain(awake.keys())
+            .filter_map(|n| current.get(n).map(|f| (n.clone(), f.revision)))
+            .collect();
+        for (name, revision) in reconcile(&mut running, &mut stopping, &desired) {
             let Some(f) = current.get(&name) else { continue };
             let (inv, fc) = (invoker.clone(), f.clone());
-            running.insert(name, Supervised::spawn(revision, |stop| consume(inv, fc, stop)));
-            // Only new or changed functions are prewarmed; the executor runs
-            // one prewarm per function at a time.
+            let idle = Idle {
+                wakes: wakes
+                    .entry(name.clone())
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe(),
+                sleepy: sleepy_tx.clone(),
+            };
+            running.insert(name, Supervised::spawn(revision, |stop| consume(inv, fc, stop, idle)));
+            // Only new or changed functions are prewarmed (reserved ones
+            // are always consumed); the executor runs one prewarm per
+            // function at a time.
             if f.spec.reserved > 0 {
                 let (inv, f) = (invoker.clone(), f.clone());
                 tokio::spawn(async move {
@@ -77,12 +136,109 @@ pub async fn run(
                 });
             }
         }
+        changed = false;
         tokio::select! {
-            changed = functions.changed() => if changed.is_err() { break },
+            c = functions.changed() => {
+                if c.is_err() {
+                    break;
+                }
+                current = functions.borrow_and_update().clone();
+                changed = true;
+            }
             _ = shutdown.recv() => break,
+            Some(msg) = wake_up.next() => {
+                if let Some(name) = bus::function_in(&msg.subject, bus::SUBJECT_WAKE) {
+                    woken(name, &mut wakes, &mut awake);
+                }
+            }
+            Some(names) = found.recv() => {
+                for name in names {
+                    woken(&name, &mut wakes, &mut awake);
+                }
+            }
+            Some(s) = sleepy_rx.recv() => {
+                let same_task = running.get(&s.function).is_some_and(|t| t.revision() == s.revision);
+                let not_woken = wakes.get(&s.function).is_none_or(|w| *w.borrow() == s.wakes);
+                if same_task && not_woken {
+                    awake.remove(&s.function);
+                }
+            }
         }
     }
+    sweeper.abort();
     stop_all(running).await;
+}
+
+/// How long a wake for a function this node does not know is kept (its
+/// registry may not have caught up with a deploy yet).
+const UNKNOWN_WAKE_KEPT: Duration = Duration::from_secs(60);
+
+/// Counts a wake of `name` and marks it awake.
+fn woken(
+    name: &str,
+    wakes: &mut HashMap<String, watch::Sender<u64>>,
+    awake: &mut HashMap<String, tokio::time::Instant>,
+) {
+    wakes
+        .entry(name.to_string())
+        .or_insert_with(|| watch::channel(0).0)
+        .send_modify(|n| *n += 1);
+    awake.insert(name.to_string(), tokio::time::Instant::now());
+}
+
+/// Finds functions with queued events (from their consumers: one request
+/// per 256) at start, every [`Invoker::worker_sweep`] and after NATS came
+/// back (wakes sent meanwhile were lost), and sends their names to `found`.
+async fn sweep(invoker: Arc<Invoker>, found: mpsc::Sender<Vec<String>>) {
+    let mut every = tokio::time::interval(invoker.worker_sweep);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut was_connected = true;
+    let mut failures = 0u32;
+    loop {
+        match invoker.bus.queue_depths().await {
+            Ok(depths) => {
+                failures = 0;
+                let names = depths.into_iter().filter(|(_, n)| *n > 0).map(|(f, _)| f).collect();
+                if found.send(names).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = retry::RECONNECT.delay(failures);
+                tracing::warn!(error = %e, "cannot look for queued events; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        every.reset();
+        loop {
+            tokio::select! {
+                _ = every.tick() => break,
+                _ = check.tick() => {
+                    let connected = invoker.bus.connected();
+                    let back = connected && !was_connected;
+                    was_connected = connected;
+                    if back {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a consume task goes to sleep: it watches its function's wake count
+/// and asks the supervisor to stop it.
+struct Idle {
+    wakes: watch::Receiver<u64>,
+    sleepy: mpsc::UnboundedSender<Sleepy>,
+}
+
+/// The most messages a consumer may have unacknowledged: room for every
+/// run slot and settle slot.
+pub(crate) fn max_ack_pending(f: &DeployedFunction) -> i64 {
+    (f.spec.max_instances as i64 * 4).max(64)
 }
 
 /// Settle slots of one function's consumer: results being recorded,
@@ -104,8 +260,16 @@ const GATHER: Duration = Duration::from_micros(500);
 /// request ends.
 type Pull = futures::stream::Zip<futures::stream::Iter<std::vec::IntoIter<OwnedSemaphorePermit>>, pull::Batch>;
 
-async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watch::Receiver<bool>) {
+async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watch::Receiver<bool>, mut idle: Idle) {
     let name = f.name.to_string();
+    // With no event for `worker_idle`, no more pulls are asked for; once
+    // the last has ended and the queue is empty, the task asks to sleep.
+    let always = f.spec.reserved > 0;
+    let idle_after = invoker.worker_idle;
+    let expires = PULL_EXPIRES.min(idle_after).max(Duration::from_millis(100));
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut asked = false;
+    let mut wakes_open = true;
     let max_runs = f.spec.max_instances as usize;
     let runs = Arc::new(Semaphore::new(max_runs));
     let settles = Arc::new(Semaphore::new(settle_slots(&f)));
@@ -151,23 +315,39 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 }
             },
         };
+        let mut resting = !always && quiet_since.elapsed() >= idle_after;
+        if resting && !asked && pulls.is_empty() {
+            // Nothing pulled for a while and no pull left: sleep if the
+            // queue is empty (retries waiting count as not empty).
+            let seen = *idle.wakes.borrow_and_update();
+            match c.clone().info().await {
+                Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {
+                    asked = idle
+                        .sleepy
+                        .send(Sleepy {
+                            function: name.clone(),
+                            revision: f.revision,
+                            wakes: seen,
+                        })
+                        .is_ok();
+                }
+                _ => {
+                    quiet_since = tokio::time::Instant::now();
+                    resting = false;
+                }
+            }
+        }
         // Ask for as many messages as there are free slots: every message
         // pulled has a slot waiting for it. With nothing in flight at once;
         // beside other requests, once a group has gathered or waited enough.
         let due = pulls.is_empty() || free.len() >= group || ask_by.is_some_and(|t| t <= tokio::time::Instant::now());
-        if !free.is_empty() && due && pulls.len() < MAX_PULLS {
+        if !resting && !free.is_empty() && due && pulls.len() < MAX_PULLS {
             while let Ok(p) = runs.clone().try_acquire_owned() {
                 free.push(p);
             }
             let slots = std::mem::take(&mut free);
             ask_by = None;
-            match c
-                .batch()
-                .max_messages(slots.len())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await
-            {
+            match c.batch().max_messages(slots.len()).expires(expires).messages().await {
                 Ok(batch) => pulls.push(futures::stream::iter(slots).zip(batch)),
                 Err(e) => {
                     tracing::debug!(function = %name, error = %e, "pull request failed; reopening the consumer");
@@ -182,8 +362,15 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
         }
         let ask_timer = async {
             match ask_by {
-                Some(t) if !free.is_empty() => tokio::time::sleep_until(t).await,
+                Some(t) if !free.is_empty() && !resting => tokio::time::sleep_until(t).await,
                 _ => std::future::pending().await,
+            }
+        };
+        let rest_timer = async {
+            if always || resting {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep_until(quiet_since + idle_after).await
             }
         };
         tokio::select! {
@@ -191,6 +378,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
             _ = stop.changed() => break,
             next = pulls.next(), if !pulls.is_empty() => match next {
                 Some((slot, Ok(msg))) => {
+                    quiet_since = tokio::time::Instant::now();
                     let (invoker, f, settles) = (invoker.clone(), f.clone(), settles.clone());
                     tasks.spawn(async move { handle(&invoker, &f, msg, slot, settles).await });
                 }
@@ -214,6 +402,13 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 Err(_) => break,
             },
             _ = ask_timer => {}
+            _ = rest_timer => {}
+            w = idle.wakes.changed(), if wakes_open => {
+                // New events: stay awake.
+                wakes_open = w.is_ok();
+                quiet_since = tokio::time::Instant::now();
+                asked = false;
+            }
         }
         while tasks.try_join_next().is_some() {}
     }
@@ -225,32 +420,11 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
 }
 
 async fn open(invoker: &Invoker, f: &DeployedFunction) -> Result<Consumer<pull::Config>, String> {
-    let stream = invoker
+    invoker
         .bus
-        .js
-        .get_stream(bus::STREAM_EVENTS)
+        .function_consumer(f.name.as_str(), invoker.ack_wait, max_ack_pending(f))
         .await
-        .map_err(|e| e.to_string())?;
-    let durable = bus::consumer_name(f.name.as_str());
-    // Events queued by an evoke from before per-invocation subjects are
-    // taken too, while there are any (a second filter costs the server a
-    // little on every pull, so only then).
-    let mut filter_subjects = vec![bus::invoke_filter(f.name.as_str())];
-    let legacy = bus::legacy_invoke_subject(f.name.as_str());
-    if stream.get_first_raw_message_by_subject(&legacy, 1).await.is_ok() {
-        filter_subjects.push(legacy);
-    }
-    let config = pull::Config {
-        durable_name: Some(durable.clone()),
-        filter_subjects,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: invoker.ack_wait,
-        max_deliver: -1,
-        max_ack_pending: (f.spec.max_instances as i64 * 4).max(64),
-        description: Some(format!("evoke workers of function {}", f.name)),
-        ..Default::default()
-    };
-    stream.create_consumer(config).await.map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `work` while telling JetStream every third of the ack wait that

@@ -303,7 +303,7 @@ pub async fn refresh_depths(
             _ = shutdown.recv() => return,
         }
         let names: Vec<String> = registry.subscribe().borrow().keys().cloned().collect();
-        let queues = bus.queue_depths(&names).await;
+        let queues = bus.queue_depths().await;
         let dead = bus.dlq_depths().await;
         for (counts, gauge) in [(queues, &metrics.queue_pending), (dead, &metrics.dlq_depth)] {
             match counts {

@@ -513,3 +513,97 @@ async fn events_queued_before_per_invocation_subjects_still_run() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// The durable consumers on the event queue, by name, with their pull
+/// requests waiting on the server.
+async fn consumers(nats_url: &str) -> std::collections::HashMap<String, usize> {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(evoke::bus::STREAM_EVENTS).await.unwrap();
+    let mut out = std::collections::HashMap::new();
+    let mut list = stream.consumers();
+    while let Some(info) = list.next().await {
+        let info = info.unwrap();
+        out.insert(info.name, info.num_waiting);
+    }
+    out
+}
+
+/// A node with workers that stop pulling after `idle` without events and
+/// look for unannounced events every `sweep`.
+async fn resting_node(nats: &str, idle: Duration, sweep: Duration) -> TestNode {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = crate::common::config(nats, &dir);
+    c.worker_idle = idle;
+    c.worker_sweep = sweep;
+    TestNode::with_config(c, dir).await
+}
+
+/// Functions never invoked cost no consumer, task or pull; a function
+/// whose queue went quiet stops pulling, and an event queued for it wakes
+/// its workers (long before any sweep would find it).
+#[tokio::test]
+async fn idle_functions_do_not_pull_and_an_event_wakes_them() {
+    let nats = Nats::start();
+    let node = resting_node(&nats.url(), Duration::from_secs(1), Duration::from_secs(3600)).await;
+    for name in ["never-a", "never-b", "busy"] {
+        node.deploy_ok(name, &example("hello"), &[]).await;
+    }
+    assert!(consumers(&nats.url()).await.is_empty(), "a consumer before any event");
+
+    let busy = evoke::bus::consumer_name("busy");
+    for round in 0..2 {
+        let id = node
+            .invoke_async("busy", "application/json", r#"{"name":"wake"}"#)
+            .await;
+        node.wait_record(&id, Duration::from_secs(15), |r| r["status"] == "succeeded")
+            .await;
+        let seen = consumers(&nats.url()).await;
+        assert_eq!(seen.keys().collect::<Vec<_>>(), vec![&busy], "round {round}");
+        // Quiet: its pulls end and none follow.
+        crate::common::eventually(Duration::from_secs(15), "the idle function to stop pulling", || async {
+            let seen = consumers(&nats.url()).await;
+            (seen.get(&busy) == Some(&0)).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            consumers(&nats.url()).await.get(&busy),
+            Some(&0),
+            "pulling again while idle"
+        );
+    }
+    node.stop().await;
+}
+
+/// An event stored with no wake (a wake lost to a reconnect) is found by
+/// the workers' sweep.
+#[tokio::test]
+async fn an_event_no_wake_announced_is_found_by_the_sweep() {
+    let nats = Nats::start();
+    let node = resting_node(&nats.url(), Duration::from_secs(1), Duration::from_secs(1)).await;
+    node.deploy_ok("hello", &example("hello"), &[]).await;
+    let first = node
+        .invoke_async("hello", "application/json", r#"{"name":"first"}"#)
+        .await;
+    node.wait_record(&first, Duration::from_secs(15), |r| r["status"] == "succeeded")
+        .await;
+    let consumer = evoke::bus::consumer_name("hello");
+    crate::common::eventually(Duration::from_secs(15), "the function to stop pulling", || async {
+        (consumers(&nats.url()).await.get(&consumer) == Some(&0)).then_some(())
+    })
+    .await;
+
+    // Stored the way evoke stores an event, without the wake.
+    let bus = &node.node.as_ref().unwrap().invoker.bus;
+    let id = "0195bbbbbbbb7bbb8bbbbbbbbbbbbbbb";
+    let event = json!({"specversion":"1.0","id":"quiet-1","source":"/t","type":"t","datacontenttype":"application/json","data":{"name":"quiet"}});
+    bus.enqueue("hello", id, id, event.to_string().into(), &[])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    node.wait_record(id, Duration::from_secs(15), |r| r["status"] == "succeeded")
+        .await;
+    node.stop().await;
+}

@@ -187,6 +187,9 @@ pub fn config(nats: &str, dir: &TempDir) -> NodeConfig {
     c.pool_instances = 64;
     c.ack_wait = Duration::from_secs(3);
     c.depth_refresh = Duration::from_millis(300);
+    // Workers go to sleep soon, so every test also runs waking them up
+    // (sweeps stay rare: a lost wake shows).
+    c.worker_idle = Duration::from_secs(2);
     c
 }
 
