@@ -57,10 +57,12 @@ impl Cpu {
 fn cpu_of(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime and
-    // stime are the 12th and 13th.
+    // stime are the 12th and 13th (the state, 1st, is not a number: no
+    // field may be skipped).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    match (ticks.get(11), ticks.get(12)) {
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
         (Some(u), Some(s)) => (u + s) / 100.0,
         _ => 0.0,
     }

@@ -51,3 +51,11 @@ pub mod sources;
 pub mod stores;
 pub mod supervise;
 pub use evoke_connectors::units;
+
+/// The allocator of every evoke process (and of the tests and benchmarks,
+/// which link this library). Memory is freed on another runtime thread
+/// than it was allocated on for every event; glibc's malloc takes the
+/// owning arena's lock for that, and the runtime threads spent most of a
+/// queue drain waiting on those locks (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
