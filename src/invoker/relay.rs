@@ -170,8 +170,6 @@ impl Invoker {
         }
     }
 
-    /// Joins the queue group of worker nodes; once this returns, relayed
-    /// invocations can reach this node.
     /// The wakes of this node's workers (see [`super::worker::run`]).
     pub async fn wake_subscription(&self) -> Result<async_nats::Subscriber, crate::bus::NatsError> {
         let doing = "subscribing to worker wakes";
@@ -180,6 +178,8 @@ impl Invoker {
         Ok(sub)
     }
 
+    /// Joins the queue group of worker nodes; once this returns, relayed
+    /// invocations can reach this node.
     pub async fn relay_subscription(&self) -> Result<async_nats::Subscriber, crate::bus::NatsError> {
         let subject = bus::sync_filter();
         let sub = self
