@@ -247,6 +247,13 @@ impl Record {
         }
     }
 
+    /// Whether the invocation reached an end state and was acked (or its ack
+    /// was lost): succeeded or dead-lettered. `failed` is only a step on the
+    /// way to the dead letter queue.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.status, Status::Succeeded | Status::DeadLettered)
+    }
+
     /// Moves to `status` (`queued` again for a retry, or an end state),
     /// with the last run's summary when there was one.
     pub fn finish(&mut self, status: Status, run: Option<&Run>) {

@@ -233,10 +233,10 @@ impl Settling<'_> {
     }
 }
 
-async fn ack(msg: &Message, id: &str) {
+pub(super) async fn ack(msg: &Message, id: &str) {
     if let Err(e) = msg.ack().await {
-        // Redelivered later; the function may see a duplicate (its attempt
-        // number tells it so).
+        // Redelivered later; its stored record says it is settled, so the
+        // worker acks it then without running it again.
         tracing::warn!(invocation = id, error = %e, "ack failed");
     }
 }

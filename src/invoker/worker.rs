@@ -518,6 +518,14 @@ async fn handle(
             return;
         }
     };
+    if record.is_settled() {
+        // Its outcome was stored, and only the ack was lost (NATS away, a
+        // node gone between the two): running it again would be a duplicate.
+        drop(run_slot);
+        tracing::info!(invocation = %d.id, status = ?record.status, "redelivered after its outcome was stored; acked without running");
+        super::settle::ack(&msg, &d.id).await;
+        return;
+    }
     if d.age > f.spec.max_event_age {
         drop(run_slot);
         keep_alive(invoker, &msg, settling.expired(record, &event)).await;

@@ -607,3 +607,68 @@ async fn an_event_no_wake_announced_is_found_by_the_sweep() {
         .await;
     node.stop().await;
 }
+
+/// An event redelivered after its outcome was stored (only the ack was
+/// lost: NATS away, a node gone between the two) is acked without running
+/// again; one redelivered with no stored outcome runs.
+#[tokio::test]
+async fn a_redelivered_event_whose_outcome_was_stored_is_not_run_again() {
+    use evoke::invoker::records::{Mode, Record, Status};
+    let nats = Nats::start();
+    let api = TestNode::without_workers(&nats.url()).await;
+    api.deploy_ok("hello", &example("hello"), &[]).await;
+    let settled = api.invoke_async("hello", "application/json", r#"{"name":"a"}"#).await;
+    let lost = api.invoke_async("hello", "application/json", r#"{"name":"b"}"#).await;
+
+    // A worker of our own takes both (first delivery), stores the first
+    // one's outcome, and loses both acks.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(evoke::bus::STREAM_EVENTS)
+        .await
+        .unwrap()
+        .get_consumer(&evoke::bus::consumer_name("hello"))
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(2).messages().await.unwrap();
+    let mut taken = Vec::new();
+    while let Some(m) = batch.next().await {
+        taken.push(m.unwrap());
+    }
+    assert_eq!(taken.len(), 2);
+    let invoker = &api.node.as_ref().unwrap().invoker;
+    let mut record = Record::new(&settled, "hello", Mode::Async, "e", Status::Queued);
+    record.finish(Status::Succeeded, None);
+    invoker.put_record_acked(&record).await.unwrap();
+    for m in &taken {
+        m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+
+    let worker = TestNode::start(&nats.url()).await;
+    let ran = api
+        .wait_record(&lost, Duration::from_secs(15), |r| r["status"] == "succeeded")
+        .await;
+    assert_eq!(ran["attempts"].as_array().unwrap().len(), 2, "{ran:#}");
+    crate::common::eventually(Duration::from_secs(15), "the queue drained", || async {
+        let (_, s) = api.get("/v1/status").await;
+        (s["functions"][0]["queued"] == 0).then_some(())
+    })
+    .await;
+    let kept = api.get(&format!("/v1/invocations/{settled}")).await.1;
+    assert_eq!(
+        (kept["status"].as_str(), kept["attempts"].as_array().map(Vec::len)),
+        (Some("succeeded"), Some(0)),
+        "the stored outcome is kept, not run again: {kept:#}"
+    );
+    assert!(
+        worker
+            .wait_metric(
+                r#"evoke_invocations_total{function="hello",outcome="success"} 1"#,
+                Duration::from_secs(5)
+            )
+            .await
+    );
+    worker.stop().await;
+    api.stop().await;
+}

@@ -229,8 +229,13 @@ for i in range(int(sys.argv[2]), int(sys.argv[3])):
 conn.close()
 "#;
     python(PUBLISH, &[&vhost.url(), "0", "20"]);
-    eventually(Duration::from_secs(30), "20 stored", || async {
-        (node.consumer("in").await["stored"] == json!(20)).then_some(())
+    // All 20 stored, run and settled: what follows is about the source's
+    // deliveries, not runs cut off by the outage (those may run again).
+    eventually(Duration::from_secs(30), "20 stored, run and settled", || async {
+        let stored = node.consumer("in").await["stored"] == json!(20);
+        let ran = node.succeeded("sink").await == 20;
+        let waiting = super::common::queued_events(&nats.url(), "sink").await.len();
+        (stored && ran && waiting == 0).then_some(())
     })
     .await;
     // evoke's NATS goes away: deliveries wait unacknowledged in RabbitMQ.
