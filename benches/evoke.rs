@@ -297,52 +297,8 @@ async fn main() -> anyhow::Result<()> {
     let cache = tempfile::TempDir::new()?;
     let exec = Executor::new(ExecutorConfig::new(cache.path().into()), None, None)?;
     let code = Bytes::from(examples("counter"));
-    let (kind, digest) = exec
-        .check_code(code.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let event = evoke_connectors::Event::new("1", "/bench", "bench");
     let rounds = if quick { 50 } else { 300 };
-    let mut cold = Vec::new();
-    let mut load = Vec::new();
-    let mut fresh = Vec::new();
-    for rev in 1..=rounds {
-        let f = Arc::new(DeployedFunction {
-            name: "noop".parse().map_err(|e: String| anyhow::anyhow!(e))?,
-            spec: FunctionSpec::default(),
-            digest: digest.clone(),
-            code_size: code.len() as u64,
-            kind,
-            deployed_at: Utc::now(),
-            revision: rev,
-        });
-        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
-        anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
-        let c = run.cold.expect("a new revision starts cold");
-        load.push(Duration::from_micros(c.compile_or_load_us));
-        fresh.push(Duration::from_micros(c.instantiate_us));
-        cold.push(run.duration);
-    }
-    let f = Arc::new(DeployedFunction {
-        name: "noop".parse().map_err(|e: String| anyhow::anyhow!(e))?,
-        spec: FunctionSpec::default(),
-        digest,
-        code_size: code.len() as u64,
-        kind,
-        deployed_at: Utc::now(),
-        revision: rounds + 1,
-    });
-    let mut warm = Vec::new();
-    for i in 0..rounds * 10 + 1 {
-        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
-        if i > 0 {
-            warm.push(run.duration);
-        }
-    }
-    cold.sort();
-    load.sort();
-    fresh.sort();
-    warm.sort();
+    let (cold, load, fresh, warm) = starts(&exec, &code, rounds, rounds * 10).await?;
     let raw = raw_wasmtime(&code, rounds as usize).await?;
     row(
         "cold start p50 (load cached code+instantiate+init+call)",
@@ -367,6 +323,31 @@ async fn main() -> anyhow::Result<()> {
         pct(&warm, 0.5).as_secs_f64() * 1e6,
         "us",
     );
+    // The interpreted languages, against the Rust hello example (same
+    // measurement, same run): what CPython and StarlingMonkey cost.
+    let hello = Bytes::from(examples("hello"));
+    let (rust_cold, _, _, rust_warm) = starts(&exec, &hello, 20, 200).await?;
+    for lang in ["hello-python", "hello-js"] {
+        let (cold, load, fresh, warm) = starts(&exec, &Bytes::from(examples(lang)), 20, 200).await?;
+        row(
+            &format!("{lang} cold start p50 (vs Rust hello)"),
+            pct(&rust_cold, 0.5).as_secs_f64() * 1e6,
+            pct(&cold, 0.5).as_secs_f64() * 1e6,
+            "us",
+        );
+        println!(
+            "{:<60} load {:.0} us, instantiate {:.0} us",
+            "  of which",
+            pct(&load, 0.5).as_secs_f64() * 1e6,
+            pct(&fresh, 0.5).as_secs_f64() * 1e6
+        );
+        row(
+            &format!("{lang} warm invoke p50 (vs Rust hello)"),
+            pct(&rust_warm, 0.5).as_secs_f64() * 1e6,
+            pct(&warm, 0.5).as_secs_f64() * 1e6,
+            "us",
+        );
+    }
 
     worker.stop().await;
 
@@ -424,6 +405,56 @@ async fn main() -> anyhow::Result<()> {
     many.stop().await;
     ingest.stop().await;
     Ok(())
+}
+
+/// Cold starts of `code` (a new revision each: cached compiled code loaded,
+/// instantiated, `init`, one call) and warm calls of one revision, each
+/// sorted: (cold, of which loading, of which instantiating, warm).
+async fn starts(
+    exec: &Executor,
+    code: &Bytes,
+    cold_rounds: u64,
+    warm_rounds: u64,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
+    let (kind, digest) = exec
+        .check_code(code.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let event = evoke_connectors::Event::new("1", "/bench", "bench");
+    let function = |revision| -> anyhow::Result<Arc<DeployedFunction>> {
+        Ok(Arc::new(DeployedFunction {
+            name: "noop".parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            spec: FunctionSpec::default(),
+            digest: digest.clone(),
+            code_size: code.len() as u64,
+            kind,
+            deployed_at: Utc::now(),
+            revision,
+        }))
+    };
+    let (mut cold, mut load, mut fresh, mut warm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for rev in 1..=cold_rounds {
+        let run = exec
+            .invoke(&function(rev)?, "bench", &event, Duration::from_secs(5))
+            .await;
+        anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
+        let c = run.cold.expect("a new revision starts cold");
+        load.push(Duration::from_micros(c.compile_or_load_us));
+        fresh.push(Duration::from_micros(c.instantiate_us));
+        cold.push(run.duration);
+    }
+    let f = function(cold_rounds + 1)?;
+    for i in 0..=warm_rounds {
+        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
+        anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
+        if i > 0 {
+            warm.push(run.duration);
+        }
+    }
+    for v in [&mut cold, &mut load, &mut fresh, &mut warm] {
+        v.sort();
+    }
+    Ok((cold, load, fresh, warm))
 }
 
 /// The resident set size of process `pid`, in MB (Linux).

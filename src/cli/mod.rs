@@ -5,6 +5,7 @@ mod apply;
 pub mod client;
 pub mod nats;
 mod output;
+pub mod project;
 mod status;
 mod up;
 
@@ -37,6 +38,12 @@ pub enum Command {
     Up(ServeArgs),
     /// Run an evoke node against an existing NATS.
     Serve(ServeArgs),
+    /// Create a function project (Rust, Python or JavaScript) with a
+    /// hello-world handler, the WIT world and the language's SDK.
+    New(NewArgs),
+    /// Build the function project in a directory into NAME.wasm with its
+    /// language's toolchain (cargo, componentize-py or componentize-js).
+    Build(BuildArgs),
     /// Deploy a function: upload its .wasm and settings (upload = deploy).
     Deploy(DeployArgs),
     /// Invoke a function, synchronously (prints its output) or with --async
@@ -219,6 +226,26 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct NewArgs {
+    /// Function name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// The function's language.
+    #[arg(long, value_enum, default_value_t = project::Lang::Rust)]
+    pub lang: project::Lang,
+    /// Where to create it (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The project's directory (default: the current one). Its language is
+    /// told by Cargo.toml, app.py or app.js.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct DeployArgs {
     /// Function name: lower-case letters, digits and `-`.
     pub name: String,
@@ -377,6 +404,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::up(args, true).await,
         Command::Serve(args) => up::up(args, false).await,
+        Command::New(args) => project::new_command(&args, cli.json),
+        Command::Build(args) => project::build_command(&args.dir, cli.json),
         Command::Deploy(args) => output::deploy(&client, args, cli.json).await,
         Command::Invoke(args) => output::invoke(&client, args, cli.json).await,
         Command::Invocations(InvocationsCmd::Show { id }) => output::invocation(&client, &id, cli.json).await,

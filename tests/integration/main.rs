@@ -12,6 +12,7 @@ mod connection;
 mod deploy;
 mod files;
 mod hardening;
+mod languages;
 mod logs;
 mod object_access;
 mod objects;
