@@ -733,12 +733,12 @@ fn raw_store(engine: &wasmtime::Engine, stdin: Bytes) -> wasmtime::Store<evoke::
         .stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20));
     let mut s = wasmtime::Store::new(
         engine,
-        ComponentState {
-            wasi: wasi.build(),
-            table: wasmtime::component::ResourceTable::new(),
-            sandbox: Sandbox::new(128 << 20, 65536, None),
-            objects: Default::default(),
-        },
+        ComponentState::new(
+            wasi.build(),
+            Sandbox::new(128 << 20, 65536, None),
+            Default::default(),
+            evoke::executor::http::HttpAccess::new(&[], false),
+        ),
     );
     s.set_epoch_deadline(u64::MAX / 2);
     s

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub metrics_token: Option<String>,
     /// Let HTTP destinations reach link-local addresses (cloud metadata).
     pub allow_link_local_destinations: bool,
+    /// Let functions' outbound HTTP reach link-local and cloud metadata addresses.
+    pub allow_link_local_http: bool,
     /// How often queue and DLQ depths are read for `/metrics`.
     pub depth_refresh: Duration,
     /// How long a function's workers wait with no event before they stop
@@ -73,6 +75,7 @@ impl NodeConfig {
             secret_overrides: Default::default(),
             metrics_token: None,
             allow_link_local_destinations: false,
+            allow_link_local_http: false,
             depth_refresh: crate::observe::metrics::DEPTH_REFRESH,
             worker_idle: crate::invoker::worker::IDLE_AFTER,
             worker_sweep: crate::invoker::worker::SWEEP_EVERY,
@@ -134,6 +137,7 @@ impl Node {
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
         exec_config.fuel = config.fuel;
+        exec_config.allow_link_local_http = config.allow_link_local_http;
         let secrets = crate::secrets::Secrets {
             overrides: config.secret_overrides.clone(),
         };

@@ -11,7 +11,7 @@
 //     return `Hello, ${name}!`;
 //   });
 //
-// The handler returns a string (text/plain), a Uint8Array
+// The handler (sync, or async to await fetch()) returns a string (text/plain), a Uint8Array
 // (application/octet-stream), any other value (JSON), undefined (an empty
 // body), or an output made with `text`, `json` or `output` (to set the
 // status and headers a webhook or sync caller gets). A thrown error is a
@@ -137,7 +137,11 @@ export function handler(fn, options = {}) {
         throw failure('handle', e);
       }
       if (value instanceof Promise) {
-        throw failure('handle', new TypeError('the handler returned a Promise: evoke handlers are synchronous'));
+        // An async handler (e.g. one that awaits fetch()): componentize-js
+        // runs the event loop until the promise settles.
+        return value.then(toOutput, (e) => {
+          throw failure('handle', e);
+        });
       }
       return toOutput(value);
     },

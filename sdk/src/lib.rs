@@ -18,6 +18,8 @@
 //! [`Event::object`].
 
 #[doc(hidden)]
+pub mod http;
+
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

@@ -223,6 +223,11 @@ pub struct ServeArgs {
     /// (refused by default: cloud metadata services live there).
     #[arg(long, env = "EVOKE_ALLOW_LINK_LOCAL_DESTINATIONS")]
     pub allow_link_local_destinations: bool,
+    /// Let functions with http grants call link-local and cloud metadata
+    /// addresses (169.254.0.0/16, fe80::/10, 100.100.100.200, fd00:ec2::254;
+    /// refused by default, even when a grant names them).
+    #[arg(long, env = "EVOKE_ALLOW_LINK_LOCAL_HTTP")]
+    pub allow_link_local_http: bool,
 }
 
 #[derive(Args, Debug)]
@@ -279,6 +284,10 @@ pub struct DeployArgs {
     /// --grant local/photos:read --grant local/thumbs:write. None by default.
     #[arg(long = "grant", value_name = "STORE/BUCKET:ACCESS")]
     pub grants: Vec<String>,
+    /// Outbound HTTP the function may make (repeatable), e.g.
+    /// --allow-http 'https://api.example.com/*'. None by default.
+    #[arg(long = "allow-http", value_name = "URL")]
+    pub http: Vec<String>,
     /// Where results go: nats:<subject>, jetstream:<subject>, http(s)://...,
     /// function:<name> or s3://<store>/<bucket>/<prefix>.
     #[arg(long)]

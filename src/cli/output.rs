@@ -40,6 +40,9 @@ pub async fn deploy(client: &Client, a: DeployArgs, json: bool) -> anyhow::Resul
     for g in a.grants {
         query.push(("grant".into(), g));
     }
+    for h in a.http {
+        query.push(("http".into(), h));
+    }
     if !json {
         eprintln!(
             "uploading {} ({} KiB) and compiling...",

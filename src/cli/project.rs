@@ -75,6 +75,7 @@ impl Lang {
 
 const WIT: &str = include_str!("../../wit/function.wit");
 const RUST_SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
+const RUST_SDK_HTTP: &str = include_str!("../../sdk/src/http.rs");
 const RUST_SDK_MANIFEST: &str = include_str!("../../sdk/Cargo.toml");
 const PYTHON_SDK: &str = include_str!("../../sdk/python/evoke/__init__.py");
 const JS_SDK: &str = include_str!("../../sdk/js/evoke.js");
@@ -211,6 +212,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
                 .unwrap_or(RUST_SDK_MANIFEST);
             files.push(("evoke-sdk/Cargo.toml", sdk_manifest.to_string()));
             files.push(("evoke-sdk/src/lib.rs", RUST_SDK_LIB.to_string()));
+            files.push(("evoke-sdk/src/http.rs", RUST_SDK_HTTP.to_string()));
             files.push((".gitignore", format!("/target\n/{name}.wasm\n")));
         }
         Lang::Python => {
@@ -290,7 +292,7 @@ fn readme(name: &str, lang: Lang) -> String {
         ),
         Lang::Js => (
             "app.js",
-            format!("componentize-js app.js -w wit -n function -d http fetch-event -o {name}.wasm"),
+            format!("componentize-js app.js -w wit -n function -d fetch-event -o {name}.wasm"),
             format!("Node.js and `npm install -g {COMPONENTIZE_JS}`"),
         ),
     };

@@ -126,6 +126,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     config.fuel = args.fuel;
     config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
     config.allow_link_local_destinations = args.allow_link_local_destinations;
+    config.allow_link_local_http = args.allow_link_local_http;
     let node = Node::start(config).await?;
     // Listen for Ctrl-C and SIGTERM from here on, so a stop during start-up
     // still stops cleanly (and takes the managed nats-server with it).

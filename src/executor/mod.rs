@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod engine;
 pub mod guest;
+pub mod http;
 pub mod objects;
 pub mod pipes;
 mod run;
@@ -58,6 +59,9 @@ pub struct ExecutorConfig {
     pub log_cap: usize,
     /// Meter CPU with fuel, so functions may set a `fuel` budget.
     pub fuel: bool,
+    /// Let functions' outbound HTTP reach link-local and cloud metadata
+    /// addresses (refused by default).
+    pub allow_link_local_http: bool,
 }
 
 impl ExecutorConfig {
@@ -68,6 +72,7 @@ impl ExecutorConfig {
             max_output: 6 << 20,
             log_cap: 64 << 10,
             fuel: false,
+            allow_link_local_http: false,
         }
     }
 }
@@ -327,6 +332,7 @@ impl Executor {
         bindings::evoke::function::objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
             .map_err(setup)?;
         guest::link_v0_1(&mut component_linker).map_err(setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker).map_err(setup)?;
         let mut module_linker = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| &mut s.wasi).map_err(setup)?;
         Ok(Executor {

@@ -7,11 +7,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use evoke_connectors::Event;
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::guest::Prepared;
+use super::http::HttpAccess;
 use super::objects::ObjectAccess;
 use super::pipes::CappedPipe;
 use super::sandbox::{ComponentState, HasSandbox, ModuleState, Sandbox, arm, start_clock};
@@ -67,6 +67,11 @@ impl Executor {
         }
     }
 
+    /// A new instance's outbound HTTP: the function's grants.
+    fn http_access(&self, f: &DeployedFunction) -> HttpAccess {
+        HttpAccess::new(&f.spec.grants.http, self.config.allow_link_local_http)
+    }
+
     pub(super) async fn new_instance(
         &self,
         loaded: &Loaded,
@@ -84,12 +89,7 @@ impl Executor {
             .build();
         let sandbox = Sandbox::new(f.spec.memory.0, self.config.log_cap, self.fuel_budget(f));
         let mut store = self.new_store(
-            ComponentState {
-                wasi,
-                table: ResourceTable::new(),
-                sandbox,
-                objects: self.object_access(f),
-            },
+            ComponentState::new(wasi, sandbox, self.object_access(f), self.http_access(f)),
             deadline,
         );
         let t = Instant::now();
@@ -233,12 +233,7 @@ impl Executor {
             Prepared::Command { pre } => {
                 let mut objects = self.object_access(f);
                 objects.begin(invocation, event);
-                let state = ComponentState {
-                    wasi: builder.build(),
-                    table: ResourceTable::new(),
-                    sandbox,
-                    objects,
-                };
+                let state = ComponentState::new(builder.build(), sandbox, objects, self.http_access(f));
                 let mut store = self.new_store(state, deadline);
                 let t = Instant::now();
                 let instance = with_room!(self, pre.instantiate_async(&mut store).await);
@@ -313,7 +308,11 @@ impl Executor {
 
 /// Takes an invocation's logs: host `log` lines plus captured stdio.
 fn drain<T: HasSandbox>(store: &mut Store<T>, pipes: &[(&str, &CappedPipe)]) -> Vec<LogLine> {
+    let notes = store.data_mut().take_notes();
     let logs = &mut store.data_mut().sandbox().logs;
+    for (level, message) in notes {
+        logs.push(level, "evoke", message);
+    }
     for (stream, pipe) in pipes {
         let (bytes, dropped) = pipe.take();
         logs.push_text(LogLevel::Info, stream, &bytes, dropped);

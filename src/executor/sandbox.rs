@@ -89,6 +89,27 @@ pub struct ComponentState {
     pub sandbox: Sandbox,
     /// What the function may do with objects, and who is calling.
     pub objects: super::objects::ObjectAccess,
+    pub http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    /// What the function may call over HTTP.
+    pub http: super::http::HttpAccess,
+}
+
+impl ComponentState {
+    pub fn new(
+        wasi: WasiCtx,
+        sandbox: Sandbox,
+        objects: super::objects::ObjectAccess,
+        http: super::http::HttpAccess,
+    ) -> ComponentState {
+        ComponentState {
+            wasi,
+            table: ResourceTable::new(),
+            sandbox,
+            objects,
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http,
+        }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -109,11 +130,21 @@ pub struct ModuleState {
 /// Access to the sandbox part of any store data.
 pub trait HasSandbox: Send + 'static {
     fn sandbox(&mut self) -> &mut Sandbox;
+
+    /// Log lines host work wrote outside the guest's calls (HTTP requests
+    /// that ended later), to add to the invocation's log.
+    fn take_notes(&mut self) -> Vec<(LogLevel, String)> {
+        Vec::new()
+    }
 }
 
 impl HasSandbox for ComponentState {
     fn sandbox(&mut self) -> &mut Sandbox {
         &mut self.sandbox
+    }
+
+    fn take_notes(&mut self) -> Vec<(LogLevel, String)> {
+        self.http.take_notes()
     }
 }
 

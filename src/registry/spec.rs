@@ -248,13 +248,127 @@ impl SuccessBody {
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// `STORE/BUCKET:ACCESS`, access `read`, `write` or `read-write`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketGrant>,
+    /// Outbound HTTP the function may make: `https://api.example.com/*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpGrant>,
 }
 
 impl Grants {
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.buckets.is_empty() && self.http.is_empty()
+    }
+}
+
+/// Outbound HTTP a function may make: a scheme, a host (exact, or
+/// `*.example.com` for its subdomains), an optional port (else the
+/// scheme's), and a path: exact, or a prefix when it ends in `*`.
+/// `https://api.example.com/*`, `http://127.0.0.1:9000/hooks/*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpGrant {
+    text: String,
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+    path_prefix: bool,
+}
+
+impl HttpGrant {
+    /// Whether this grant allows a request to `scheme://host:port/path`.
+    pub fn allows(&self, https: bool, host: &str, port: u16, path: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host_ok = match self.host.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+            None => host == self.host,
+        };
+        let path_ok = if self.path_prefix {
+            path.starts_with(&self.path)
+        } else {
+            path == self.path
+        };
+        self.https == https && host_ok && self.port == port && path_ok
+    }
+}
+
+impl FromStr for HttpGrant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let form = "write SCHEME://HOST[:PORT]/PATH, e.g. https://api.example.com/* (a `*` only at the path's end or as the host's first label)";
+        let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("`{s}` is not an http:// or https:// address; {form}"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        // `[v6]:port` keeps its brackets, as request URIs spell it.
+        let split = match authority.strip_prefix('[') {
+            Some(v6) => v6
+                .find(']')
+                .map(|i| (&authority[..i + 2], &authority[i + 2..]))
+                .ok_or_else(|| format!("`{s}`: an unclosed `[`; {form}"))?,
+            None => match authority.find(':') {
+                Some(i) => (&authority[..i], &authority[i..]),
+                None => (authority, ""),
+            },
+        };
+        let (host, port) = match split.1 {
+            "" => (split.0, if https { 443 } else { 80 }),
+            p => {
+                let digits = p.strip_prefix(':').unwrap_or(p);
+                let port = digits
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{s}`: `{digits}` is not a port; {form}"))?;
+                (split.0, port)
+            }
+        };
+        let host = host.to_ascii_lowercase();
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        if bare.is_empty() || bare.contains('*') || bare.contains('@') || authority.contains('@') {
+            return Err(format!("`{s}`: `{host}` is not a host; {form}"));
+        }
+        if path.contains(['?', '#']) || path[..path.len().saturating_sub(1)].contains('*') {
+            return Err(format!("`{s}`: the path may only end with `*`; {form}"));
+        }
+        let (path, path_prefix) = match path.strip_suffix('*') {
+            Some(p) => (p.to_string(), true),
+            None => (path.to_string(), false),
+        };
+        Ok(HttpGrant {
+            text: s.to_string(),
+            https,
+            host,
+            port,
+            path,
+            path_prefix,
+        })
+    }
+}
+
+impl TryFrom<String> for HttpGrant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<HttpGrant> for String {
+    fn from(g: HttpGrant) -> String {
+        g.text
+    }
+}
+
+impl fmt::Display for HttpGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -449,10 +563,13 @@ impl FunctionSpec {
         let mut map = Map::new();
         let mut env = Map::new();
         let mut buckets = Vec::new();
+        let mut http = Vec::new();
         let mut errors = Vec::new();
         for (k, v) in pairs {
             if k == "grant" {
                 buckets.push(Value::String(v.clone()));
+            } else if k == "http" {
+                http.push(Value::String(v.clone()));
             } else if k == "env" {
                 match v.split_once('=') {
                     Some((name, value)) => {
@@ -467,8 +584,8 @@ impl FunctionSpec {
         if !env.is_empty() {
             map.insert("env".into(), Value::Object(env));
         }
-        if !buckets.is_empty() {
-            map.insert("grants".into(), serde_json::json!({ "buckets": buckets }));
+        if !buckets.is_empty() || !http.is_empty() {
+            map.insert("grants".into(), serde_json::json!({ "buckets": buckets, "http": http }));
         }
         match FunctionSpec::from_json(&Value::Object(map)) {
             Ok(spec) if errors.is_empty() => Ok(spec),
@@ -557,6 +674,40 @@ fn field_message(m: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_grants_match_scheme_host_port_and_path() {
+        let g: super::HttpGrant = "https://api.example.com/v1/*".parse().unwrap();
+        assert!(g.allows(true, "api.example.com", 443, "/v1/users"));
+        assert!(g.allows(true, "API.example.com.", 443, "/v1/"));
+        assert!(!g.allows(false, "api.example.com", 443, "/v1/users"), "scheme");
+        assert!(!g.allows(true, "api.example.com", 8443, "/v1/users"), "port");
+        assert!(!g.allows(true, "api.example.com.evil.net", 443, "/v1/users"), "host");
+        assert!(!g.allows(true, "api.example.com", 443, "/v2"), "path");
+        let g: super::HttpGrant = "http://127.0.0.1:9000/hooks/ping".parse().unwrap();
+        assert!(g.allows(false, "127.0.0.1", 9000, "/hooks/ping"));
+        assert!(!g.allows(false, "127.0.0.1", 9000, "/hooks/ping2"), "exact path");
+        assert!(!g.allows(false, "127.0.0.1", 80, "/hooks/ping"));
+        let g: super::HttpGrant = "https://*.example.com".parse().unwrap();
+        assert!(!g.allows(true, "example.com", 443, "/"), "subdomains only");
+        assert!(g.allows(true, "a.b.example.com", 443, "/"));
+        assert!(!g.allows(true, "a.b.example.com", 443, "/x"), "no path is `/` only");
+        let g: super::HttpGrant = "http://[::1]:8080/*".parse().unwrap();
+        assert!(g.allows(false, "[::1]", 8080, "/x"));
+        for bad in [
+            "ftp://x/",
+            "https://",
+            "https://a*.com/",
+            "https://x/a*/b",
+            "http://x:99999/",
+            "https://u@x/",
+            "http://x/?q",
+            "http://[::1/",
+        ] {
+            assert!(bad.parse::<super::HttpGrant>().is_err(), "{bad}");
+        }
+        assert_eq!(String::from(g), "http://[::1]:8080/*");
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -16,6 +16,7 @@ mod languages;
 mod logs;
 mod object_access;
 mod objects;
+mod outbound_http;
 mod queues;
 mod resilience;
 mod sandbox;

@@ -1,0 +1,213 @@
+//! Outbound HTTP for functions (`wasi:http/outgoing-handler`), by grant.
+//!
+//! A function may call only the addresses its spec grants
+//! (`grants = { http = ["https://api.example.com/*"] }`); anything else
+//! fails at once with `HTTP-request-denied` and a warning in the function's
+//! log, never a hang. Names that resolve to link-local or cloud-metadata
+//! addresses (169.254.0.0/16, fe80::/10, 100.100.100.200, fd00:ec2::254)
+//! are refused unless the node allows them. Every request counts toward the
+//! invocation's timeout (its connect and read timeouts are what is left of
+//! it, and the invocation's own deadline cancels it), at most
+//! [`MAX_IN_FLIGHT`] run at once per instance, a response body is capped
+//! at [`MAX_RESPONSE_BYTES`], and each request is logged with its status
+//! and duration.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::sandbox::ComponentState;
+use crate::observe::logs::LogLevel;
+use crate::registry::spec::HttpGrant;
+
+/// Requests one instance may have in flight at once.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// The largest response body a function may read.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Log lines written by requests that ended after the call that made them.
+type Notes = Arc<Mutex<Vec<(LogLevel, String)>>>;
+
+/// What one instance may call, and its requests' bookkeeping.
+pub struct HttpAccess {
+    grants: Arc<[HttpGrant]>,
+    allow_link_local: bool,
+    in_flight: Arc<Semaphore>,
+    /// When the current invocation must stop (copied from the sandbox).
+    pub deadline: Instant,
+    notes: Notes,
+}
+
+impl HttpAccess {
+    pub fn new(grants: &[HttpGrant], allow_link_local: bool) -> HttpAccess {
+        HttpAccess {
+            grants: grants.into(),
+            allow_link_local,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            deadline: Instant::now(),
+            notes: Arc::default(),
+        }
+    }
+
+    /// Takes the log lines requests wrote since the last call.
+    pub fn take_notes(&self) -> Vec<(LogLevel, String)> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note(&self, level: LogLevel, message: String) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((level, message));
+    }
+
+    /// Why a request to `uri` is not granted, if it is not.
+    fn refusal(&self, uri: &http::Uri) -> Option<String> {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let Some(host) = uri.host() else {
+            return Some("the address has no host".into());
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if self.grants.iter().any(|g| g.allows(https, host, port, uri.path())) {
+            return None;
+        }
+        Some(if self.grants.is_empty() {
+            "the function has no http grants (add `grants = { http = [\"https://host/*\"] }` to its spec)".into()
+        } else {
+            let granted: Vec<String> = self.grants.iter().map(ToString::to_string).collect();
+            format!("no grant matches (granted: {})", granted.join(", "))
+        })
+    }
+}
+
+/// Whether calls to `ip` are refused unless the node allows link-local
+/// addresses: link-local ones, and the cloud metadata services elsewhere
+/// (Alibaba Cloud's 100.100.100.200, AWS's IPv6 fd00:ec2::254).
+pub fn metadata_address(ip: IpAddr) -> bool {
+    const ALIBABA: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200));
+    const AWS_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254));
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    crate::invoker::destinations::link_local(ip) || ip == ALIBABA || ip == AWS_V6
+}
+
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
+
+impl WasiHttpHooks for HttpAccess {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        drop(fut);
+        let what = format!("{} {}", request.method(), request.uri());
+        if let Some(why) = self.refusal(request.uri()) {
+            self.note(LogLevel::Warn, format!("http: {what} refused: {why}"));
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.note(
+                LogLevel::Warn,
+                format!("http: {what} refused: {MAX_IN_FLIGHT} requests already in flight"),
+            );
+            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        };
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let options = RequestOptions {
+            connect_timeout: Some(left),
+            first_byte_timeout: Some(left),
+            between_bytes_timeout: Some(left.max(Duration::from_millis(1))),
+        };
+        let allow_link_local = self.allow_link_local;
+        let notes = self.notes.clone();
+        let note = move |level, message| notes.lock().unwrap_or_else(|p| p.into_inner()).push((level, message));
+        Box::new(async move {
+            let started = Instant::now();
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            if !allow_link_local && let Err(why) = check_addresses(request.uri()).await {
+                note(LogLevel::Warn, format!("http: {what} refused: {why}"));
+                return Err(Error::DestinationIpProhibited);
+            }
+            match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
+                Ok((response, io)) => {
+                    note(
+                        LogLevel::Info,
+                        format!(
+                            "http: {what} -> {} in {:.1} ms",
+                            response.status().as_u16(),
+                            ms(started)
+                        ),
+                    );
+                    let response = response.map(|body| capped(body.boxed_unsync(), permit));
+                    Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                }
+                Err(e) => {
+                    note(
+                        LogLevel::Warn,
+                        format!("http: {what} failed after {:.1} ms: {e}", ms(started)),
+                    );
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// Resolves the request's host and refuses it when any address it has is
+/// link-local or a metadata service's (a literal address is checked as is).
+async fn check_addresses(uri: &http::Uri) -> Result<(), String> {
+    let host = uri.host().ok_or("the address has no host")?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<IpAddr> = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((bare, 0))
+            .await
+            .map_err(|e| format!("`{host}` does not resolve: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    match addresses.into_iter().find(|ip| metadata_address(*ip)) {
+        Some(ip) => Err(format!(
+            "`{host}` is (or resolves to) {ip}, a link-local or cloud metadata address, which functions may not call (a node started with --allow-link-local-http allows it)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The response body, failing with `HTTP-response-body-size` past
+/// [`MAX_RESPONSE_BYTES`]; holds the in-flight slot until it is dropped.
+fn capped(body: WasiBody, permit: tokio::sync::OwnedSemaphorePermit) -> WasiBody {
+    http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        .map_err(move |e| {
+            let _held = &permit;
+            match e.downcast::<Error>() {
+                Ok(inner) => *inner,
+                Err(_) => Error::HttpResponseBodySize(Some(MAX_RESPONSE_BYTES as u64)),
+            }
+        })
+        .boxed_unsync()
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.http.deadline = self.sandbox.deadline;
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
