@@ -211,3 +211,87 @@ impl WasiHttpView for ComponentState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Empty;
+
+    use super::*;
+
+    fn request(url: &str) -> http::Request<WasiBody> {
+        let body = Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::get(url).body(body).unwrap()
+    }
+
+    async fn send(access: &mut HttpAccess, url: &str) -> Result<(), Error> {
+        let sent = access.send_request(request(url), None, Box::new(async { Ok(()) }));
+        std::pin::Pin::from(sent).await.map(|_| ())
+    }
+
+    #[test]
+    fn metadata_and_link_local_addresses_in_every_spelling() {
+        for ip in [
+            "169.254.169.254",
+            "fe80::1",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "::ffff:100.100.100.200",
+        ] {
+            assert!(metadata_address(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.1", "100.100.100.201", "::1", "fd00:ec2::253"] {
+            assert!(!metadata_address(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_say_why_and_the_in_flight_cap_holds() {
+        let grants: Vec<HttpGrant> = vec!["http://127.0.0.1:9/ok/*".parse().unwrap()];
+        let mut access = HttpAccess::new(&grants, false);
+        access.deadline = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(
+            send(&mut access, "http://127.0.0.1:9/other").await,
+            Err(Error::HttpRequestDenied)
+        ));
+        let notes = access.take_notes();
+        assert_eq!(notes[0].0, LogLevel::Warn);
+        assert!(
+            notes[0]
+                .1
+                .contains("GET http://127.0.0.1:9/other refused: no grant matches (granted: http://127.0.0.1:9/ok/*)"),
+            "{notes:?}"
+        );
+
+        // All slots taken (requests in flight): the next is refused at once.
+        let held = access
+            .in_flight
+            .clone()
+            .acquire_many_owned(MAX_IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        assert!(matches!(
+            send(&mut access, "http://127.0.0.1:9/ok/x").await,
+            Err(Error::ConnectionLimitReached)
+        ));
+        assert!(access.take_notes()[0].1.contains("8 requests already in flight"));
+        drop(held);
+
+        let mut none = HttpAccess::new(&[], false);
+        assert!(matches!(
+            send(&mut none, "https://example.com/").await,
+            Err(Error::HttpRequestDenied)
+        ));
+        assert!(none.take_notes()[0].1.contains("has no http grants"));
+
+        // Granted, but a metadata address: refused before any connection.
+        let grants: Vec<HttpGrant> = vec!["http://169.254.169.254/*".parse().unwrap()];
+        let mut meta = HttpAccess::new(&grants, false);
+        assert!(matches!(
+            send(&mut meta, "http://169.254.169.254/latest").await,
+            Err(Error::DestinationIpProhibited)
+        ));
+    }
+}
