@@ -297,10 +297,15 @@ fn readme(name: &str, lang: Lang) -> String {
         ),
     };
     let memory = lang.memory();
+    let language = match lang {
+        Lang::Rust => "Rust",
+        Lang::Python => "Python",
+        Lang::Js => "JavaScript",
+    };
     format!(
         r#"# {name}
 
-An evoke function in {lang}. Edit `{edit}`; `wit/` holds evoke's function
+An evoke function in {language}. Edit `{edit}`; `wit/` holds evoke's function
 world and the SDK is vendored here, so the project builds on its own.
 
 Build (needs {needs}):
@@ -453,13 +458,19 @@ fn build_rust(dir: &Path, wasm: &Path, progress: &mut dyn FnMut(&str)) -> anyhow
     Ok(())
 }
 
-/// `tool` from the project's `node_modules/.bin` or the PATH.
+/// `tool` from the project's `node_modules/.bin`, the PATH, or where
+/// evoke's scripts/setup installs the JavaScript toolchain
+/// (`~/.cache/evoke-tools/js`).
 fn find_tool(tool: &str, dir: &Path) -> Option<PathBuf> {
     let local = dir.join("node_modules/.bin").join(tool);
     if local.is_file() {
         return Some(local);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let tools_cache =
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/evoke-tools/js/node_modules/.bin"));
+    std::env::split_paths(&path)
+        .chain(tools_cache)
         .map(|p| p.join(tool))
         .find(|p| p.is_file())
 }
