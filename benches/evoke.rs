@@ -295,10 +295,14 @@ async fn main() -> anyhow::Result<()> {
     // 4. The sandbox: cold start from cached compiled code, and a warm call,
     //    against raw wasmtime doing the same through the same engine settings.
     let cache = tempfile::TempDir::new()?;
-    let exec = Executor::new(ExecutorConfig::new(cache.path().into()), None, None)?;
+    // Code from the disk cache every time (as after a restart of the node):
+    // no compiled code kept in memory.
+    let mut disk_only = ExecutorConfig::new(cache.path().into());
+    disk_only.code_memory_bytes = 0;
+    let exec = Executor::new(disk_only, None, None)?;
     let code = Bytes::from(examples("counter"));
     let rounds = if quick { 50 } else { 300 };
-    let (cold, load, fresh, warm) = starts(&exec, &code, rounds, rounds * 10).await?;
+    let (cold, load, fresh, warm) = starts(&exec, "noop", &code, rounds, rounds * 10).await?;
     let raw = raw_wasmtime(&code, rounds as usize).await?;
     row(
         "cold start p50 (load cached code+instantiate+init+call)",
@@ -326,9 +330,9 @@ async fn main() -> anyhow::Result<()> {
     // The interpreted languages, against the Rust hello example (same
     // measurement, same run): what CPython and StarlingMonkey cost.
     let hello = Bytes::from(examples("hello"));
-    let (rust_cold, _, _, rust_warm) = starts(&exec, &hello, 20, 200).await?;
+    let (rust_cold, _, _, rust_warm) = starts(&exec, "hello", &hello, 20, 200).await?;
     for lang in ["hello-python", "hello-js"] {
-        let (cold, load, fresh, warm) = starts(&exec, &Bytes::from(examples(lang)), 20, 200).await?;
+        let (cold, load, fresh, warm) = starts(&exec, lang, &Bytes::from(examples(lang)), 20, 200).await?;
         row(
             &format!("{lang} cold start p50 (vs Rust hello)"),
             pct(&rust_cold, 0.5).as_secs_f64() * 1e6,
@@ -340,6 +344,15 @@ async fn main() -> anyhow::Result<()> {
             "  of which",
             pct(&load, 0.5).as_secs_f64() * 1e6,
             pct(&fresh, 0.5).as_secs_f64() * 1e6
+        );
+        // A new version on a node that has the code in memory already.
+        let mem_cache = tempfile::TempDir::new()?;
+        let mem_exec = Executor::new(ExecutorConfig::new(mem_cache.path().into()), None, None)?;
+        let (new_version, _, _, _) = starts(&mem_exec, lang, &Bytes::from(examples(lang)), 20, 0).await?;
+        println!(
+            "{:<60} {:.0} us",
+            "  a new version, its code in memory (p50)",
+            pct(&new_version, 0.5).as_secs_f64() * 1e6
         );
         row(
             &format!("{lang} warm invoke p50 (vs Rust hello)"),
@@ -407,11 +420,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cold starts of `code` (a new revision each: cached compiled code loaded,
+/// Cold starts of `code`, deployed as function `name` (a new revision each: cached compiled code loaded,
 /// instantiated, `init`, one call) and warm calls of one revision, each
 /// sorted: (cold, of which loading, of which instantiating, warm).
 async fn starts(
     exec: &Executor,
+    name: &str,
     code: &Bytes,
     cold_rounds: u64,
     warm_rounds: u64,
@@ -423,7 +437,7 @@ async fn starts(
     let event = evoke_connectors::Event::new("1", "/bench", "bench");
     let function = |revision| -> anyhow::Result<Arc<DeployedFunction>> {
         Ok(Arc::new(DeployedFunction {
-            name: "noop".parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            name: name.parse().map_err(|e: String| anyhow::anyhow!(e))?,
             spec: FunctionSpec::default(),
             digest: digest.clone(),
             code_size: code.len() as u64,

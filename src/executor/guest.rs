@@ -65,7 +65,9 @@ pub enum Prepared {
     },
 }
 
-/// Compiled code before linking, as produced by a deploy or the cache.
+/// Compiled code before linking, as produced by a deploy or the cache
+/// (cloning shares the code).
+#[derive(Clone)]
 pub enum Compiled {
     Component(Component),
     Module(wasmtime::Module),

@@ -62,6 +62,9 @@ pub struct ExecutorConfig {
     /// Let functions' outbound HTTP reach link-local and cloud metadata
     /// addresses (refused by default).
     pub allow_link_local_http: bool,
+    /// Bytes of compiled code kept in memory beside the disk cache, so a new
+    /// version of a function with the same code loads at once (0: none).
+    pub code_memory_bytes: usize,
 }
 
 impl ExecutorConfig {
@@ -73,6 +76,7 @@ impl ExecutorConfig {
             log_cap: 64 << 10,
             fuel: false,
             allow_link_local_http: false,
+            code_memory_bytes: cache::RECENT_BYTES,
         }
     }
 }
@@ -324,7 +328,7 @@ impl Executor {
     ) -> Result<Executor, ExecutorError> {
         let setup = |e: wasmtime::Error| ExecutorError::Setup(format!("{e:#}"));
         let engine = engine::build(config.pool_instances, config.fuel).map_err(setup)?;
-        let cache = Arc::new(CodeCache::new(&config.cache_dir, &engine)?);
+        let cache = Arc::new(CodeCache::new(&config.cache_dir, &engine, config.code_memory_bytes)?);
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(setup)?;
         bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
@@ -384,7 +388,7 @@ impl Executor {
         let compiled = tokio::task::spawn_blocking(move || {
             let (kind, compiled) = guest::compile(&engine, &code)?;
             if let Ok(bytes) = compiled.serialize() {
-                cache.store(&digest_for_cache, kind, &bytes);
+                cache.store(&digest_for_cache, kind, &bytes, &compiled);
             }
             Ok::<_, CodeError>((kind, compiled))
         })
@@ -526,7 +530,7 @@ impl Executor {
                     if found == kind
                         && let Ok(bytes) = compiled.serialize()
                     {
-                        cache.store(&key, kind, &bytes);
+                        cache.store(&key, kind, &bytes, &compiled);
                     }
                     Ok::<_, CodeError>((found, compiled))
                 })
