@@ -137,9 +137,22 @@ impl WasiHttpHooks for HttpAccess {
         Box::new(async move {
             let started = Instant::now();
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-            if !allow_link_local && let Err(why) = check_addresses(request.uri()).await {
-                note(LogLevel::Warn, format!("http: {what} refused: {why}"));
-                return Err(Error::DestinationIpProhibited);
+            let mut request = request;
+            if !allow_link_local {
+                match check_addresses(request.uri()).await {
+                    Err(why) => {
+                        note(LogLevel::Warn, format!("http: {what} refused: {why}"));
+                        return Err(Error::DestinationIpProhibited);
+                    }
+                    // Plain HTTP to a name: connect to the address just
+                    // checked, not to whatever a second lookup answers (the
+                    // Host header keeps the name). HTTPS keeps the name for
+                    // TLS, whose certificate check a rebound name fails.
+                    Ok(Some(ip)) if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) => {
+                        *request.uri_mut() = pinned(request.uri(), ip);
+                    }
+                    Ok(_) => {}
+                }
             }
             match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
                 Ok((response, io)) => {
@@ -168,23 +181,44 @@ impl WasiHttpHooks for HttpAccess {
 
 /// Resolves the request's host and refuses it when any address it has is
 /// link-local or a metadata service's (a literal address is checked as is).
-async fn check_addresses(uri: &http::Uri) -> Result<(), String> {
+/// For a name, returns the address to connect to (IPv4 first).
+async fn check_addresses(uri: &http::Uri) -> Result<Option<IpAddr>, String> {
     let host = uri.host().ok_or("the address has no host")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<IpAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((bare, 0))
+    let literal = bare.parse::<IpAddr>().ok();
+    let addresses: Vec<IpAddr> = match literal {
+        Some(ip) => vec![ip],
+        None => tokio::net::lookup_host((bare, 0))
             .await
             .map_err(|e| format!("`{host}` does not resolve: {e}"))?
             .map(|a| a.ip())
             .collect(),
     };
-    match addresses.into_iter().find(|ip| metadata_address(*ip)) {
-        Some(ip) => Err(format!(
+    if let Some(ip) = addresses.iter().find(|ip| metadata_address(**ip)) {
+        return Err(format!(
             "`{host}` is (or resolves to) {ip}, a link-local or cloud metadata address, which functions may not call (a node started with --allow-link-local-http allows it)"
-        )),
-        None => Ok(()),
+        ));
     }
+    if literal.is_some() {
+        return Ok(None);
+    }
+    let first = addresses.iter().find(|ip| ip.is_ipv4()).or(addresses.first());
+    Ok(first.copied())
+}
+
+/// `uri` with its host replaced by `ip` (port, path and query kept).
+fn pinned(uri: &http::Uri, ip: IpAddr) -> http::Uri {
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let mut parts = uri.clone().into_parts();
+    match format!("{host}{port}").parse() {
+        Ok(authority) => parts.authority = Some(authority),
+        Err(_) => return uri.clone(),
+    }
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// The response body, failing with `HTTP-response-body-size` past
@@ -245,6 +279,21 @@ mod tests {
         for ip in ["127.0.0.1", "10.0.0.1", "100.100.100.201", "::1", "fd00:ec2::253"] {
             assert!(!metadata_address(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[tokio::test]
+    async fn plain_http_names_connect_to_the_address_that_was_checked() {
+        let uri: http::Uri = "http://localhost:9000/hooks/x?a=1".parse().unwrap();
+        let ip = check_addresses(&uri).await.unwrap().expect("a name gets an address");
+        assert!(!metadata_address(ip) && ip.is_loopback(), "{ip}");
+        assert_eq!(pinned(&uri, ip).to_string(), format!("http://{ip}:9000/hooks/x?a=1"));
+        let v6 = pinned(&"http://example.com/".parse().unwrap(), "::1".parse().unwrap());
+        assert_eq!(v6.to_string(), "http://[::1]/");
+        assert_eq!(
+            check_addresses(&"http://127.0.0.1/".parse().unwrap()).await,
+            Ok(None),
+            "literals stay"
+        );
     }
 
     #[tokio::test]

@@ -58,6 +58,14 @@ async fn granted_calls_succeed_and_everything_else_is_refused_with_a_reason() {
     let log = node.logs_with("fetch", "", "/hooks/ok -> 200 in").await;
     assert!(log.contains(&format!("http: GET {base}/hooks/ok -> 200 in")), "{log}");
 
+    // By name: the grant names the host as the function does (evoke connects
+    // to the address it checked).
+    let by_name = base.replace("127.0.0.1", "localhost");
+    node.deploy_ok("by-name", &example("fetch"), &[("http", &format!("{by_name}/hooks/*"))])
+        .await;
+    let (_, out) = fetch(&node, "by-name", &format!("{by_name}/hooks/ok"), None).await;
+    assert_eq!(out["body"], "pong", "{out}");
+
     // Outside the grant: refused at once, with the grant named in the log.
     let (status, out) = fetch(&node, "fetch", &format!("{base}/private"), None).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{out}");
