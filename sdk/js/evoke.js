@@ -11,9 +11,9 @@
 //     return `Hello, ${name}!`;
 //   });
 //
-// The handler (sync, or async to await fetch()) returns a string (text/plain), a Uint8Array
-// (application/octet-stream), any other value (JSON), undefined (an empty
-// body), or an output made with `text`, `json` or `output` (to set the
+// The handler (sync, or async to await fetch()) returns a string
+// (text/plain), a Uint8Array (application/octet-stream), any other value
+// (JSON), undefined (an empty body), or an output made with `text`, `json` or `output` (to set the
 // status and headers a webhook or sync caller gets). A thrown error is a
 // function error: its message is the error, its stack goes to the
 // function's log, and evoke retries it (async) and finally dead-letters it.
