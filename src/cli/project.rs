@@ -152,7 +152,7 @@ pub fn new_command(args: &super::NewArgs, json: bool) -> anyhow::Result<()> {
         "\nnext:\n  evoke build {dir}\n  evoke deploy {name} {wasm} --memory {memory}\n\nor in evoke.toml:\n\n{manifest}",
         dir = dir.display(),
         name = created.name,
-        wasm = dir.join(format!("{}.wasm", created.name)).display(),
+        wasm = created.wasm.display(),
         memory = created.lang.memory(),
         manifest = created.manifest,
     );
@@ -185,6 +185,8 @@ pub struct Created {
     pub lang: Lang,
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
+    /// Where `evoke build` leaves the component.
+    pub wasm: PathBuf,
     /// The function's entry for an `evoke.toml` next to the project.
     pub manifest: String,
 }
@@ -235,12 +237,14 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
+    let wasm = dir.join(format!("{name}.wasm"));
     Ok(Created {
         name: name.to_string(),
         lang,
         dir: dir.to_path_buf(),
         files: written,
-        manifest: manifest_entry(name, lang, &dir.join(format!("{name}.wasm"))),
+        manifest: manifest_entry(name, lang, &wasm),
+        wasm,
     })
 }
 

@@ -29,8 +29,20 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// The largest response body a function may read.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// Log lines written by requests that ended after the call that made them.
-type Notes = Arc<Mutex<Vec<(LogLevel, String)>>>;
+/// Log lines written by requests (some end after the call that made them),
+/// shared with the requests' futures.
+#[derive(Clone, Default)]
+struct Notes(Arc<Mutex<Vec<(LogLevel, String)>>>);
+
+impl Notes {
+    fn lines(&self) -> std::sync::MutexGuard<'_, Vec<(LogLevel, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, level: LogLevel, message: String) {
+        self.lines().push((level, message));
+    }
+}
 
 /// What one instance may call, and its requests' bookkeeping.
 pub struct HttpAccess {
@@ -49,20 +61,13 @@ impl HttpAccess {
             allow_link_local,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             deadline: Instant::now(),
-            notes: Arc::default(),
+            notes: Notes::default(),
         }
     }
 
     /// Takes the log lines requests wrote since the last call.
     pub fn take_notes(&self) -> Vec<(LogLevel, String)> {
-        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn note(&self, level: LogLevel, message: String) {
-        self.notes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((level, message));
+        std::mem::take(&mut *self.notes.lines())
     }
 
     /// Why a request to `uri` is not granted, if it is not.
@@ -115,11 +120,11 @@ impl WasiHttpHooks for HttpAccess {
         drop(fut);
         let what = format!("{} {}", request.method(), request.uri());
         if let Some(why) = self.refusal(request.uri()) {
-            self.note(LogLevel::Warn, format!("http: {what} refused: {why}"));
+            self.notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.note(
+            self.notes.push(
                 LogLevel::Warn,
                 format!("http: {what} refused: {MAX_IN_FLIGHT} requests already in flight"),
             );
@@ -133,15 +138,14 @@ impl WasiHttpHooks for HttpAccess {
         };
         let allow_link_local = self.allow_link_local;
         let notes = self.notes.clone();
-        let note = move |level, message| notes.lock().unwrap_or_else(|p| p.into_inner()).push((level, message));
         Box::new(async move {
             let started = Instant::now();
-            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            let ms = || started.elapsed().as_secs_f64() * 1e3;
             let mut request = request;
             if !allow_link_local {
                 match check_addresses(request.uri()).await {
                     Err(why) => {
-                        note(LogLevel::Warn, format!("http: {what} refused: {why}"));
+                        notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
                         return Err(Error::DestinationIpProhibited);
                     }
                     // Plain HTTP to a name: connect to the address just
@@ -156,22 +160,15 @@ impl WasiHttpHooks for HttpAccess {
             }
             match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
                 Ok((response, io)) => {
-                    note(
+                    notes.push(
                         LogLevel::Info,
-                        format!(
-                            "http: {what} -> {} in {:.1} ms",
-                            response.status().as_u16(),
-                            ms(started)
-                        ),
+                        format!("http: {what} -> {} in {:.1} ms", response.status().as_u16(), ms()),
                     );
                     let response = response.map(|body| capped(body.boxed_unsync(), permit));
                     Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
                 }
                 Err(e) => {
-                    note(
-                        LogLevel::Warn,
-                        format!("http: {what} failed after {:.1} ms: {e}", ms(started)),
-                    );
+                    notes.push(LogLevel::Warn, format!("http: {what} failed after {:.1} ms: {e}", ms()));
                     Err(e)
                 }
             }
