@@ -43,7 +43,7 @@ pub struct NodeConfig {
     /// Bearer token for `/metrics`. Without it, `/metrics` needs the API
     /// token when the node listens beyond loopback, and is open otherwise.
     pub metrics_token: Option<String>,
-    /// Let HTTP destinations reach link-local addresses (cloud metadata).
+    /// Let HTTP destinations reach link-local and cloud metadata addresses.
     pub allow_link_local_destinations: bool,
     /// Let functions' outbound HTTP reach link-local and cloud metadata addresses.
     pub allow_link_local_http: bool,

@@ -219,8 +219,9 @@ pub struct ServeArgs {
     /// the API token when listening beyond loopback.
     #[arg(long, env = "EVOKE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// Let HTTP destinations call link-local addresses such as 169.254.169.254
-    /// (refused by default: cloud metadata services live there).
+    /// Let HTTP destinations call link-local and cloud metadata addresses
+    /// (169.254.0.0/16, fe80::/10, 100.100.100.200, fd00:ec2::254; refused by
+    /// default).
     #[arg(long, env = "EVOKE_ALLOW_LINK_LOCAL_DESTINATIONS")]
     pub allow_link_local_destinations: bool,
     /// Let functions with http grants call link-local and cloud metadata

@@ -78,6 +78,7 @@ const RUST_SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
 const RUST_SDK_HTTP: &str = include_str!("../../sdk/src/http.rs");
 const RUST_SDK_MANIFEST: &str = include_str!("../../sdk/Cargo.toml");
 const PYTHON_SDK: &str = include_str!("../../sdk/python/evoke/__init__.py");
+const PYTHON_SDK_HTTP: &str = include_str!("../../sdk/python/evoke/http.py");
 const JS_SDK: &str = include_str!("../../sdk/js/evoke.js");
 
 const RUST_LIB: &str = r#"//! Greets the `name` in a JSON event: `{"name":"evoke"}` → `Hello, evoke!`.
@@ -220,6 +221,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
         Lang::Python => {
             files.push(("app.py", PYTHON_APP.to_string()));
             files.push(("evoke/__init__.py", PYTHON_SDK.to_string()));
+            files.push(("evoke/http.py", PYTHON_SDK_HTTP.to_string()));
             files.push((".gitignore", format!("__pycache__\n/{name}.wasm\n")));
         }
         Lang::Js => {

@@ -20,7 +20,9 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use super::bindings::evoke::function::http as wit;
 use super::sandbox::ComponentState;
+use crate::invoker::destinations::metadata_address;
 use crate::observe::logs::LogLevel;
 use crate::registry::spec::HttpGrant;
 
@@ -89,46 +91,41 @@ impl HttpAccess {
     }
 }
 
-/// Whether calls to `ip` are refused unless the node allows link-local
-/// addresses: link-local ones, and the cloud metadata services elsewhere
-/// (Alibaba Cloud's 100.100.100.200, AWS's IPv6 fd00:ec2::254).
-pub fn metadata_address(ip: IpAddr) -> bool {
-    const ALIBABA: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200));
-    const AWS_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254));
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    crate::invoker::destinations::link_local(ip) || ip == ALIBABA || ip == AWS_V6
+type Io = Box<dyn Future<Output = Result<(), Error>> + Send>;
+type Sent = Result<(http::Response<WasiBody>, Io), Error>;
+
+/// Why a request did not get a response: `refused` says why when evoke
+/// refused it (the same words went to the function's log).
+struct Failure {
+    error: Error,
+    refused: Option<String>,
 }
 
-type Sent = Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Error,
->;
-
-impl WasiHttpHooks for HttpAccess {
-    fn send_request(
+impl HttpAccess {
+    /// Checks `request` against the grants, the in-flight cap and the
+    /// address rules, then sends it; every outcome is noted for the log.
+    fn dispatch(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ) -> Box<dyn Future<Output = Sent> + Send> {
-        drop(fut);
+    ) -> impl Future<Output = Result<(http::Response<WasiBody>, Io), Failure>> + Send + 'static {
         let what = format!("{} {}", request.method(), request.uri());
-        if let Some(why) = self.refusal(request.uri()) {
-            self.notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
-            return Box::new(async { Err(Error::HttpRequestDenied) });
-        }
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.notes.push(
-                LogLevel::Warn,
-                format!("http: {what} refused: {MAX_IN_FLIGHT} requests already in flight"),
-            );
-            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        let notes = self.notes.clone();
+        let refuse = move |error: Error, why: String| {
+            notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
+            Failure {
+                error,
+                refused: Some(why),
+            }
+        };
+        let admitted = match self.refusal(request.uri()) {
+            Some(why) => Err(refuse(Error::HttpRequestDenied, why)),
+            None => match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                Err(_) => Err(refuse(
+                    Error::ConnectionLimitReached,
+                    format!("{MAX_IN_FLIGHT} requests already in flight"),
+                )),
+            },
         };
         let left = self.deadline.saturating_duration_since(Instant::now());
         let options = RequestOptions {
@@ -138,16 +135,15 @@ impl WasiHttpHooks for HttpAccess {
         };
         let allow_link_local = self.allow_link_local;
         let notes = self.notes.clone();
-        Box::new(async move {
+        async move {
+            let permit = admitted?;
+            let what = format!("{} {}", request.method(), request.uri());
             let started = Instant::now();
             let ms = || started.elapsed().as_secs_f64() * 1e3;
             let mut request = request;
             if !allow_link_local {
                 match check_addresses(request.uri()).await {
-                    Err(why) => {
-                        notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
-                        return Err(Error::DestinationIpProhibited);
-                    }
+                    Err(why) => return Err(refuse(Error::DestinationIpProhibited, why)),
                     // Plain HTTP to a name: connect to the address just
                     // checked, not to whatever a second lookup answers (the
                     // Host header keeps the name). HTTPS keeps the name for
@@ -165,14 +161,166 @@ impl WasiHttpHooks for HttpAccess {
                         format!("http: {what} -> {} in {:.1} ms", response.status().as_u16(), ms()),
                     );
                     let response = response.map(|body| capped(body.boxed_unsync(), permit));
-                    Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                    Ok((response, Box::new(io) as Io))
                 }
                 Err(e) => {
                     notes.push(LogLevel::Warn, format!("http: {what} failed after {:.1} ms: {e}", ms()));
-                    Err(e)
+                    Err(Failure {
+                        error: e,
+                        refused: None,
+                    })
                 }
             }
-        })
+        }
+    }
+}
+
+impl WasiHttpHooks for HttpAccess {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        fut: Io,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        drop(fut);
+        let sent = self.dispatch(request);
+        Box::new(async move { sent.await.map_err(|f| f.error) })
+    }
+}
+
+/// `evoke:function/http`: one request, the whole response. Goes through
+/// the same [`HttpAccess::dispatch`] as `wasi:http`, so grants, address
+/// rules, the in-flight cap and log lines are the same.
+impl wit::Host for ComponentState {
+    async fn send(&mut self, request: wit::Request) -> Result<wit::Response, wit::Error> {
+        self.http.deadline = self.sandbox.deadline;
+        let deadline = tokio::time::Instant::from_std(self.sandbox.deadline);
+        // A response must fit what the guest can still take into its memory.
+        let limit = (MAX_RESPONSE_BYTES as u64).min(self.sandbox.limiter.available());
+        let request = match outgoing(request) {
+            Ok(r) => r,
+            Err(why) => {
+                self.http
+                    .notes
+                    .push(LogLevel::Warn, format!("http: bad request: {why}"));
+                return Err(wit::Error::Invalid(why));
+            }
+        };
+        let what = format!("{} {}", request.method(), request.uri());
+        let sent = self.http.dispatch(request);
+        let exchange = async move {
+            let (response, io) = sent.await.map_err(|f| match f.refused {
+                Some(why) => wit::Error::Denied(why),
+                None => wit_error(f.error, limit),
+            })?;
+            // The connection's own task, stopped with the exchange.
+            let io = AbortOnDrop(tokio::spawn(Box::into_pin(io)));
+            let (parts, mut body) = response.into_parts();
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                return Err(wit::Error::TooLarge(limit));
+            }
+            let mut data = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| wit_error(e, limit))?;
+                if let Ok(chunk) = frame.into_data() {
+                    if (data.len() + chunk.len()) as u64 > limit {
+                        return Err(wit::Error::TooLarge(limit));
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+            }
+            drop(io);
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            Ok(wit::Response {
+                status: parts.status.as_u16(),
+                headers,
+                body: data,
+            })
+        };
+        let outcome = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(wit::Error::Timeout));
+        match &outcome {
+            Err(wit::Error::Timeout) => self.http.notes.push(
+                LogLevel::Warn,
+                format!("http: {what} ended: the invocation's time ran out"),
+            ),
+            Err(wit::Error::TooLarge(n)) => self.http.notes.push(
+                LogLevel::Warn,
+                format!("http: {what} refused: the response is larger than {n} bytes"),
+            ),
+            _ => {}
+        }
+        outcome
+    }
+}
+
+/// The `wit` request as an HTTP request, or why it is not one.
+fn outgoing(r: wit::Request) -> Result<http::Request<WasiBody>, String> {
+    let method =
+        http::Method::from_bytes(r.method.as_bytes()).map_err(|_| format!("`{}` is not an HTTP method", r.method))?;
+    let uri: http::Uri = r.url.parse().map_err(|e| format!("`{}` is not a URL: {e}", r.url))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{}` is not an absolute http:// or https:// URL", r.url)),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{}` has no host", r.url))?
+        .clone();
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::HOST, authority.as_str());
+    for (name, value) in &r.headers {
+        let name =
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))?;
+        if wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(&name) {
+            return Err(format!("the `{name}` header is set by evoke, not by functions"));
+        }
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
+        builder = builder.header(name, value);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(r.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    builder.body(body).map_err(|e| e.to_string())
+}
+
+/// A failed exchange as the `wit` error (the timeouts given to a request
+/// are what is left of the invocation, so theirs is the invocation's).
+fn wit_error(e: Error, limit: u64) -> wit::Error {
+    match e {
+        Error::ConnectionTimeout
+        | Error::ConnectionReadTimeout
+        | Error::ConnectionWriteTimeout
+        | Error::HttpResponseTimeout
+        | Error::DnsTimeout => wit::Error::Timeout,
+        Error::HttpResponseBodySize(_) => wit::Error::TooLarge(limit),
+        e => wit::Error::Transport(e.to_string()),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -262,20 +410,57 @@ mod tests {
     }
 
     #[test]
-    fn metadata_and_link_local_addresses_in_every_spelling() {
-        for ip in [
-            "169.254.169.254",
-            "fe80::1",
-            "100.100.100.200",
-            "fd00:ec2::254",
-            "::ffff:169.254.169.254",
-            "::ffff:100.100.100.200",
+    fn one_call_requests_are_checked_before_anything_is_sent() {
+        let req = |method: &str, url: &str, headers: &[(&str, &str)]| wit::Request {
+            method: method.into(),
+            url: url.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: b"x".to_vec(),
+        };
+        let ok = outgoing(req("POST", "http://example.com:8080/a?b=1", &[("x-id", "7")])).unwrap();
+        assert_eq!(ok.method(), http::Method::POST);
+        assert_eq!(ok.headers()["host"], "example.com:8080");
+        assert_eq!(ok.headers()["x-id"], "7");
+        for (r, why) in [
+            (req("GE T", "http://example.com/", &[]), "is not an HTTP method"),
+            (
+                req("GET", "ftp://example.com/", &[]),
+                "not an absolute http:// or https:// URL",
+            ),
+            (req("GET", "/relative", &[]), "not an absolute http:// or https:// URL"),
+            (req("GET", "http://exa mple.com/", &[]), "is not a URL"),
+            (
+                req("GET", "http://example.com/", &[("host", "admin")]),
+                "`host` header is set by evoke",
+            ),
+            (
+                req("GET", "http://example.com/", &[("transfer-encoding", "chunked")]),
+                "set by evoke",
+            ),
+            (
+                req("GET", "http://example.com/", &[("bad header", "x")]),
+                "is not a header name",
+            ),
+            (
+                req("GET", "http://example.com/", &[("x", "a\nb")]),
+                "not a valid header value",
+            ),
         ] {
-            assert!(metadata_address(ip.parse().unwrap()), "{ip}");
+            let err = outgoing(r).unwrap_err();
+            assert!(err.contains(why), "{err} lacks {why}");
         }
-        for ip in ["127.0.0.1", "10.0.0.1", "100.100.100.201", "::1", "fd00:ec2::253"] {
-            assert!(!metadata_address(ip.parse().unwrap()), "{ip}");
-        }
+        assert!(matches!(
+            wit_error(Error::ConnectionReadTimeout, 9),
+            wit::Error::Timeout
+        ));
+        assert!(matches!(
+            wit_error(Error::HttpResponseBodySize(None), 9),
+            wit::Error::TooLarge(9)
+        ));
+        assert!(matches!(
+            wit_error(Error::ConnectionRefused, 9),
+            wit::Error::Transport(_)
+        ));
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "function",
-        imports: { "evoke:function/objects": async },
+        imports: { "evoke:function/objects": async, "evoke:function/http": async },
     });
 }
 
@@ -334,6 +334,8 @@ impl Executor {
         bindings::evoke::function::host::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
             .map_err(setup)?;
         bindings::evoke::function::objects::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
+            .map_err(setup)?;
+        bindings::evoke::function::http::add_to_linker::<_, HasSelf<ComponentState>>(&mut component_linker, |s| s)
             .map_err(setup)?;
         guest::link_v0_1(&mut component_linker).map_err(setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker).map_err(setup)?;

@@ -5,11 +5,11 @@
 //! a broker by connection (Kafka, RabbitMQ, MQTT, another NATS; in the
 //! kind's CloudEvents binding, see `connections`).
 //!
-//! HTTP destinations never reach link-local addresses (where cloud metadata
-//! services live), whether written as an IP or resolved from a name, unless
-//! the node allows it; redirects are not followed.
+//! HTTP destinations never reach link-local or cloud metadata addresses
+//! ([`metadata_address`]), whether written as an IP or resolved from a name,
+//! unless the node allows it; redirects are not followed.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,9 +130,11 @@ impl Invoker {
                 let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
                 if !self.allow_link_local
                     && let Some(ip) = literal_ip(&parsed)
-                    && link_local(ip)
+                    && metadata_address(ip)
                 {
-                    return Err(format!("{url} is a link-local address, which this node does not call"));
+                    return Err(format!(
+                        "{url} is a link-local or cloud metadata address, which this node does not call"
+                    ));
                 }
                 let resp = self
                     .http
@@ -233,14 +235,19 @@ pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
     }
 }
 
-/// Whether an address is link-local (169.254.0.0/16, fe80::/10, or either
-/// mapped into IPv6).
-pub fn link_local(ip: IpAddr) -> bool {
+/// Whether nodes refuse to call `ip` unless allowed (`--allow-link-local-*`):
+/// link-local addresses (169.254.0.0/16, fe80::/10), where cloud metadata
+/// services live, and the metadata services elsewhere (Alibaba Cloud's
+/// 100.100.100.200, AWS's IPv6 fd00:ec2::254); IPv4 mapped into IPv6 too.
+/// Destinations and functions' outbound HTTP share it.
+pub fn metadata_address(ip: IpAddr) -> bool {
+    const ALIBABA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+    const AWS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V4(v4) => v4.is_link_local() || v4 == ALIBABA,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.is_link_local(),
-            None => v6.is_unicast_link_local(),
+            Some(v4) => v4.is_link_local() || v4 == ALIBABA,
+            None => v6.is_unicast_link_local() || v6 == AWS_V6,
         },
     }
 }
@@ -265,11 +272,12 @@ impl reqwest::dns::Resolve for NoLinkLocal {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| !link_local(a.ip())).collect();
+            let allowed: Vec<SocketAddr> = all.iter().copied().filter(|a| !metadata_address(a.ip())).collect();
             if allowed.is_empty() && !all.is_empty() {
-                return Err(
-                    format!("`{host}` resolves only to link-local addresses, which this node does not call").into(),
-                );
+                return Err(format!(
+                    "`{host}` resolves only to link-local or cloud metadata addresses, which this node does not call"
+                )
+                .into());
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -285,12 +293,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn link_local_addresses_in_every_spelling() {
-        for ip in ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254"] {
-            assert!(link_local(ip.parse().unwrap()), "{ip}");
+    fn metadata_and_link_local_addresses_in_every_spelling() {
+        for ip in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
+            "fd00:ec2::254",
+        ] {
+            assert!(metadata_address(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["127.0.0.1", "10.0.0.1", "::1", "2001:db8::1", "::ffff:10.0.0.1"] {
-            assert!(!link_local(ip.parse().unwrap()), "{ip}");
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "100.100.100.201",
+            "fd00:ec2::253",
+        ] {
+            assert!(!metadata_address(ip.parse().unwrap()), "{ip}");
         }
     }
 

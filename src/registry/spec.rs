@@ -136,10 +136,10 @@ impl FromStr for Destination {
         if s.starts_with("http://") || s.starts_with("https://") {
             let url = reqwest::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
             if let Some(ip) = crate::invoker::destinations::literal_ip(&url)
-                && crate::invoker::destinations::link_local(ip)
+                && crate::invoker::destinations::metadata_address(ip)
             {
                 return Err(format!(
-                    "`{s}` points at a link-local address (cloud metadata lives there); nodes refuse it unless started with --allow-link-local-destinations"
+                    "`{s}` points at a link-local or cloud metadata address; nodes refuse it unless started with --allow-link-local-destinations"
                 ));
             }
             return Ok(Destination::Http(s.to_string()));

@@ -475,7 +475,7 @@ async fn webhook_secrets_are_never_empty_and_signed_gets_are_refused() {
 }
 
 /// Destinations cannot publish into NATS internals or evoke's own subjects,
-/// nor call link-local addresses.
+/// nor call link-local or cloud metadata addresses.
 #[tokio::test]
 async fn destinations_cannot_reach_internals() {
     let nats = Nats::start();
@@ -489,6 +489,8 @@ async fn destinations_cannot_reach_internals() {
         "nats:_INBOX.x",
         "http://169.254.169.254/latest/meta-data/",
         "http://[fe80::1]:8080/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
     ] {
         let (status, v) = node.deploy("sneaky", &example("hello"), &[("on_success", dest)]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{dest}: {v}");

@@ -1,5 +1,6 @@
-//! Outbound HTTP from functions (`wasi:http`), by grant: the `fetch`
-//! example against a server the test starts.
+//! Outbound HTTP from functions (`wasi:http`, and `evoke:function/http`
+//! for Python), by grant: the `fetch`, `hello-js` and `hello-python`
+//! examples against a server the test starts.
 
 use std::time::Duration;
 
@@ -180,5 +181,72 @@ async fn javascript_fetch_is_granted_the_same_way() {
     assert_eq!(out["error"]["code"], "FunctionError", "{out}");
     let log = node.logs_with("hello-js", "", "/private refused").await;
     assert!(log.contains("no grant matches"), "{log}");
+    node.stop().await;
+}
+
+/// Python calls out through `evoke.http` (the one-call
+/// `evoke:function/http` interface): the same grants, address rules,
+/// timeout and size cap, and its errors are Python exceptions saying why.
+#[tokio::test]
+async fn python_calls_out_with_the_same_grants_and_limits() {
+    let base = server().await;
+    let nats = Nats::start();
+    let node = TestNode::start(&nats.url()).await;
+    let grant = format!("{base}/hooks/*");
+    node.deploy_ok(
+        "hello-python",
+        &example("hello-python"),
+        &[
+            ("http", &grant),
+            ("http", "http://169.254.169.254/*"),
+            ("memory", "128Mi"),
+            ("timeout", "3s"),
+        ],
+    )
+    .await;
+    let call = |event: Value| {
+        let node = &node;
+        async move {
+            let resp = node.invoke("hello-python", &event.to_string()).await;
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let error = |out: &Value| out["error"]["message"].as_str().unwrap_or_default().to_string();
+
+    let (status, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/ok") })).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(
+        (out["status"].as_u64(), out["body"].as_str()),
+        (Some(200), Some("pong"))
+    );
+    let (_, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/echo"), "body": "hi" })).await;
+    assert_eq!(out["body"], "got hi", "{out}");
+    let log = node.logs_with("hello-python", "", "/hooks/ok -> 200 in").await;
+    assert!(log.contains("http: GET"), "{log}");
+
+    let (status, out) = call(serde_json::json!({ "fetch": format!("{base}/private") })).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{out}");
+    assert!(error(&out).contains("HttpError: denied: no grant matches"), "{out}");
+    let (_, out) = call(serde_json::json!({ "fetch": "http://169.254.169.254/latest/meta-data/" })).await;
+    assert!(
+        error(&out).contains("HttpError: denied") && error(&out).contains("metadata address"),
+        "{out}"
+    );
+    let (_, out) = call(serde_json::json!({ "fetch": "ftp://example.com/x" })).await;
+    assert!(error(&out).contains("HttpError: invalid"), "{out}");
+    let (_, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/big") })).await;
+    assert!(
+        error(&out).contains("HttpError: too-large: the response is larger than 16777216 bytes"),
+        "{out}"
+    );
+    let (_, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/slow") })).await;
+    // The request ends with the invocation: an `HttpError: timeout` or the
+    // function's own timeout, whichever the guest reaches first.
+    assert!(error(&out).contains("timeout"), "{out}");
+
+    // The node, and the function, still serve.
+    let (status, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/ok") })).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
     node.stop().await;
 }

@@ -23,6 +23,9 @@ State: keep it in module globals. componentize-py makes a new `WitWorld`
 object for every call, so attributes set on `self` are gone by the next
 event; module globals live as long as the instance (warm calls share them,
 a new instance starts over).
+
+Outbound HTTP: `evoke.http.get(url)`, `evoke.http.post(url, json=...)`, as
+the function's grants allow (see `evoke/http.py`).
 """
 
 import json as _json
@@ -34,11 +37,14 @@ from wit_world.imports import host as _host
 from wit_world.imports import objects  # noqa: F401 -- re-exported: evoke.objects.get(...)
 from wit_world.imports import types as _types
 
+from . import http  # noqa: F401 -- evoke.http.get(...), as the function's grants allow
+
 __all__ = [
     "Event",
     "Output",
     "WitWorld",
     "handler",
+    "http",
     "init",
     "json",
     "log",
