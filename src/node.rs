@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub api_token: Option<String>,
     pub pool_instances: u32,
+    /// Compiled code kept in memory besides the disk cache (artifact bytes).
+    pub code_memory_bytes: usize,
     pub max_event_size: usize,
     pub max_code_size: usize,
     pub node_name: String,
@@ -65,6 +67,7 @@ impl NodeConfig {
             data_dir,
             api_token: None,
             pool_instances: 1000,
+            code_memory_bytes: crate::executor::cache::RECENT_BYTES,
             max_event_size: 6 << 20,
             max_code_size: 256 << 20,
             node_name: default_node_name(),
@@ -136,6 +139,7 @@ impl Node {
         let bus = Bus::connect(&config.nats, move |event| events.nats_event(&event)).await?;
         let mut exec_config = ExecutorConfig::new(config.data_dir.join("code-cache"));
         exec_config.pool_instances = config.pool_instances;
+        exec_config.code_memory_bytes = config.code_memory_bytes;
         exec_config.fuel = config.fuel;
         exec_config.allow_link_local_http = config.allow_link_local_http;
         let secrets = crate::secrets::Secrets {

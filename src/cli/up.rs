@@ -102,31 +102,7 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
             }
         },
     };
-    let mut config = NodeConfig::new(args.http, &nats_url, args.data_dir.clone());
-    config.nats.user = args.nats_user.clone();
-    config.nats.password = args.nats_password.clone();
-    config.nats.token = args.nats_token.clone().filter(|t| !t.is_empty());
-    config.nats.nkey_file = args.nats_nkey_file.clone();
-    config.nats.creds_file = args.nats_creds.clone();
-    config.nats.tls_ca = args.nats_tls_ca.clone();
-    config.nats.tls_cert = args.nats_tls_cert.clone();
-    config.nats.tls_key = args.nats_tls_key.clone();
-    config.nats.tls_required = args.nats_tls_required;
-    config.nats.replicas = args.replicas;
-    config.nats.ignore_discovered = args.nats_ignore_discovered;
-    config.ack_wait = args.ack_wait;
-    if let Some(name) = &args.node_name {
-        config.node_name = name.clone();
-    }
-    config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
-    config.workers = !args.no_workers;
-    config.sources = !args.no_sources;
-    config.api = !args.no_api;
-    config.pool_instances = args.pool_instances;
-    config.fuel = args.fuel;
-    config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
-    config.allow_link_local_destinations = args.allow_link_local_destinations;
-    config.allow_link_local_http = args.allow_link_local_http;
+    let config = node_config(&args, &nats_url);
     let node = Node::start(config).await?;
     // Listen for Ctrl-C and SIGTERM from here on, so a stop during start-up
     // still stops cleanly (and takes the managed nats-server with it).
@@ -163,6 +139,37 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's configuration from the command line, NATS at `nats_url`.
+fn node_config(args: &ServeArgs, nats_url: &str) -> NodeConfig {
+    let mut config = NodeConfig::new(args.http, nats_url, args.data_dir.clone());
+    config.nats.user = args.nats_user.clone();
+    config.nats.password = args.nats_password.clone();
+    config.nats.token = args.nats_token.clone().filter(|t| !t.is_empty());
+    config.nats.nkey_file = args.nats_nkey_file.clone();
+    config.nats.creds_file = args.nats_creds.clone();
+    config.nats.tls_ca = args.nats_tls_ca.clone();
+    config.nats.tls_cert = args.nats_tls_cert.clone();
+    config.nats.tls_key = args.nats_tls_key.clone();
+    config.nats.tls_required = args.nats_tls_required;
+    config.nats.replicas = args.replicas;
+    config.nats.ignore_discovered = args.nats_ignore_discovered;
+    config.ack_wait = args.ack_wait;
+    if let Some(name) = &args.node_name {
+        config.node_name = name.clone();
+    }
+    config.api_token = args.api_token.clone().filter(|t| !t.is_empty());
+    config.workers = !args.no_workers;
+    config.sources = !args.no_sources;
+    config.api = !args.no_api;
+    config.pool_instances = args.pool_instances;
+    config.code_memory_bytes = usize::try_from(args.code_memory.0).unwrap_or(usize::MAX);
+    config.fuel = args.fuel;
+    config.metrics_token = args.metrics_token.clone().filter(|t| !t.is_empty());
+    config.allow_link_local_destinations = args.allow_link_local_destinations;
+    config.allow_link_local_http = args.allow_link_local_http;
+    config
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVOKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn,cranelift=warn,wasmtime=warn"));
@@ -175,4 +182,40 @@ fn init_tracing() {
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(flags: &[&str]) -> Result<NodeConfig, clap::Error> {
+        let cli = crate::cli::Cli::try_parse_from([&["evoke", "up"], flags].concat())?;
+        match cli.command {
+            crate::cli::Command::Up(args) => Ok(node_config(&args, "nats://127.0.0.1:4222")),
+            _ => unreachable!("parsed `evoke up`"),
+        }
+    }
+
+    #[test]
+    fn flags_reach_the_node() {
+        let c = config(&[
+            "--pool-instances",
+            "50",
+            "--code-memory",
+            "64Mi",
+            "--allow-link-local-http",
+        ])
+        .unwrap();
+        assert_eq!(c.pool_instances, 50);
+        assert_eq!(c.code_memory_bytes, 64 << 20);
+        assert!(c.allow_link_local_http && !c.allow_link_local_destinations);
+        assert_eq!(
+            config(&[]).unwrap().code_memory_bytes,
+            crate::executor::cache::RECENT_BYTES
+        );
+        let bad = config(&["--code-memory", "lots"]).err().unwrap().to_string();
+        assert!(bad.contains("is not a size"), "{bad}");
+    }
 }

@@ -110,8 +110,9 @@ impl HttpAccess {
     ) -> impl Future<Output = Result<(http::Response<WasiBody>, Io), Failure>> + Send + 'static {
         let what = format!("{} {}", request.method(), request.uri());
         let notes = self.notes.clone();
+        let refused_what = what.clone();
         let refuse = move |error: Error, why: String| {
-            notes.push(LogLevel::Warn, format!("http: {what} refused: {why}"));
+            notes.push(LogLevel::Warn, format!("http: {refused_what} refused: {why}"));
             Failure {
                 error,
                 refused: Some(why),
@@ -137,7 +138,6 @@ impl HttpAccess {
         let notes = self.notes.clone();
         async move {
             let permit = admitted?;
-            let what = format!("{} {}", request.method(), request.uri());
             let started = Instant::now();
             let ms = || started.elapsed().as_secs_f64() * 1e3;
             let mut request = request;
