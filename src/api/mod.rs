@@ -159,7 +159,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Whether the request carries `Authorization: Bearer <token>`.
 /// A named config read from a request (`PUT /v1/stores/{name}`,
 /// `/v1/connections/{name}`): the name checked beside every problem of
 /// `parsed`, all answered at once as 400 `code`.
@@ -192,6 +191,7 @@ fn named_config<T>(
     Err(e)
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`.
 fn bearer_ok(req: &Request, token: &str) -> bool {
     req.headers()
         .get("authorization")
