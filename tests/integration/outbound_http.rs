@@ -30,12 +30,16 @@ async fn server() -> String {
     format!("http://{addr}")
 }
 
-/// Invokes `fetch` on `url` (POSTing `body` when set): status and JSON.
-async fn fetch(node: &TestNode, function: &str, url: &str, body: Option<&str>) -> (StatusCode, Value) {
-    let event = serde_json::json!({ "url": url, "body": body });
+/// Invokes `function` with a JSON event: the status and the JSON answer.
+async fn call(node: &TestNode, function: &str, event: Value) -> (StatusCode, Value) {
     let resp = node.invoke(function, &event.to_string()).await;
     let status = resp.status();
     (status, resp.json().await.unwrap())
+}
+
+/// Invokes `fetch` on `url` (POSTing `body` when set): status and JSON.
+async fn fetch(node: &TestNode, function: &str, url: &str, body: Option<&str>) -> (StatusCode, Value) {
+    call(node, function, serde_json::json!({ "url": url, "body": body })).await
 }
 
 #[tokio::test]
@@ -164,20 +168,26 @@ async fn javascript_fetch_is_granted_the_same_way() {
         &[("http", &grant), ("memory", "128Mi")],
     )
     .await;
-    let event = serde_json::json!({ "fetch": format!("{base}/hooks/ok") });
-    let resp = node.invoke("hello-js", &event.to_string()).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let out: Value = resp.json().await.unwrap();
+    let (status, out) = call(
+        &node,
+        "hello-js",
+        serde_json::json!({ "fetch": format!("{base}/hooks/ok") }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (out["status"].as_u64(), out["body"].as_str()),
         (Some(200), Some("pong")),
         "{out}"
     );
 
-    let event = serde_json::json!({ "fetch": format!("{base}/private") });
-    let resp = node.invoke("hello-js", &event.to_string()).await;
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let out: Value = resp.json().await.unwrap();
+    let (status, out) = call(
+        &node,
+        "hello-js",
+        serde_json::json!({ "fetch": format!("{base}/private") }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(out["error"]["code"], "FunctionError", "{out}");
     let log = node.logs_with("hello-js", "", "/private refused").await;
     assert!(log.contains("no grant matches"), "{log}");
@@ -204,14 +214,7 @@ async fn python_calls_out_with_the_same_grants_and_limits() {
         ],
     )
     .await;
-    let call = |event: Value| {
-        let node = &node;
-        async move {
-            let resp = node.invoke("hello-python", &event.to_string()).await;
-            let status = resp.status();
-            (status, resp.json::<Value>().await.unwrap())
-        }
-    };
+    let call = |event: Value| call(&node, "hello-python", event);
     let error = |out: &Value| out["error"]["message"].as_str().unwrap_or_default().to_string();
 
     let (status, out) = call(serde_json::json!({ "fetch": format!("{base}/hooks/ok") })).await;
