@@ -236,8 +236,16 @@ impl<T: Entry> Catalog<T> {
                     }
                 }
             }
+            let mut stall = tokio::time::interval(STALL_CHECK);
+            stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut behind = Behind::default();
             loop {
                 tokio::select! {
+                    _ = stall.tick() => {
+                        if self.stalled(last, &mut behind).await {
+                            break;
+                        }
+                    }
                     entry = watch.next() => match entry {
                         Some(Ok(entry)) => {
                             last = last.max(entry.revision);
@@ -273,8 +281,59 @@ impl<T: Entry> Catalog<T> {
         }
     }
 
+    /// Whether the watch has stalled (see [`Behind`]). A watch's consumer
+    /// can be lost with a server without the client noticing (a stuck
+    /// re-creation during a leader election); without this check, a node
+    /// would keep running a removed trigger or an old function version until
+    /// restarted.
+    async fn stalled(&self, last: u64, behind: &mut Behind) -> bool {
+        let Ok(status) = self.kv.status().await else {
+            // The bucket cannot be read (an election, an outage): the watch
+            // is not to blame; its own errors re-subscribe it.
+            return false;
+        };
+        let state = &status.info.state;
+        let stalled = behind.check(last, state.messages, state.last_sequence);
+        if stalled {
+            tracing::warn!(
+                bucket = %self.bucket(),
+                seen = last,
+                stored = state.last_sequence,
+                "registry watch stalled behind the bucket; re-subscribing"
+            );
+        }
+        stalled
+    }
+
     fn bucket(&self) -> &str {
         &self.kv.name
+    }
+}
+
+/// How often a registry watch is checked against its bucket: a stalled
+/// watch is replaced within two of these.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A watch is stalled when, at two checks in a row, the bucket held a
+/// revision after the newest one the watch delivered, and the watch
+/// delivered nothing in between (a slow replay of a big bucket still moves).
+#[derive(Default)]
+struct Behind(Option<u64>);
+
+impl Behind {
+    /// One check: `last` is the newest revision delivered, `messages` and
+    /// `stored` the bucket's message count and last revision.
+    fn check(&mut self, last: u64, messages: u64, stored: u64) -> bool {
+        if messages == 0 || stored <= last {
+            self.0 = None;
+            return false;
+        }
+        if self.0 == Some(last) {
+            self.0 = None;
+            return true;
+        }
+        self.0 = Some(last);
+        false
     }
 }
 
@@ -285,4 +344,27 @@ fn decode<T: Entry>(name: &str, value: &[u8], revision: u64) -> Result<T, Regist
     })?;
     f.set_revision(revision);
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Behind;
+
+    #[test]
+    fn a_watch_is_stalled_only_when_behind_twice_without_progress() {
+        let mut b = Behind::default();
+        assert!(!b.check(5, 3, 5), "caught up");
+        assert!(!b.check(5, 3, 7), "behind once: maybe just in flight");
+        assert!(b.check(5, 3, 7), "behind again, nothing delivered");
+        assert!(!b.check(5, 3, 7), "after a re-subscribe, judged afresh");
+
+        let mut b = Behind::default();
+        assert!(!b.check(5, 3, 9));
+        assert!(!b.check(8, 3, 9), "moving: a slow replay is not a stall");
+        assert!(!b.check(9, 3, 9));
+
+        let mut b = Behind::default();
+        assert!(!b.check(0, 0, 4));
+        assert!(!b.check(0, 0, 4), "an emptied bucket has nothing to deliver");
+    }
 }

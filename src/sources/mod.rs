@@ -181,6 +181,7 @@ pub async fn run(invoker: Arc<Invoker>, mut shutdown: broadcast::Receiver<()>) {
             })
             .collect();
         for name in running.keys().filter(|n| !desired.contains_key(*n)) {
+            tracing::info!(trigger = %name, "source stopping: the trigger was removed");
             invoker.connections.forget_stats(name);
         }
         for (name, revision) in reconcile(&mut running, &mut stopping, &desired) {

@@ -377,6 +377,31 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let logs = || {
+        let dlq = std::thread::spawn({
+            let url = format!("{first}/v1/functions/seq/dlq");
+            move || reqwest::blocking::get(url).and_then(|r| r.text()).unwrap_or_default()
+        })
+        .join()
+        .unwrap_or_default();
+        let nodes = nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        ["tick", "cron", "registry", "WARN", "ERROR"]
+                            .iter()
+                            .any(|w| l.contains(w))
+                    })
+                    .collect();
+                format!("--- {}:\n{}", n.name, lines.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("dead letters: {dlq}\n{nodes}")
+    };
     // Let the last ticks run (some waited out the election in the queue):
     // until the queue is empty and the ticks seen stop changing.
     let start = Instant::now();
@@ -399,31 +424,11 @@ async fn the_stream_leader_lost_for_good_loses_nothing() {
         ticks = now;
         assert!(
             start.elapsed() < Duration::from_secs(90),
-            "seq never settled; (queued, ticks) every 500 ms: {seen:?}; last status: {status:#}"
+            "seq never settled; (queued, ticks) every 500 ms: {seen:?}; last status: {status:#}\n{}",
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let logs = || {
-        let dlq = std::thread::spawn({
-            let url = format!("{first}/v1/functions/seq/dlq");
-            move || reqwest::blocking::get(url).and_then(|r| r.text()).unwrap_or_default()
-        })
-        .join()
-        .unwrap_or_default();
-        let nodes = nodes
-            .iter()
-            .map(|n| {
-                let log = n.log();
-                let lines: Vec<&str> = log
-                    .lines()
-                    .filter(|l| l.contains("tick") || l.contains("cron") || l.contains("WARN") || l.contains("ERROR"))
-                    .collect();
-                format!("--- {}:\n{}", n.name, lines.join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        format!("dead letters: {dlq}\n{nodes}")
-    };
     assert!(ticks.len() >= 3, "{ticks:?}\n{}", logs());
     let span = (ticks.last().unwrap() - ticks.first().unwrap()) / 1000 + 1;
     assert_eq!(

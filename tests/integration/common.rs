@@ -608,6 +608,23 @@ where
     }
 }
 
+/// Waits until `count` reaches `n` (up to 90 s: on a busy machine a first
+/// invocation, compiling its function, can take seconds), then until it
+/// stops changing, and asserts it stayed at `n`: every one ran, none twice.
+pub async fn exactly<F, Fut>(n: usize, what: &str, mut count: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    eventually(Duration::from_secs(90), &format!("{n} {what}"), || {
+        let c = count();
+        async move { (c.await >= n).then_some(()) }
+    })
+    .await;
+    let last = settled(Duration::from_secs(60), Duration::from_secs(3), count).await;
+    assert_eq!(last, n, "{what}: each exactly once");
+}
+
 /// A real S3 and SQS API server (`moto_server`) of our own, on a free port;
 /// killed on drop.
 pub struct Moto {

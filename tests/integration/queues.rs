@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::brokers::{Kafka, Mosquitto, RabbitVhost, python, python_async};
-use super::common::{Nats, TestNode, eventually, example, print_module, settled};
+use super::common::{Nats, TestNode, eventually, exactly, example, print_module, settled};
 
 impl TestNode {
     pub async fn put_connection(&self, name: &str, spec: Value) {
@@ -266,15 +266,7 @@ conn.close()
     })
     .await;
     // Message ids are dedupe ids: redeliveries after the drop are not new invocations.
-    eventually(Duration::from_secs(90), "60 runs", || async {
-        (node.succeeded("sink").await >= 60).then_some(())
-    })
-    .await;
-    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
-        node.succeeded("sink").await as usize
-    })
-    .await;
-    assert_eq!(n, 60);
+    exactly(60, "runs", || async { node.succeeded("sink").await as usize }).await;
     node.stop().await;
 }
 
@@ -413,11 +405,11 @@ async fn two_nodes_share_an_mqtt_subscription_and_each_message_runs_once() {
         (total().await >= 40).then_some(())
     })
     .await;
-    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
+    // Stored is not yet run: wait for all 40 to run, between the nodes.
+    exactly(40, "messages run", || async {
         (a.succeeded("sink").await + b.succeeded("sink").await) as usize
     })
     .await;
-    assert_eq!(n, 40, "each message runs once");
     assert_eq!(total().await, 40);
     let (x, y) = (a.consumer("shared").await, b.consumer("shared").await);
     assert!(
@@ -999,17 +991,10 @@ async fn a_jetstream_source_server_restarting_mid_stream_loses_nothing() {
     node.consuming("work").await;
     other.restart();
     publish(20, 40).await;
-    eventually(
-        Duration::from_secs(90),
-        "the messages after the restart ran",
-        || async { (node.succeeded("sink").await >= 40).then_some(()) },
-    )
-    .await;
-    let n = settled(Duration::from_secs(90), Duration::from_secs(3), || async {
+    exactly(40, "messages run, after the restart too", || async {
         node.succeeded("sink").await as usize
     })
     .await;
-    assert_eq!(n, 40, "each message ran once");
     let c = node.consumer("work").await;
     assert_eq!(
         c["stored"].as_u64().unwrap() + c["duplicates"].as_u64().unwrap(),
@@ -1039,11 +1024,11 @@ async fn two_nodes_share(trigger: Value, publish: impl FnOnce()) {
         (x + y >= 40).then_some(())
     })
     .await;
-    let n = settled(Duration::from_secs(60), Duration::from_secs(3), || async {
+    // Stored is not yet run: wait for all 40 to run, between the nodes.
+    exactly(40, "messages run", || async {
         (a.succeeded("sink").await + b.succeeded("sink").await) as usize
     })
     .await;
-    assert_eq!(n, 40, "each message runs once");
     let (x, y) = stored().await;
     assert_eq!(x + y, 40);
     assert!(x > 0 && y > 0, "both nodes took a share: {x} and {y}");
