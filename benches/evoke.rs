@@ -84,10 +84,15 @@ fn row(name: &str, baseline: f64, evoke: f64, unit: &str) {
     );
 }
 
+/// The number after `name` on the command line (`--events 200000`).
+fn flag(name: &str) -> Option<usize> {
+    std::env::args().skip_while(|a| a != name).nth(1)?.parse().ok()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let n: usize = if quick { 2_000 } else { 20_000 };
+    let n = flag("--events").unwrap_or(if quick { 2_000 } else { 20_000 });
     let dir = tempfile::TempDir::new()?;
     let nats = ManagedNats::start(&find_server()?, &dir.path().join("nats"), free_port()?)?;
     let client = async_nats::connect(nats.url()).await?;
@@ -140,44 +145,7 @@ async fn main() -> anyhow::Result<()> {
     // The same HTTP load against a bare axum handler that publishes to
     // JetStream with a `Nats-Msg-Id` (deduplicated, as evoke's events are)
     // and awaits the ack: what HTTP and one stored message cost here.
-    let js_axum = js.clone();
-    let ids = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let app = axum::Router::new().route(
-        "/publish",
-        axum::routing::post(move |b: Bytes| {
-            let js = js_axum.clone();
-            let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.to_string().as_str());
-                match js.publish_with_headers("raw.b", headers, b).await {
-                    Ok(ack) => match ack.await {
-                        Ok(_) => axum::http::StatusCode::ACCEPTED,
-                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    },
-                    Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let publish_url = format!("http://{}/publish", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let cpu = Cpu::now(nats_pid);
-    let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        inflight.push(http.post(&publish_url).body(body.clone()).send());
-        if inflight.len() >= 64 {
-            let r = inflight.next().await.expect("in flight")?;
-            anyhow::ensure!(r.status() == 202, "bare publish: {}", r.status());
-        }
-    }
-    while let Some(r) = inflight.next().await {
-        anyhow::ensure!(r?.status() == 202);
-    }
-    let axum_ingest = n as f64 / start.elapsed().as_secs_f64();
-    let axum_ingest_cpu = cpu.per_event(nats_pid, n);
+    let (axum_ingest, axum_ingest_cpu) = bridge(&js, &http, &body, n, nats_pid, |_| "raw.b".into()).await?;
     row(
         "ingest: axum+JetStream handler vs async invoke",
         axum_ingest,
@@ -185,6 +153,31 @@ async fn main() -> anyhow::Result<()> {
         "msg/s",
     );
     cpu_row(axum_ingest_cpu, evoke_ingest_cpu);
+    // The same handler storing as evoke's queue does: a subject per event
+    // (how `GET /v1/invocations/{id}` finds a queued one) on a work-queue
+    // stream, with a consumer filtering it: what that layout costs.
+    let wq = js
+        .create_stream(stream::Config {
+            name: "BRIDGEWQ".into(),
+            subjects: vec!["bridgewq.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    wq.create_consumer(pull::Config {
+        durable_name: Some("bridgewq".into()),
+        filter_subject: "bridgewq.f.>".into(),
+        ..Default::default()
+    })
+    .await?;
+    let (wq_ingest, wq_ingest_cpu) = bridge(&js, &http, &body, n, nats_pid, |id| format!("bridgewq.f.{id}")).await?;
+    row(
+        "ingest: the same, a subject per event on a work queue",
+        wq_ingest,
+        evoke_ingest,
+        "msg/s",
+    );
+    cpu_row(wq_ingest_cpu, evoke_ingest_cpu);
 
     // 2. End to end, as its baselines: a queue filled while no worker runs,
     //    then drained. The baselines pull the same number of messages from
@@ -365,11 +358,7 @@ async fn main() -> anyhow::Result<()> {
     worker.stop().await;
 
     // 5. Many functions: deploy them, then start a node that has them all.
-    let functions: usize = std::env::args()
-        .skip_while(|a| a != "--functions")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 200 } else { 10_000 });
+    let functions = flag("--functions").unwrap_or(if quick { 200 } else { 10_000 });
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for i in 0..functions {
@@ -554,6 +543,60 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
         anyhow::ensure!(r?.status() == 202, "async invoke");
     }
     Ok(())
+}
+
+/// The ingest baseline: `n` requests (64 in flight) to a bare axum handler
+/// that publishes the body on `subject(id)` with a `Nats-Msg-Id` and awaits
+/// JetStream's ack before answering 202. Returns requests per second and
+/// CPU per request.
+async fn bridge(
+    js: &jetstream::Context,
+    http: &reqwest::Client,
+    body: &str,
+    n: usize,
+    nats_pid: u32,
+    subject: fn(u64) -> String,
+) -> anyhow::Result<(f64, (f64, f64))> {
+    let js = js.clone();
+    let ids = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/publish",
+        axum::routing::post(move |b: Bytes| {
+            let js = js.clone();
+            let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.to_string().as_str());
+                match js.publish_with_headers(subject(id), headers, b).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => axum::http::StatusCode::ACCEPTED,
+                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    },
+                    Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/publish", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let cpu = Cpu::now(nats_pid);
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        inflight.push(http.post(&url).body(body.to_string()).send());
+        if inflight.len() >= 64 {
+            let r = inflight.next().await.expect("in flight")?;
+            anyhow::ensure!(r.status() == 202, "bare publish: {}", r.status());
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        anyhow::ensure!(r?.status() == 202);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu.per_event(nats_pid, n);
+    server.abort();
+    Ok((rate, cpu))
 }
 
 /// This process's resident set size, in MB (Linux).

@@ -11,9 +11,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
 use evoke_connectors::event::is_json_type;
-use serde_json::json;
 
-use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_body};
+use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{derived_invocation_id, new_invocation_id};
 use crate::registry::DeployedFunction;
@@ -24,18 +23,18 @@ pub async fn invoke(
     req: Request,
 ) -> Result<Response, ApiError> {
     // Requests refused before an event exists still get an id to quote.
-    let refused = new_invocation_id();
-    let f = s.function(&name).await.map_err(|e| e.with_invocation(&refused))?;
-    let headers = req.headers().clone();
-    let body = read_body(req, s.max_event_size, "EventTooLarge", "event")
+    let refused = |e: ApiError| e.with_invocation(&new_invocation_id());
+    let f = s.function(&name).await.map_err(refused)?;
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let body = read_limited(headers, body, s.max_event_size, "EventTooLarge", "event")
         .await
-        .map_err(|e| e.with_invocation(&refused))?;
+        .map_err(refused)?;
     let asynchronous = headers
         .get(HDR_INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
-    let (event, id) =
-        build_event(&headers, body, f.name.as_str(), asynchronous).map_err(|e| e.with_invocation(&refused))?;
+    let (event, id) = build_event(headers, body, f.name.as_str(), asynchronous).map_err(refused)?;
 
     if asynchronous {
         return accepted(&s, &f, &event, &id).await;
@@ -56,12 +55,13 @@ pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &st
 
 /// The 202 for an event on the queue.
 pub fn queued(id: &str, duplicate: bool) -> Response {
-    let body = if duplicate {
-        json!({ "id": id, "duplicate": true })
-    } else {
-        json!({ "id": id })
-    };
-    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    #[derive(serde::Serialize)]
+    struct Queued<'a> {
+        id: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(Queued { id, duplicate })).into_response();
     set_id(resp.headers_mut(), id);
     if duplicate {
         resp.headers_mut()

@@ -45,6 +45,18 @@ pub async fn read_body(
     code: &'static str,
     what: &str,
 ) -> Result<bytes::Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    read_limited(&parts.headers, body, limit, code, what).await
+}
+
+/// [`read_body`] for a request already split into its headers and body.
+pub async fn read_limited(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    code: &'static str,
+    what: &str,
+) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,15 +64,14 @@ pub async fn read_body(
             format!("the {what} is larger than this server's limit of {limit} bytes"),
         )
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
         let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
             too_large()
