@@ -7,6 +7,7 @@
 //! change); text is a `data` string; anything else travels as
 //! `data_base64`, byte for byte.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -98,16 +99,25 @@ impl Event {
         self.datacontenttype.as_deref().is_some_and(is_json_type)
     }
 
-    /// Encodes the event as CloudEvents structured JSON.
+    /// Encodes the event as CloudEvents structured JSON: the same bytes as
+    /// [`Event::to_value`] serialized, except that JSON data is written as
+    /// it came, byte for byte (key order, numbers, spacing inside it),
+    /// never through a `Value`, which would sort keys and round large
+    /// numbers. Written from borrowed attributes: no `Value` is built.
     pub fn to_json(&self) -> Vec<u8> {
-        // JSON data is written as it came, byte for byte (key order,
-        // numbers, spacing inside it): never through a `Value`, which would
-        // sort keys and round large numbers.
-        if let Some(data) = self.embedded_json() {
-            let mut m = self.attributes();
+        let mut m = self.attribute_refs();
+        let embedded = self.embedded_json();
+        if embedded.is_some() {
             m.remove("data");
-            // Serializing a `Value` built from strings cannot fail.
-            let mut out = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
+        } else if !self.data.is_empty() {
+            match self.text_data() {
+                Some(t) => m.insert("data", Cow::Borrowed(t)),
+                None => m.insert("data_base64", Cow::Owned(BASE64.encode(&self.data))),
+            };
+        }
+        // Serializing a map of strings cannot fail.
+        let mut out = serde_json::to_vec(&m).unwrap_or_default();
+        if let Some(data) = embedded {
             out.pop(); // the closing `}`
             if out.len() > 1 {
                 out.push(b',');
@@ -115,9 +125,15 @@ impl Event {
             out.extend_from_slice(b"\"data\":");
             out.extend_from_slice(data);
             out.push(b'}');
-            return out;
         }
-        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+        out
+    }
+
+    /// The data as text, when it is declared text (`text/*`, JSON lines)
+    /// and is UTF-8: what structured mode writes as a string.
+    fn text_data(&self) -> Option<&str> {
+        let declared = self.datacontenttype.as_deref().is_some_and(is_text);
+        declared.then(|| std::str::from_utf8(&self.data).ok()).flatten()
     }
 
     /// The data, trimmed, when it is declared JSON and is valid JSON: what
@@ -131,26 +147,35 @@ impl Event {
         Some(data)
     }
 
-    /// The context attributes and extensions, without data.
-    fn attributes(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("specversion".into(), Value::String(self.specversion.clone()));
-        m.insert("id".into(), Value::String(self.id.clone()));
-        m.insert("source".into(), Value::String(self.source.clone()));
-        m.insert("type".into(), Value::String(self.ty.clone()));
+    /// The context attributes and extensions, without data, borrowed (an
+    /// extension named as an attribute wins, as it always has).
+    fn attribute_refs(&self) -> BTreeMap<&str, Cow<'_, str>> {
+        let mut m = BTreeMap::new();
+        m.insert("specversion", Cow::Borrowed(self.specversion.as_str()));
+        m.insert("id", Cow::Borrowed(self.id.as_str()));
+        m.insert("source", Cow::Borrowed(self.source.as_str()));
+        m.insert("type", Cow::Borrowed(self.ty.as_str()));
         if let Some(s) = &self.subject {
-            m.insert("subject".into(), Value::String(s.clone()));
+            m.insert("subject", Cow::Borrowed(s.as_str()));
         }
         if let Some(t) = &self.time {
-            m.insert("time".into(), Value::String(t.to_rfc3339()));
+            m.insert("time", Cow::Owned(t.to_rfc3339()));
         }
         if let Some(ct) = &self.datacontenttype {
-            m.insert("datacontenttype".into(), Value::String(ct.clone()));
+            m.insert("datacontenttype", Cow::Borrowed(ct.as_str()));
         }
         for (k, v) in &self.extensions {
-            m.insert(k.clone(), Value::String(v.clone()));
+            m.insert(k.as_str(), Cow::Borrowed(v.as_str()));
         }
         m
+    }
+
+    /// The context attributes and extensions, without data.
+    fn attributes(&self) -> Map<String, Value> {
+        self.attribute_refs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.into_owned())))
+            .collect()
     }
 
     /// The event as structured-mode JSON: `data` embedded when it is JSON,
@@ -162,12 +187,7 @@ impl Event {
                 .data_is_json()
                 .then(|| serde_json::from_slice::<Value>(&self.data).ok())
                 .flatten();
-            let text = self
-                .datacontenttype
-                .as_deref()
-                .is_some_and(is_text)
-                .then(|| std::str::from_utf8(&self.data).ok())
-                .flatten();
+            let text = self.text_data();
             match (embedded, text) {
                 (Some(v), _) => {
                     m.insert("data".into(), v);
@@ -590,6 +610,26 @@ mod tests {
         let e = Event::new("1", "/test", "t").with_data(Some("text/plain".into()), Bytes::from_static(b"hello"));
         assert_eq!(e.to_value()["data"], "hello");
         assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn the_envelope_is_the_structured_value_written_out() {
+        // Every shape of data but embedded JSON (kept byte-exact instead):
+        // the bytes to_json writes are those of to_value serialized.
+        let mut with_extensions = Event::new("1", "/s", "t").with_data(Some("text/plain".into()), Bytes::from("a\"b"));
+        with_extensions.subject = Some("s".into());
+        with_extensions.extensions.insert("zz".into(), "last".into());
+        with_extensions.extensions.insert("aa".into(), "first".into());
+        let events = [
+            Event::new("1", "/s", "t"),
+            with_extensions,
+            Event::new("2", "/s", "t").with_data(Some("image/png".into()), Bytes::from_static(&[0, 159])),
+            Event::new("3", "/s", "t").with_data(Some("application/json".into()), Bytes::from_static(b"{oops")),
+            Event::new("4", "/s", "t").with_data(None, Bytes::from_static(b"raw")),
+        ];
+        for e in events {
+            assert_eq!(e.to_json(), serde_json::to_vec(&e.to_value()).unwrap(), "{e:?}");
+        }
     }
 
     #[test]
