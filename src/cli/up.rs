@@ -34,8 +34,8 @@ async fn probe(url: &str) -> Probe {
     }
 }
 
-/// Takes the data dir for this process (a managed nats-server cannot be
-/// shared): an exclusive lock on `<data-dir>/evoke.lock`, held while the
+/// Takes the data dir for this process (its node id, code cache and
+/// managed nats-server cannot be shared): an exclusive lock on `<data-dir>/evoke.lock`, held while the
 /// returned file is open and released by the kernel however we exit.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
@@ -61,14 +61,16 @@ pub async fn up(args: ServeArgs, managed: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let mut _nats_child = None;
-    let mut _lock = None;
+    // Taken whatever NATS this uses: a second `evoke up` on the data dir
+    // would otherwise find the first one's managed server on 4222 usable
+    // and run beside it as the same node.
+    let _lock = managed.then(|| lock_data_dir(&args.data_dir)).transpose()?;
     let nats_url = match (&args.nats, managed) {
         (Some(url), _) => url.clone(),
         (None, false) => DEFAULT_NATS_URL.to_string(),
         (None, true) => match probe(DEFAULT_NATS_URL).await {
             Probe::Usable => DEFAULT_NATS_URL.to_string(),
             found => {
-                _lock = Some(lock_data_dir(&args.data_dir)?);
                 let bin = find_server()?;
                 let port = match &found {
                     Probe::TooOld(v) => {

@@ -21,8 +21,16 @@ fn old_nats() -> Option<std::path::PathBuf> {
     (!evoke::bus::version_ok(&v)).then_some(p)
 }
 
-/// What answers on the default address, as `evoke up` will see it.
-fn default_nats_is_usable() -> bool {
+/// Held by each test that depends on what answers on the default address:
+/// when nothing does, a test's `evoke up` starts its managed nats-server
+/// there, and a test beside it would find a usable NATS it did not expect.
+fn default_address() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The version of the NATS answering on the default address, if any.
+fn default_nats_version() -> Option<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         match tokio::time::timeout(
@@ -31,14 +39,21 @@ fn default_nats_is_usable() -> bool {
         )
         .await
         {
-            Ok(Ok(c)) => evoke::bus::version_ok(&c.server_info().version),
-            _ => false,
+            Ok(Ok(c)) => Some(c.server_info().version),
+            _ => None,
         }
     })
 }
 
+/// What answers on the default address, as `evoke up` will see it.
+fn default_nats_is_usable() -> bool {
+    default_nats_version().is_some_and(|v| evoke::bus::version_ok(&v))
+}
+
 #[test]
 fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
+    let _default = default_address();
+    let found = default_nats_version();
     let data = tempfile::TempDir::new().unwrap();
     // `evoke up` applies ./evoke.toml when there is one.
     let hello = format!("{}/examples/hello.wasm", env!("CARGO_MANIFEST_DIR"));
@@ -78,13 +93,13 @@ fn up_starts_a_managed_nats_when_the_default_one_is_unusable() {
     );
     assert!(stderr.contains("applying ./evoke.toml"), "{stderr}");
     assert!(out.status.success(), "evoke up did not stop cleanly: {stderr}");
-    if !default_nats_is_usable() {
+    if !found.as_deref().is_some_and(evoke::bus::version_ok) {
         assert!(stderr.contains("started managed nats-server"), "{stderr}");
         assert!(
             data.path().join("nats").join("jetstream").exists(),
             "store under the data dir"
         );
-        if old_nats().is_some() {
+        if found.is_some() {
             assert!(stderr.contains("too old for evoke"), "{stderr}");
         }
     }
@@ -171,6 +186,7 @@ fn an_explicit_old_nats_is_refused_with_what_to_install() {
 
 #[test]
 fn up_without_any_usable_nats_server_says_how_to_get_one() {
+    let _default = default_address();
     if default_nats_is_usable() {
         eprintln!("skipped: a usable NATS answers on the default address");
         return;
@@ -201,6 +217,7 @@ fn up_without_any_usable_nats_server_says_how_to_get_one() {
 /// second `evoke up` on the same data dir is refused while the first runs.
 #[test]
 fn a_killed_evoke_up_takes_its_managed_nats_along() {
+    let _default = default_address();
     if default_nats_is_usable() {
         eprintln!("skipped: a usable NATS answers on the default address (no managed server)");
         return;
@@ -229,7 +246,9 @@ fn a_killed_evoke_up_takes_its_managed_nats_along() {
     let nats_pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
     assert!(std::path::Path::new(&format!("/proc/{nats_pid}")).exists());
 
-    let second = evoke()
+    // A second `evoke up` on the same data dir is refused, though the
+    // first one's managed nats-server may answer on the default address.
+    let mut second = evoke()
         .current_dir(data.path())
         .args([
             "up",
@@ -238,8 +257,20 @@ fn a_killed_evoke_up_takes_its_managed_nats_along() {
             "--data-dir",
         ])
         .arg(data.path())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let start = Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = second.kill();
+            let _ = child.kill();
+            panic!("a second `evoke up` on the same data dir kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another `evoke up` is using the data dir"), "{stderr}");
