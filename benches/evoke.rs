@@ -156,14 +156,7 @@ async fn main() -> anyhow::Result<()> {
     // The same handler storing as evoke's queue does: a subject per event
     // (how `GET /v1/invocations/{id}` finds a queued one) on a work-queue
     // stream, with a consumer filtering it: what that layout costs.
-    let wq = js
-        .create_stream(stream::Config {
-            name: "BRIDGEWQ".into(),
-            subjects: vec!["bridgewq.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await?;
+    let wq = work_queue(&js, "BRIDGEWQ", "bridgewq.>").await?;
     wq.create_consumer(pull::Config {
         durable_name: Some("bridgewq".into()),
         filter_subject: "bridgewq.f.>".into(),
@@ -682,17 +675,22 @@ async fn consume_all(
     Ok(start)
 }
 
-/// Fills a work-queue stream with `n` messages (one subject each, as
-/// evoke's events), then pulls and acks them as the plain consume line does.
-async fn wq_consume(js: &jetstream::Context, n: usize, payload: &Bytes) -> anyhow::Result<f64> {
-    let stream = js
+/// A work-queue stream (every ack deletes its message), as evoke's queue.
+async fn work_queue(js: &jetstream::Context, name: &str, subjects: &str) -> anyhow::Result<stream::Stream> {
+    Ok(js
         .create_stream(stream::Config {
-            name: "RAWWQ".into(),
-            subjects: vec!["rawwq.>".into()],
+            name: name.into(),
+            subjects: vec![subjects.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         })
-        .await?;
+        .await?)
+}
+
+/// Fills a work-queue stream with `n` messages (one subject each, as
+/// evoke's events), then pulls and acks them as the plain consume line does.
+async fn wq_consume(js: &jetstream::Context, n: usize, payload: &Bytes) -> anyhow::Result<f64> {
+    let stream = work_queue(js, "RAWWQ", "rawwq.>").await?;
     publish_all(js, n, payload, |i| format!("rawwq.f.{i}")).await?;
     let start = consume_all(&stream, "wq", "rawwq.f.*", n).await?;
     // Done when the stream is empty: the acks were applied.

@@ -35,8 +35,9 @@ async fn probe(url: &str) -> Probe {
 }
 
 /// Takes the data dir for this process (its node id, code cache and
-/// managed nats-server cannot be shared): an exclusive lock on `<data-dir>/evoke.lock`, held while the
-/// returned file is open and released by the kernel however we exit.
+/// managed nats-server cannot be shared): an exclusive lock on
+/// `<data-dir>/evoke.lock`, held while the returned file is open and
+/// released by the kernel however we exit.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("evoke.lock");
