@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`worker`]: one durable pull consumer per function, running events.
 //! - `settle`: the outcome of an attempt: ack, retry by error class, or DLQ.
+//! - `commit`: outcome records stored and their events acked, many at once.
 //! - backoff timing lives in `evoke_connectors::backoff`, shared with the sources.
 //! - [`records`]: invocation records (KV EVOKE_INVOCATIONS).
 //! - [`dlq`]: the dead-letter queue (stream EVOKE_DLQ): list, show, redrive.
 //! - [`destinations`]: `on_success` / `on_failure` delivery.
 
 pub mod batches;
+mod commit;
 pub mod destinations;
 pub mod dlq;
 pub mod records;
@@ -87,6 +89,8 @@ pub struct Invoker {
     /// revision), and when it last woke their workers.
     queues: Mutex<HashMap<String, QueueSeen>>,
     pub(crate) http: reqwest::Client,
+    /// Started on the first settled event.
+    committer: std::sync::OnceLock<commit::Committer>,
 }
 
 /// What this node knows of one function's queue.
@@ -144,6 +148,7 @@ impl Invoker {
             worker_sweep: worker::SWEEP_EVERY,
             queues: Mutex::new(HashMap::new()),
             http,
+            committer: std::sync::OnceLock::new(),
         }
     }
 
@@ -410,6 +415,24 @@ impl Invoker {
         if let Err(last) = retry::with_pauses(&retry::RECORD_PAUSES, || self.put_record_acked(record)).await {
             tracing::error!(invocation = %record.id, error = %last, "invocation record not stored; its status is stale");
         }
+    }
+
+    /// Stores a settled event's outcome record, then acks the event (with
+    /// other events settled at the same time: see [`commit`]). A record
+    /// not stored at once is retried as [`Invoker::put_record_durable`]
+    /// does before the ack.
+    pub(crate) async fn commit(&self, record: &Record, msg: &async_nats::jetstream::Message) {
+        let committer = self
+            .committer
+            .get_or_init(|| commit::Committer::start(self.bus.js.clone(), self.bus.client.clone()));
+        let subject = bus::invocation_record_subject(&record.id);
+        if let Some(reply) = msg.reply.clone()
+            && committer.commit(subject, record.to_bytes(), reply).await.is_ok()
+        {
+            return;
+        }
+        self.put_record_durable(record).await;
+        settle::ack(msg, &record.id).await;
     }
 
     /// Publishes an invocation's log lines (pipelined, one message).

@@ -65,8 +65,7 @@ impl Settling<'_> {
                         return;
                     }
                 }
-                self.invoker.put_record_durable(&record).await;
-                ack(self.msg, &record.id).await;
+                self.invoker.commit(&record, self.msg).await;
             }
             Err(InvokeError::Function { message, .. }) => {
                 if fn_attempt <= f.spec.retries {

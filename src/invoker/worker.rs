@@ -287,8 +287,10 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
         if *stop.borrow() {
             break;
         }
+        // Borrowed, not cloned: a consumer's clone copies its info (a map
+        // among it), once per message.
         let c = match &consumer {
-            Some(c) => c.clone(),
+            Some(c) => c,
             None => match open(&invoker, &f).await {
                 Ok(c) => {
                     if opened_before {
@@ -301,8 +303,7 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                     }
                     opened_before = true;
                     failures = 0;
-                    consumer = Some(c.clone());
-                    c
+                    consumer.insert(c)
                 }
                 Err(e) => {
                     failures += 1;
@@ -487,6 +488,8 @@ impl Delivery {
 /// Processes one queued event to one of: acked after success, NAKed for a
 /// retry, or acked after a successful dead-lettering. Holds `run_slot`
 /// while the function runs and a settle slot while the outcome is stored.
+/// Its larger steps (running, settling: destinations and dead letters) are
+/// boxed, so the task spawned per event is small to move.
 async fn handle(
     invoker: &Invoker,
     f: &Arc<DeployedFunction>,
@@ -505,7 +508,7 @@ async fn handle(
         Ok(e) => e,
         Err(e) => {
             drop(run_slot);
-            keep_alive(invoker, &msg, settling.malformed(&d.id, e.to_string())).await;
+            keep_alive(invoker, &msg, Box::pin(settling.malformed(&d.id, e.to_string()))).await;
             return;
         }
     };
@@ -514,7 +517,7 @@ async fn handle(
         Err(reason) => {
             drop(run_slot);
             let fresh = Record::new(&d.id, f.name.as_str(), Mode::Async, &event.id, Status::Queued);
-            settling.unrecorded(fresh, &event, d.delivered, reason).await;
+            Box::pin(settling.unrecorded(fresh, &event, d.delivered, reason)).await;
             return;
         }
     };
@@ -528,7 +531,7 @@ async fn handle(
     }
     if d.age > f.spec.max_event_age {
         drop(run_slot);
-        keep_alive(invoker, &msg, settling.expired(record, &event)).await;
+        keep_alive(invoker, &msg, Box::pin(settling.expired(record, &event))).await;
         return;
     }
 
@@ -547,7 +550,7 @@ async fn handle(
     invoker.publish_logs(f.name.as_str(), &d.id, &run.logs);
     invoker.observe(f, &run);
     record.end_attempt(started, &run, &invoker.node);
-    keep_alive(invoker, &msg, settling.ran(record, &event, &run, fn_attempt)).await;
+    keep_alive(invoker, &msg, Box::pin(settling.ran(record, &event, &run, fn_attempt))).await;
     drop(settle_slot);
 }
 
@@ -589,7 +592,7 @@ async fn run_alive(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: &Message, 
     let invoke = keep_alive(
         invoker,
         msg,
-        invoker.executor.invoke(f, &record.id, event, Duration::from_secs(600)),
+        Box::pin(invoker.executor.invoke(f, &record.id, event, Duration::from_secs(600))),
     );
     tokio::pin!(invoke);
     tokio::select! {
