@@ -1,12 +1,12 @@
-//! Committing settled events: each event's outcome record is stored (its
-//! JetStream ack awaited), and only then is the event acked — for many
-//! events at once.
+//! Committing settled events — each event's outcome record stored (its
+//! JetStream ack awaited), and only then the event acked — and storing
+//! log batches, for many events at once.
 //!
-//! Workers finish events one at a time; had each published its own record
-//! and ack, every one would leave in its own socket write (and wake
-//! nats-server for it). The committer gathers what is ready, publishes
-//! those records back to back, and acks each event as its record's ack
-//! arrives, so the writes of a burst of events leave together.
+//! Workers finish events one at a time; had each published its own record,
+//! ack and logs, every one would leave in its own socket write (and wake
+//! nats-server for it). The committer gathers what is ready, publishes it
+//! back to back, and acks each event as its record's ack arrives, so the
+//! writes of a burst of events leave together.
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::{Client, Subject};
@@ -15,26 +15,34 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
-/// The most commits handled in one round.
+/// The most messages published in one round.
 const ROUND: usize = 256;
 
-/// One event to commit: its record, where to store it, and the event's
-/// ack subject.
-struct Commit {
+/// What happens once a message is stored.
+enum Then {
+    /// Ack the event with this ack subject, then tell the worker.
+    Ack(Subject, oneshot::Sender<Result<(), String>>),
+    /// Nothing; a failure is logged as not storing `what`.
+    Log(&'static str),
+}
+
+/// One message to store.
+struct Job {
     subject: String,
-    record: Bytes,
-    ack: Subject,
-    done: oneshot::Sender<Result<(), String>>,
+    payload: Bytes,
+    then: Then,
 }
 
 /// A handle on the node's committer task.
 pub(super) struct Committer {
-    tx: mpsc::UnboundedSender<Commit>,
+    tx: mpsc::UnboundedSender<Job>,
 }
+
+const STOPPING: &str = "the node is stopping";
 
 impl Committer {
     /// Starts the committer task; it ends when the handle is dropped and
-    /// the commits under way are done.
+    /// the messages under way are stored.
     pub fn start(js: jetstream::Context, client: Client) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(js, client, rx));
@@ -46,26 +54,35 @@ impl Committer {
     /// acked): the caller retries the record its own way.
     pub async fn commit(&self, subject: String, record: Bytes, ack: Subject) -> Result<(), String> {
         let (done, result) = oneshot::channel();
-        let commit = Commit {
+        let job = Job {
             subject,
-            record,
-            ack,
-            done,
+            payload: record,
+            then: Then::Ack(ack, done),
         };
-        self.tx.send(commit).map_err(|_| STOPPING.to_string())?;
+        self.tx.send(job).map_err(|_| STOPPING.to_string())?;
         result.await.map_err(|_| STOPPING.to_string())?
+    }
+
+    /// Stores `payload` at `subject` without waiting; a failure is logged
+    /// as "cannot store {what}".
+    pub fn store(&self, subject: String, payload: Bytes, what: &'static str) {
+        let job = Job {
+            subject,
+            payload,
+            then: Then::Log(what),
+        };
+        if self.tx.send(job).is_err() {
+            tracing::warn!("cannot store {what}: {STOPPING}");
+        }
     }
 }
 
-const STOPPING: &str = "the node is stopping";
-
-async fn run(js: jetstream::Context, client: Client, mut rx: mpsc::UnboundedReceiver<Commit>) {
-    let mut round: Vec<Commit> = Vec::with_capacity(ROUND);
+async fn run(js: jetstream::Context, client: Client, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut round: Vec<Job> = Vec::with_capacity(ROUND);
     let mut storing = FuturesUnordered::new();
     let mut open = true;
-    let stored = |ack: PublishAckFuture, event: Subject, done: oneshot::Sender<Result<(), String>>| async move {
-        (ack.await.map(drop).map_err(|e| e.to_string()), event, done)
-    };
+    let stored =
+        |ack: PublishAckFuture, then: Then| async move { (ack.await.map(drop).map_err(|e| e.to_string()), then) };
     loop {
         tokio::select! {
             n = rx.recv_many(&mut round, ROUND), if open => {
@@ -75,29 +92,40 @@ async fn run(js: jetstream::Context, client: Client, mut rx: mpsc::UnboundedRece
                 }
                 // Let the workers that are ready add theirs to this round.
                 tokio::task::yield_now().await;
-                while round.len() < ROUND && let Ok(c) = rx.try_recv() {
-                    round.push(c);
+                while round.len() < ROUND && let Ok(job) = rx.try_recv() {
+                    round.push(job);
                 }
-                for Commit { subject, record, ack, done } in round.drain(..) {
-                    match js.publish(subject, record).await {
-                        Ok(stored_ack) => storing.push(stored(stored_ack, ack, done)),
-                        Err(e) => {
-                            let _ = done.send(Err(e.to_string()));
-                        }
+                for Job { subject, payload, then } in round.drain(..) {
+                    match js.publish(subject, payload).await {
+                        Ok(ack) => storing.push(stored(ack, then)),
+                        Err(e) => settled(&client, Err(e.to_string()), then).await,
                     }
                 }
             }
-            Some((result, ack, done)) = storing.next(), if !storing.is_empty() => {
-                if result.is_ok()
-                    && let Err(e) = client.publish(ack, Bytes::new()).await
-                {
-                    // Redelivered later; its stored record says it is
-                    // settled, so it is acked then without running again.
-                    tracing::warn!(error = %e, "ack failed");
-                }
-                let _ = done.send(result);
-            }
+            Some((result, then)) = storing.next(), if !storing.is_empty() => settled(&client, result, then).await,
             else => break,
+        }
+    }
+}
+
+/// Acks an event whose record was stored, and tells its worker; or logs a
+/// message that was not stored.
+async fn settled(client: &Client, result: Result<(), String>, then: Then) {
+    match then {
+        Then::Ack(ack, done) => {
+            if result.is_ok()
+                && let Err(e) = client.publish(ack, Bytes::new()).await
+            {
+                // Redelivered later; its stored record says it is settled,
+                // so it is acked then without running again.
+                tracing::warn!(error = %e, "ack failed");
+            }
+            let _ = done.send(result);
+        }
+        Then::Log(what) => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot store {what}");
+            }
         }
     }
 }

@@ -89,7 +89,7 @@ pub struct Invoker {
     /// revision), and when it last woke their workers.
     queues: Mutex<HashMap<String, QueueSeen>>,
     pub(crate) http: reqwest::Client,
-    /// Started on the first settled event.
+    /// Started on first use.
     committer: std::sync::OnceLock<commit::Committer>,
 }
 
@@ -422,12 +422,9 @@ impl Invoker {
     /// not stored at once is retried as [`Invoker::put_record_durable`]
     /// does before the ack.
     pub(crate) async fn commit(&self, record: &Record, msg: &async_nats::jetstream::Message) {
-        let committer = self
-            .committer
-            .get_or_init(|| commit::Committer::start(self.bus.js.clone(), self.bus.client.clone()));
         let subject = bus::invocation_record_subject(&record.id);
         if let Some(reply) = msg.reply.clone()
-            && committer.commit(subject, record.to_bytes(), reply).await.is_ok()
+            && self.committer().commit(subject, record.to_bytes(), reply).await.is_ok()
         {
             return;
         }
@@ -435,7 +432,7 @@ impl Invoker {
         settle::ack(msg, &record.id).await;
     }
 
-    /// Publishes an invocation's log lines (pipelined, one message).
+    /// Stores an invocation's log lines (one message, not waited for).
     pub fn publish_logs(&self, function: &str, invocation: &str, lines: &[LogLine]) {
         if lines.is_empty() {
             return;
@@ -446,17 +443,14 @@ impl Invoker {
             lines: lines.to_vec(),
         };
         let Ok(bytes) = serde_json::to_vec(&batch) else { return };
-        let js = self.bus.js.clone();
-        let subject = bus::logs_subject(function);
-        tokio::spawn(async move {
-            let result = match js.publish(subject, Bytes::from(bytes)).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "cannot store function logs");
-            }
-        });
+        self.committer()
+            .store(bus::logs_subject(function), Bytes::from(bytes), "function logs");
+    }
+
+    /// The node's committer, started on first use (see [`commit`]).
+    fn committer(&self) -> &commit::Committer {
+        self.committer
+            .get_or_init(|| commit::Committer::start(self.bus.js.clone(), self.bus.client.clone()))
     }
 
     /// Counts a finished run in the metrics.
