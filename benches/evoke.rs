@@ -805,19 +805,7 @@ async fn raw_drain(
     let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
     match guest {
-        Guest::Component => {
-            let mut store = new_store(Bytes::new());
-            let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
-            let handle = instance
-                .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")
-                .map_err(err)?;
-            for _ in 0..n {
-                let m = msgs.next().await.expect("message")?;
-                let _ = handle.call_async(&mut store, (event(&m.payload),)).await.map_err(err)?;
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-        }
-        Guest::ComponentRecorded => {
+        Guest::Component | Guest::ComponentRecorded => {
             use evoke::invoker::records::{Mode, Record, Status};
             let mut store = new_store(Bytes::new());
             let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
@@ -832,6 +820,10 @@ async fn raw_drain(
             for i in 0..n {
                 let m = msgs.next().await.expect("message")?;
                 let _ = handle.call_async(&mut store, (event(&m.payload),)).await.map_err(err)?;
+                if guest == Guest::Component {
+                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    continue;
+                }
                 let id = format!("raw{i:08}");
                 let mut record = Record::new(&id, "noop", Mode::Async, &id, Status::Queued);
                 record.start_attempt("raw");
