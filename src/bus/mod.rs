@@ -326,7 +326,7 @@ impl Bus {
     ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
-        headers.insert(HDR_INVOCATION_ID, invocation_id);
+        // The invocation id is the subject's last token ([`invocation_in`]).
         for (k, v) in extra {
             headers.insert(*k, *v);
         }

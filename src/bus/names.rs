@@ -25,7 +25,9 @@ pub const SUBJECT_INVOKE: &str = "evoke.invoke";
 pub const SUBJECT_DLQ: &str = "evoke.dlq";
 pub const SUBJECT_LOGS: &str = "evoke.logs";
 
-/// Header carrying the invocation id on queued events.
+/// Header carrying the invocation id on events queued by an evoke from
+/// before per-invocation subjects (the id is now the subject's last token:
+/// [`invocation_in`]).
 pub const HDR_INVOCATION_ID: &str = "Evoke-Invocation-Id";
 /// Header set on events put back by `dlq redrive`.
 pub const HDR_REDRIVEN: &str = "Evoke-Redriven";
@@ -35,6 +37,14 @@ pub const HDR_REDRIVEN: &str = "Evoke-Redriven";
 /// (`GET /v1/invocations/{id}` before any record exists).
 pub fn invoke_subject(function: &str, id: &str) -> String {
     format!("{SUBJECT_INVOKE}.{function}.{id}")
+}
+
+/// The invocation id in a queued event's subject (`evoke.invoke.<f>.<id>`);
+/// `None` for any other subject (a legacy `evoke.invoke.<f>`).
+pub fn invocation_in(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(SUBJECT_INVOKE)?.strip_prefix('.')?;
+    let (function, id) = rest.split_once('.')?;
+    (!function.is_empty() && !id.is_empty() && !id.contains('.')).then_some(id)
 }
 
 /// Every queued event of `function`.
@@ -155,5 +165,15 @@ mod tests {
         assert_eq!(consumer_function(&consumer_name("f-1")), Some("f-1"));
         assert_eq!(function_in("evoke.invoke.", SUBJECT_INVOKE), None);
         assert!(reserved_subject(&invoke_subject("f", "i")).is_some());
+    }
+
+    #[test]
+    fn a_queued_subject_names_its_invocation() {
+        assert_eq!(invocation_in(&invoke_subject("f-1", "0193-ab_c")), Some("0193-ab_c"));
+        assert_eq!(invocation_in(&legacy_invoke_subject("f-1")), None);
+        assert_eq!(invocation_in("evoke.invokes.f.i"), None);
+        assert_eq!(invocation_in("evoke.invoke.f.i.j"), None);
+        assert_eq!(invocation_in("evoke.invoke..i"), None);
+        assert_eq!(invocation_in(&dlq_subject("f", "i")), None);
     }
 }

@@ -472,7 +472,11 @@ impl Delivery {
                 .map(|v| v.as_str().to_string())
         };
         Some(Delivery {
-            id: header(bus::HDR_INVOCATION_ID).unwrap_or_else(super::new_invocation_id),
+            // The subject's last token; older evoke put it in a header.
+            id: bus::invocation_in(msg.subject.as_str())
+                .map(str::to_string)
+                .or_else(|| header(bus::HDR_INVOCATION_ID))
+                .unwrap_or_else(super::new_invocation_id),
             delivered: info.delivered,
             // Older evoke wrote "1" for every redrive.
             redrive: header(bus::HDR_REDRIVEN).map(|v| v.parse().unwrap_or(1)),

@@ -108,7 +108,6 @@ async fn redrive_never_deletes_the_only_copy() {
     let js = async_nats::jetstream::new(client.clone());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{id}.r.{seq}").as_str());
-    headers.insert(evoke::bus::HDR_INVOCATION_ID, id.as_str());
     js.publish_with_headers(
         evoke::bus::invoke_subject("flaky", &id),
         headers,
