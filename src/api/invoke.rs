@@ -150,6 +150,18 @@ fn set_id(h: &mut HeaderMap, id: &str) {
 /// Reads a CloudEvent from a request (structured or binary mode); `None`
 /// when the request is not a CloudEvent.
 pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
+    let structured = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.trim_start()
+                .get(..28)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/cloudevents+json"))
+        });
+    if !structured && !headers.contains_key("ce-id") {
+        // Neither mode (most requests): nothing to copy.
+        return Ok(None);
+    }
     let pairs: Vec<(&str, &str)> = headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
