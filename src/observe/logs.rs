@@ -1,5 +1,6 @@
 //! Function logs: lines collected per invocation (capped), published to
-//! stream EVOKE_LOGS as one message per invocation, and read back by
+//! stream EVOKE_LOGS as one batch per invocation (the batches of a burst
+//! share a message, a newline between each: [`batches`]), and read back by
 //! `evoke logs`.
 
 use chrono::{DateTime, Utc};
@@ -127,6 +128,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_holds_one_batch_or_several() {
+        let batch = |i: &str| LogBatch {
+            function: "f".into(),
+            invocation: i.into(),
+            lines: vec![LogLine::new(LogLevel::Info, "stderr", format!("line of {i}"))],
+        };
+        let one = serde_json::to_vec(&batch("a")).unwrap();
+        let read: Vec<String> = batches(&one).map(|b| b.invocation).collect();
+        assert_eq!(read, ["a"]);
+        let mut joined = one.clone();
+        joined.push(b'\n');
+        joined.extend(serde_json::to_vec(&batch("b")).unwrap());
+        let read: Vec<String> = batches(&joined).map(|b| b.invocation).collect();
+        assert_eq!(read, ["a", "b"]);
+        assert_eq!(batches(b"not json").count(), 0);
+    }
+
+    #[test]
     fn empty_lines_fill_the_cap_too() {
         let mut b = LogBuffer::new(1024);
         for _ in 0..1_000_000 {
@@ -136,6 +155,15 @@ mod tests {
         assert!(lines.len() <= 1024 / LINE_OVERHEAD + 1, "{} lines kept", lines.len());
         assert!(lines.last().unwrap().message.contains("lines dropped"));
     }
+}
+
+/// The log batches in one message of EVOKE_LOGS: one, or several
+/// separated by newlines (what a node stores for a burst of invocations);
+/// reading stops at the first that does not parse.
+pub fn batches(payload: &[u8]) -> impl Iterator<Item = LogBatch> + '_ {
+    serde_json::Deserializer::from_slice(payload)
+        .into_iter::<LogBatch>()
+        .map_while(Result::ok)
 }
 
 /// What to read of a function's logs.
@@ -207,23 +235,25 @@ pub async fn read(
                         _ => return None,
                     };
                     let last = !follow && msg.info().map(|i| i.pending == 0).unwrap_or(true);
-                    let batch = serde_json::from_slice::<LogBatch>(&msg.payload)
-                        .ok()
-                        .filter(|b| invocation.as_ref().is_none_or(|i| *i == b.invocation));
-                    let Some(batch) = batch else {
+                    let mut out = String::new();
+                    for batch in batches(&msg.payload) {
+                        if invocation.as_ref().is_some_and(|i| *i != batch.invocation) {
+                            continue;
+                        }
+                        for l in &batch.lines {
+                            let v = serde_json::json!({
+                                "time": l.time, "level": l.level, "stream": l.stream,
+                                "function": batch.function, "invocation": batch.invocation, "message": l.message,
+                            });
+                            out.push_str(&v.to_string());
+                            out.push('\n');
+                        }
+                    }
+                    if out.is_empty() {
                         if last {
                             return None;
                         }
                         continue;
-                    };
-                    let mut out = String::new();
-                    for l in &batch.lines {
-                        let v = serde_json::json!({
-                            "time": l.time, "level": l.level, "stream": l.stream,
-                            "function": batch.function, "invocation": batch.invocation, "message": l.message,
-                        });
-                        out.push_str(&v.to_string());
-                        out.push('\n');
                     }
                     return Some((Ok(out), (messages, last, false)));
                 }
