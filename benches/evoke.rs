@@ -268,6 +268,17 @@ async fn main() -> anyhow::Result<()> {
         nats_pid,
     )
     .await?;
+    publish_all(&js, n, &payload, |i| format!("recwq.c.{i}")).await?;
+    let (raw_fresh_recorded, raw_fresh_recorded_cpu) = raw_drain(
+        &js,
+        (&recorded_queue, "recwq.c.*"),
+        "raw-fresh-recorded",
+        n,
+        &command,
+        Guest::CommandRecorded,
+        nats_pid,
+    )
+    .await?;
     let (evoke_cmd, _, evoke_cmd_cpu) = drain(&nats.url(), n, nats_pid).await?;
     row(
         "async: pull+fresh instance+ack vs end-to-end (WASI command)",
@@ -276,6 +287,13 @@ async fn main() -> anyhow::Result<()> {
         "msg/s",
     );
     cpu_row(raw_fresh_cpu, evoke_cmd_cpu);
+    row(
+        "async: pull+fresh instance+outcome record+ack vs end-to-end",
+        raw_fresh_recorded,
+        evoke_cmd,
+        "msg/s",
+    );
+    cpu_row(raw_fresh_recorded_cpu, evoke_cmd_cpu);
     println!(
         "{:<60} {:>12.1} MB idle, {:.1} MB draining (this process: nodes and load)",
         "memory: resident set", rss_idle, rss_busy
@@ -768,6 +786,14 @@ enum Guest {
     ComponentRecorded,
     /// A WASI command: a fresh pooled instance per event, stdin to stdout.
     Command,
+    /// The same, and an outcome record stored per event, as above.
+    CommandRecorded,
+}
+
+impl Guest {
+    fn recorded(self) -> bool {
+        matches!(self, Guest::ComponentRecorded | Guest::CommandRecorded)
+    }
 }
 
 /// The end-to-end baseline: a bare loop pulling `n` messages of `filter`
@@ -804,50 +830,60 @@ async fn raw_drain(
     );
     let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
-    match guest {
+    use evoke::invoker::records::{Mode, Record, Status};
+    // Components: one warm instance. Commands: a fresh one per event.
+    let mut warm = match guest {
         Guest::Component | Guest::ComponentRecorded => {
-            use evoke::invoker::records::{Mode, Record, Status};
             let mut store = new_store(Bytes::new());
             let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
             let handle = instance
                 .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")
                 .map_err(err)?;
-            let mut settling = FuturesUnordered::new();
-            let settle = |(ack, m): (jetstream::context::PublishAckFuture, jetstream::Message)| async move {
-                ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))
-            };
-            for i in 0..n {
-                let m = msgs.next().await.expect("message")?;
-                let _ = handle.call_async(&mut store, (event(&m.payload),)).await.map_err(err)?;
-                if guest == Guest::Component {
-                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    continue;
-                }
-                let id = format!("raw{i:08}");
-                let mut record = Record::new(&id, "noop", Mode::Async, &id, Status::Queued);
-                record.start_attempt("raw");
-                record.finish(Status::Succeeded, None);
-                let ack = js.publish(format!("$KV.RAW_RECORDS.{id}"), record.to_bytes()).await?;
-                settling.push(settle((ack, m)));
-                while settling.len() >= 64 {
-                    settling.next().await.expect("settling")?;
-                }
-            }
-            while let Some(r) = settling.next().await {
-                r?;
-            }
+            Some((store, handle))
         }
-        Guest::Command => {
-            let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(err)?;
-            for _ in 0..n {
-                let m = msgs.next().await.expect("message")?;
+        Guest::Command | Guest::CommandRecorded => None,
+    };
+    let command = match warm {
+        Some(_) => None,
+        None => Some(wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(err)?),
+    };
+    let mut settling = FuturesUnordered::new();
+    let settle = |(ack, m): (jetstream::context::PublishAckFuture, jetstream::Message)| async move {
+        ack.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    for i in 0..n {
+        let m = msgs.next().await.expect("message")?;
+        match &mut warm {
+            Some((store, handle)) => {
+                let _ = handle
+                    .call_async(&mut *store, (event(&m.payload),))
+                    .await
+                    .map_err(err)?;
+            }
+            None => {
+                let command = command.as_ref().expect("a command");
                 let mut store = new_store(m.payload.clone());
-                let cmd = pre.instantiate_async(&mut store).await.map_err(err)?;
+                let cmd = command.instantiate_async(&mut store).await.map_err(err)?;
                 let _ = cmd.wasi_cli_run().call_run(&mut store).await.map_err(err)?;
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
         }
+        if !guest.recorded() {
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            continue;
+        }
+        let id = format!("raw{i:08}");
+        let mut record = Record::new(&id, "noop", Mode::Async, &id, Status::Queued);
+        record.start_attempt("raw");
+        record.finish(Status::Succeeded, None);
+        let ack = js.publish(format!("$KV.RAW_RECORDS.{id}"), record.to_bytes()).await?;
+        settling.push(settle((ack, m)));
+        while settling.len() >= 64 {
+            settling.next().await.expect("settling")?;
+        }
+    }
+    while let Some(r) = settling.next().await {
+        r?;
     }
     Ok((n as f64 / start.elapsed().as_secs_f64(), cpu.per_event(nats_pid, n)))
 }
