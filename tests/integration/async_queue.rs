@@ -26,6 +26,47 @@ async fn async_invoke_runs_and_reports_its_record() {
     node.stop().await;
 }
 
+/// Invocations that finish together store their logs together (several
+/// batches in one message): each line is shown once, with its invocation.
+#[tokio::test]
+async fn a_burst_of_invocations_keeps_every_log_line_once() {
+    let nats = Nats::start();
+    let queueing = TestNode::without_workers(&nats.url()).await;
+    queueing
+        .deploy_ok("hello", &example("hello"), &[("max_instances", "8")])
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let body = format!(r#"{{"name":"burst-{i}"}}"#);
+        ids.push(queueing.invoke_async("hello", "application/json", &body).await);
+    }
+    // A worker finds the whole queue at once.
+    let worker = TestNode::start(&nats.url()).await;
+    for id in &ids {
+        worker
+            .wait_record(id, Duration::from_secs(30), |r| r["status"] == "succeeded")
+            .await;
+    }
+    let log = worker.logs_with("hello", "", "greeting burst-39 (attempt 1)").await;
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).expect("NDJSON")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let text = format!("greeting burst-{i} (attempt 1)");
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["message"].as_str().unwrap_or("").contains(&text))
+            .collect();
+        assert_eq!(mine.len(), 1, "{text} once: {log}");
+        assert_eq!(mine[0]["invocation"], id.as_str());
+    }
+    let one = worker
+        .logs_with("hello", &format!("invocation={}", ids[7]), "greeting burst-7 ")
+        .await;
+    assert!(one.contains("greeting burst-7 (attempt 1)"), "{one}");
+    assert!(!one.contains("burst-8"), "filtered by invocation: {one}");
+    worker.stop().await;
+    queueing.stop().await;
+}
+
 #[tokio::test]
 async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
     let nats = Nats::start();
