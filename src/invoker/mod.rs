@@ -428,8 +428,12 @@ impl Invoker {
         {
             return;
         }
-        self.put_record_durable(record).await;
-        settle::ack(msg, &record.id).await;
+        // Rare (NATS away): boxed, so the common path's future stays small.
+        Box::pin(async {
+            self.put_record_durable(record).await;
+            settle::ack(msg, &record.id).await;
+        })
+        .await;
     }
 
     /// Stores an invocation's log lines (one message, not waited for).

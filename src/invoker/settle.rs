@@ -38,12 +38,12 @@ impl Settling<'_> {
         match &run.result {
             Ok(output) => {
                 if let Ok(Failed::Some(ids)) = batches::failed(event, &output.body)
-                    && let Err(e) = self.retry_items(&record, event, &ids).await
+                    && let Err(e) = Box::pin(self.retry_items(&record, event, &ids)).await
                 {
                     record.fail_attempt(AttemptError::system(format!(
                         "the function succeeded, but its batch's failed items were not queued again: {e}"
                     )));
-                    self.system_error(record, event, Some(run), e, false).await;
+                    Box::pin(self.system_error(record, event, Some(run), e, false)).await;
                     return;
                 }
                 record.finish(Status::Succeeded, Some(run));
@@ -54,14 +54,14 @@ impl Settling<'_> {
                         }
                         SuccessBody::Output => super::destinations::output_event(&record, output),
                     };
-                    if let Err(e) = self.invoker.deliver(dest, &dest_event).await {
+                    if let Err(e) = Box::pin(self.invoker.deliver(dest, &dest_event)).await {
                         // Not the function's fault (a destination or NATS
                         // away): a system error, so the event runs again
                         // later and delivers its result then.
                         record.fail_attempt(AttemptError::system(format!(
                             "the function succeeded, but its result was not delivered: {e}"
                         )));
-                        self.system_error(record, event, Some(run), e.to_string(), false).await;
+                        Box::pin(self.system_error(record, event, Some(run), e.to_string(), false)).await;
                         return;
                     }
                 }
@@ -70,16 +70,15 @@ impl Settling<'_> {
             Err(InvokeError::Function { message, .. }) => {
                 if fn_attempt <= f.spec.retries {
                     self.invoker.metrics.retry(f.name.as_str(), "function");
-                    self.reschedule(&mut record, Some(run), retry::function_delay(fn_attempt))
-                        .await;
+                    Box::pin(self.reschedule(&mut record, Some(run), retry::function_delay(fn_attempt))).await;
                 } else {
                     let reason = format!("function error on all {} attempts; last: {message}", f.spec.retries + 1);
                     record.finish(Status::Failed, Some(run));
-                    self.dead(&mut record, event, reason, true).await;
+                    Box::pin(self.dead(&mut record, event, reason, true)).await;
                 }
             }
             Err(e @ (InvokeError::System(_) | InvokeError::Busy(_) | InvokeError::Capacity(_))) => {
-                self.system_error(record, event, Some(run), e.to_string(), true).await;
+                Box::pin(self.system_error(record, event, Some(run), e.to_string(), true)).await;
             }
         }
     }

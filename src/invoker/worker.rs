@@ -381,7 +381,8 @@ async fn consume(invoker: Arc<Invoker>, f: Arc<DeployedFunction>, mut stop: watc
                 Some((slot, Ok(msg))) => {
                     quiet_since = tokio::time::Instant::now();
                     let (invoker, f, settles) = (invoker.clone(), f.clone(), settles.clone());
-                    tasks.spawn(async move { handle(&invoker, &f, msg, slot, settles).await });
+                    // Boxed: the task moves a pointer, not the whole future.
+                    tasks.spawn(Box::pin(async move { handle(&invoker, &f, msg, slot, settles).await }));
                 }
                 Some((_, Err(e))) => {
                     tracing::debug!(function = %name, error = %e, "consumer hiccup; reopening the consumer");
@@ -554,7 +555,7 @@ async fn handle(
     invoker.publish_logs(f.name.as_str(), &d.id, &run.logs);
     invoker.observe(f, &run);
     record.end_attempt(started, &run, &invoker.node);
-    keep_alive(invoker, &msg, Box::pin(settling.ran(record, &event, &run, fn_attempt))).await;
+    keep_alive(invoker, &msg, settling.ran(record, &event, &run, fn_attempt)).await;
     drop(settle_slot);
 }
 
