@@ -24,8 +24,8 @@ pub use error::ApiError;
 use crate::invoker::Invoker;
 use crate::registry::DeployedFunction;
 
-/// HTTP header carrying the invocation id on invoke responses (the NATS
-/// header on queued events is [`crate::bus::HDR_INVOCATION_ID`]).
+/// HTTP header carrying the invocation id on invoke responses (a queued
+/// event carries it as its subject's last token: [`crate::bus::invocation_in`]).
 pub const HTTP_INVOCATION_ID: &str = "x-evoke-invocation-id";
 /// Header selecting async invocation.
 pub const HDR_INVOCATION_TYPE: &str = "x-evoke-invocation-type";
