@@ -129,32 +129,32 @@ impl ApiState {
 /// Builds the router.
 pub fn router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
-        .route("/functions", get(functions::list))
+        .route("/v1/functions", get(functions::list))
         .route(
-            "/functions/{name}",
+            "/v1/functions/{name}",
             get(functions::show).delete(functions::remove).put(functions::deploy),
         )
-        .route("/functions/{name}/invoke", post(invoke::invoke))
-        .route("/functions/{name}/dlq", get(ops::dlq_list))
-        .route("/functions/{name}/dlq/redrive", post(ops::dlq_redrive))
-        .route("/functions/{name}/dlq/{id}", get(ops::dlq_show))
-        .route("/functions/{name}/logs", get(ops::logs))
-        .route("/invocations/{id}", get(ops::invocation))
-        .route("/status", get(ops::status))
-        .route("/triggers", get(triggers::list))
+        .route("/v1/functions/{name}/invoke", post(invoke::invoke))
+        .route("/v1/functions/{name}/dlq", get(ops::dlq_list))
+        .route("/v1/functions/{name}/dlq/redrive", post(ops::dlq_redrive))
+        .route("/v1/functions/{name}/dlq/{id}", get(ops::dlq_show))
+        .route("/v1/functions/{name}/logs", get(ops::logs))
+        .route("/v1/invocations/{id}", get(ops::invocation))
+        .route("/v1/status", get(ops::status))
+        .route("/v1/triggers", get(triggers::list))
         .route(
-            "/triggers/{name}",
+            "/v1/triggers/{name}",
             get(triggers::show).put(triggers::put).delete(triggers::remove),
         )
-        .route("/triggers/{name}/backfill", post(triggers::backfill))
-        .route("/connections", get(connections::list))
+        .route("/v1/triggers/{name}/backfill", post(triggers::backfill))
+        .route("/v1/connections", get(connections::list))
         .route(
-            "/connections/{name}",
+            "/v1/connections/{name}",
             get(connections::show).put(connections::put).delete(connections::remove),
         )
-        .route("/stores", get(stores::list))
+        .route("/v1/stores", get(stores::list))
         .route(
-            "/stores/{name}",
+            "/v1/stores/{name}",
             get(stores::show).put(stores::put).delete(stores::remove),
         )
         .layer(DefaultBodyLimit::disable());
@@ -163,8 +163,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         Some(_) => v1.layer(middleware::from_fn_with_state(state.clone(), auth)),
         None => v1,
     };
+    // Merged, not nested: a nested router strips its prefix from every
+    // request's URI (a new URI each) and routes twice.
     Router::new()
-        .nest("/v1", v1)
+        .merge(v1)
         .route("/hooks/{trigger}", get(hooks::hook).post(hooks::hook).put(hooks::hook))
         .route("/healthz", get(ops::healthz))
         .route(
