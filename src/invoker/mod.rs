@@ -459,12 +459,12 @@ impl Invoker {
 
     /// Counts a finished run in the metrics.
     pub fn observe(&self, f: &DeployedFunction, run: &Run) {
-        let outcome = match &run.result {
-            Ok(_) => "success".to_string(),
+        let outcome: std::borrow::Cow<str> = match &run.result {
+            Ok(_) => crate::observe::metrics::SUCCESS.into(),
             Err(InvokeError::Function { kind, .. }) => serde_json::to_value(kind)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| "error".into()),
+                .map_or("error".into(), Into::into),
             Err(InvokeError::System(_)) => "system-error".into(),
             Err(InvokeError::Busy(_)) => "busy".into(),
             Err(InvokeError::Capacity(_)) => "capacity".into(),

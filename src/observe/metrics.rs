@@ -15,6 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The outcome of a successful run, as counted.
+pub const SUCCESS: &str = "success";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FnLabel {
     pub function: String,
@@ -75,6 +78,18 @@ pub struct Metrics {
     pub queue_pending: Family<FnLabel, Gauge>,
     pub nats_events: Family<EventLabel, Counter>,
     pub consumers_reopened: Family<FnLabel, Counter>,
+    /// Per function, the series every successful run updates (handles on
+    /// the families' own series): a run is counted without building labels.
+    runs: std::sync::Mutex<std::collections::HashMap<String, RunSeries>>,
+}
+
+/// The series one successful run of a function updates.
+#[derive(Clone)]
+struct RunSeries {
+    succeeded: Counter,
+    duration: Histogram,
+    gb_seconds: Counter<f64, AtomicU64>,
+    cold_starts: Counter,
 }
 
 impl Default for Metrics {
@@ -179,6 +194,7 @@ impl Metrics {
             queue_pending,
             nats_events,
             consumers_reopened,
+            runs: Default::default(),
         }
     }
 
@@ -209,8 +225,23 @@ impl Metrics {
         self.nats_events.get_or_create(&EventLabel { event: name.into() }).inc();
     }
 
-    /// Counts one finished run.
+    /// Counts one finished run (`outcome`: [`SUCCESS`] or the error's kind).
     pub fn observe_run(&self, function: &str, outcome: &str, seconds: f64, memory_bytes: u64, cold: bool) {
+        let gb_seconds = memory_bytes as f64 / (1u64 << 30) as f64 * seconds;
+        if outcome == SUCCESS {
+            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            if !runs.contains_key(function) {
+                runs.insert(function.to_string(), self.run_series(function));
+            }
+            let series = &runs[function];
+            series.succeeded.inc();
+            series.duration.observe(seconds);
+            series.gb_seconds.inc_by(gb_seconds);
+            if cold {
+                series.cold_starts.inc();
+            }
+            return;
+        }
         let f = FnLabel {
             function: function.to_string(),
         };
@@ -221,11 +252,28 @@ impl Metrics {
             })
             .inc();
         self.duration.get_or_create(&f).observe(seconds);
-        self.gb_seconds
-            .get_or_create(&f)
-            .inc_by(memory_bytes as f64 / (1u64 << 30) as f64 * seconds);
+        self.gb_seconds.get_or_create(&f).inc_by(gb_seconds);
         if cold {
             self.cold_starts.get_or_create(&f).inc();
+        }
+    }
+
+    /// Handles on `function`'s series of successful runs.
+    fn run_series(&self, function: &str) -> RunSeries {
+        let f = FnLabel {
+            function: function.to_string(),
+        };
+        RunSeries {
+            succeeded: self
+                .invocations
+                .get_or_create(&OutcomeLabel {
+                    function: function.to_string(),
+                    outcome: SUCCESS.to_string(),
+                })
+                .clone(),
+            duration: self.duration.get_or_create(&f).clone(),
+            gb_seconds: self.gb_seconds.get_or_create(&f).clone(),
+            cold_starts: self.cold_starts.get_or_create(&f).clone(),
         }
     }
 
@@ -316,6 +364,32 @@ pub async fn refresh_depths(
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read depths for metrics"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_counted_by_function_and_outcome() {
+        let m = Metrics::new();
+        m.observe_run("f", SUCCESS, 0.002, 1 << 30, true);
+        m.observe_run("f", SUCCESS, 0.002, 1 << 30, false);
+        m.observe_run("f", "timeout", 1.0, 1 << 30, false);
+        m.observe_run("g", SUCCESS, 0.5, 1 << 29, false);
+        let text = m.encode();
+        for line in [
+            r#"evoke_invocations_total{function="f",outcome="success"} 2"#,
+            r#"evoke_invocations_total{function="f",outcome="timeout"} 1"#,
+            r#"evoke_invocations_total{function="g",outcome="success"} 1"#,
+            r#"evoke_cold_starts_total{function="f"} 1"#,
+            r#"evoke_invocation_duration_seconds_count{function="f"} 3"#,
+            r#"evoke_usage_gb_seconds_total{function="f"} 1.004"#,
+            r#"evoke_usage_gb_seconds_total{function="g"} 0.25"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
         }
     }
 }
