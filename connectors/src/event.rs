@@ -293,8 +293,7 @@ impl Event {
             .into_iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v);
-        let structured = content_type.is_some_and(|c| essence(c).eq_ignore_ascii_case("application/cloudevents+json"));
-        let event = if structured {
+        let event = if content_type.is_some_and(is_structured) {
             Some(Event::from_json(&body)?)
         } else if headers
             .clone()
@@ -313,128 +312,165 @@ impl Event {
     }
 
     /// Decodes CloudEvents structured JSON, without building a JSON tree
-    /// (the same event, and the same errors, as [`Event::from_value`] on
-    /// the parsed value, except that JSON data keeps its bytes as they are
-    /// in the envelope).
+    /// (checked as [`Event::from_value`] checks a parsed value, except that
+    /// JSON data keeps its bytes as they are in the envelope).
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
-        use envelope::{Document, Member};
+        use envelope::Document;
         let doc: Document = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
         let Document::Object(members) = doc else {
             return Err(EventError::NotAnObject);
         };
-        // The last of duplicate members counts, as in a parsed map.
-        let mut core: [Option<Member>; 9] = Default::default();
-        let mut rest: BTreeMap<Cow<str>, Member> = BTreeMap::new();
-        for (k, v) in members {
-            match CORE.iter().position(|c| *c == k) {
-                Some(i) => core[i] = Some(v),
-                None => {
-                    rest.insert(k, v);
-                }
-            }
-        }
-        let [
-            id,
-            source,
-            ty,
-            specversion,
-            subject,
-            time,
-            datacontenttype,
-            data,
-            data_base64,
-        ] = core;
-        let text = |name: &'static str, m: Option<Member>| match m {
-            None | Some(Member::Null) => Ok(None),
-            Some(Member::Str(s)) => Ok(Some(s.into_owned())),
-            Some(_) => Err(EventError::Invalid {
-                name: name.into(),
-                reason: "must be a string".into(),
-            }),
-        };
-        let required = |name: &'static str, m: Option<Member>| match text(name, m)? {
-            Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(EventError::Missing(name)),
-        };
-        let id = required("id", id)?;
-        let source = required("source", source)?;
-        let ty = required("type", ty)?;
-        let specversion = checked_specversion(text("specversion", specversion)?)?;
-        let subject = text("subject", subject)?;
-        let time = text("time", time)?.map(|t| parse_time(&t)).transpose()?;
-        let mut datacontenttype = text("datacontenttype", datacontenttype)?;
-        let declared_json = datacontenttype.as_deref().is_some_and(is_json_type);
-        let data = match (data, data_base64) {
-            (Some(_), Some(_)) => return Err(both_data()),
-            (None, Some(Member::Str(b64))) => decode_base64(&b64)?,
-            (None, Some(_)) => return Err(base64_not_a_string()),
-            (Some(Member::Str(s)), None) if !declared_json => Bytes::from(s.into_owned()),
-            (Some(m), None) => {
-                if datacontenttype.is_none() {
-                    datacontenttype = Some("application/json".into());
-                }
-                // As written in the envelope (the member's name written
-                // with escapes is not found this way: then re-encoded).
-                match member_span(bytes, b"data") {
-                    Some(r) => Bytes::copy_from_slice(&bytes[r]),
-                    None => Bytes::from(reencoded(bytes, m)),
-                }
-            }
-            (None, None) => Bytes::new(),
-        };
-        let mut extensions = BTreeMap::new();
-        for (k, v) in rest {
-            if !valid_extension_name(&k) {
-                return Err(bad_extension_name(k.into_owned()));
-            }
-            let v = match v {
-                Member::Str(s) => s.into_owned(),
-                Member::Number(n) => n.to_string(),
-                Member::Bool(b) => b.to_string(),
-                Member::Null => continue,
-                Member::Nested => return Err(bad_extension_value(k.into_owned())),
-            };
-            extensions.insert(k.into_owned(), v);
-        }
-        Ok(Event {
-            id,
-            source,
-            ty,
-            specversion,
-            subject,
-            time,
-            datacontenttype,
-            data,
-            extensions,
+        // JSON data as written in the envelope (the member's name written
+        // with escapes is not found this way: then encoded again).
+        assemble(members, |m| match member_span(bytes, b"data") {
+            Some(r) => Bytes::copy_from_slice(&bytes[r]),
+            None => Bytes::from(reencoded(bytes, m)),
         })
     }
 
     /// Decodes a structured-mode JSON object.
     pub fn from_value(value: Value) -> Result<Event, EventError> {
-        let Value::Object(mut m) = value else {
+        let Value::Object(m) = value else {
             return Err(EventError::NotAnObject);
         };
-        let id = required(&mut m, "id")?;
-        let source = required(&mut m, "source")?;
-        let ty = required(&mut m, "type")?;
-        let specversion = checked_specversion(optional(&mut m, "specversion")?)?;
-        let subject = optional(&mut m, "subject")?;
-        let time = optional(&mut m, "time")?.map(|t| parse_time(&t)).transpose()?;
-        let mut datacontenttype = optional(&mut m, "datacontenttype")?;
-        let data = take_data(&mut m, &mut datacontenttype)?;
-        let extensions = take_extensions(m)?;
-        Ok(Event {
-            id,
-            source,
-            ty,
-            specversion,
-            subject,
-            time,
-            datacontenttype,
-            data,
-            extensions,
+        let members = m
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), envelope::Member::from(v)));
+        // JSON data is encoded from the value it came as.
+        assemble(members, |_| {
+            Bytes::from(serde_json::to_vec(m.get("data").unwrap_or(&Value::Null)).unwrap_or_default())
         })
     }
+}
+
+/// An event from the members of a structured-mode envelope, however they
+/// were read (the last of duplicates counts, as in a parsed map):
+/// attributes checked as CloudEvents says, extensions named and typed as
+/// it says. `json_data` gives the bytes of `data` when it is JSON (not a
+/// string of a non-JSON type).
+fn assemble<'a>(
+    members: impl IntoIterator<Item = (Cow<'a, str>, envelope::Member<'a>)>,
+    json_data: impl FnOnce(envelope::Member<'a>) -> Bytes,
+) -> Result<Event, EventError> {
+    use envelope::Member;
+    let mut core: [Option<Member>; 9] = Default::default();
+    let mut rest: BTreeMap<Cow<str>, Member> = BTreeMap::new();
+    for (k, v) in members {
+        match CORE.iter().position(|c| *c == k) {
+            Some(i) => core[i] = Some(v),
+            None => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    let [
+        id,
+        source,
+        ty,
+        specversion,
+        subject,
+        time,
+        datacontenttype,
+        data,
+        data_base64,
+    ] = core;
+    let text = |name: &'static str, m: Option<Member>| match m {
+        None | Some(Member::Null) => Ok(None),
+        Some(Member::Str(s)) => Ok(Some(s.into_owned())),
+        Some(_) => Err(EventError::Invalid {
+            name: name.into(),
+            reason: "must be a string".into(),
+        }),
+    };
+    let required = |name: &'static str, m: Option<Member>| match text(name, m)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(EventError::Missing(name)),
+    };
+    let id = required("id", id)?;
+    let source = required("source", source)?;
+    let ty = required("type", ty)?;
+    let specversion = text("specversion", specversion)?.unwrap_or_else(|| SPEC_VERSION.into());
+    if !specversion.starts_with("1.") {
+        return Err(EventError::Invalid {
+            name: "specversion".into(),
+            reason: format!("`{specversion}` is not supported; use 1.0"),
+        });
+    }
+    let subject = text("subject", subject)?;
+    let time = text("time", time)?
+        .map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| EventError::Invalid {
+                    name: "time".into(),
+                    reason: format!("`{t}` is not an RFC 3339 time: {e}"),
+                })
+        })
+        .transpose()?;
+    let mut datacontenttype = text("datacontenttype", datacontenttype)?;
+    let declared_json = datacontenttype.as_deref().is_some_and(is_json_type);
+    let data = match (data, data_base64) {
+        (Some(_), Some(_)) => {
+            return Err(EventError::Invalid {
+                name: "data".into(),
+                reason: "`data` and `data_base64` are mutually exclusive".into(),
+            });
+        }
+        (None, Some(Member::Str(b64))) => {
+            Bytes::from(BASE64.decode(b64.as_bytes()).map_err(|e| EventError::Invalid {
+                name: "data_base64".into(),
+                reason: e.to_string(),
+            })?)
+        }
+        (None, Some(_)) => {
+            return Err(EventError::Invalid {
+                name: "data_base64".into(),
+                reason: "must be a string".into(),
+            });
+        }
+        (Some(Member::Str(s)), None) if !declared_json => Bytes::from(s.into_owned()),
+        (Some(m), None) => {
+            // JSON data without a content type declares itself JSON.
+            if datacontenttype.is_none() {
+                datacontenttype = Some("application/json".into());
+            }
+            json_data(m)
+        }
+        (None, None) => Bytes::new(),
+    };
+    let mut extensions = BTreeMap::new();
+    for (k, v) in rest {
+        if !valid_extension_name(&k) {
+            return Err(EventError::Invalid {
+                name: k.into_owned(),
+                reason: "extension names are lower-case letters and digits".into(),
+            });
+        }
+        let v = match v {
+            Member::Str(s) => s.into_owned(),
+            Member::Number(n) => n.to_string(),
+            Member::Bool(b) => b.to_string(),
+            Member::Null => continue,
+            Member::Nested => {
+                return Err(EventError::Invalid {
+                    name: k.into_owned(),
+                    reason: "extension values are strings, numbers or booleans".into(),
+                });
+            }
+        };
+        extensions.insert(k.into_owned(), v);
+    }
+    Ok(Event {
+        id,
+        source,
+        ty,
+        specversion,
+        subject,
+        time,
+        datacontenttype,
+        data,
+        extensions,
+    })
 }
 
 /// Where the value of top-level member `key` is in a JSON object (the last
@@ -526,6 +562,12 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
     s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
+/// Whether a content type is CloudEvents' structured mode
+/// (`application/cloudevents+json`).
+pub fn is_structured(ct: &str) -> bool {
+    essence(ct).eq_ignore_ascii_case("application/cloudevents+json")
+}
+
 /// Whether a content type denotes JSON.
 pub fn is_json_type(ct: &str) -> bool {
     let e = essence(ct);
@@ -537,109 +579,6 @@ pub fn is_json_type(ct: &str) -> bool {
 /// CloudEvents extension names: `[a-z0-9]{1,20}` (evoke allows longer).
 pub fn valid_extension_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
-/// `data` or `data_base64` as bytes; JSON data without a content type
-/// declares itself `application/json`.
-fn take_data(m: &mut Map<String, Value>, datacontenttype: &mut Option<String>) -> Result<Bytes, EventError> {
-    let data = match (m.remove("data"), m.remove("data_base64")) {
-        (Some(_), Some(_)) => return Err(both_data()),
-        (None, Some(Value::String(b64))) => decode_base64(&b64)?,
-        (None, Some(_)) => return Err(base64_not_a_string()),
-        (Some(Value::String(s)), None) if !datacontenttype.as_deref().is_some_and(is_json_type) => {
-            Bytes::from(s.into_bytes())
-        }
-        (Some(v), None) => {
-            if datacontenttype.is_none() {
-                *datacontenttype = Some("application/json".into());
-            }
-            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-        }
-        (None, None) => Bytes::new(),
-    };
-    Ok(data)
-}
-
-/// Every attribute left once the core ones are taken: the extensions, with
-/// CloudEvents' naming and value rules.
-fn take_extensions(m: Map<String, Value>) -> Result<BTreeMap<String, String>, EventError> {
-    let mut extensions = BTreeMap::new();
-    for (k, v) in m {
-        if CORE.contains(&k.as_str()) {
-            continue;
-        }
-        if !valid_extension_name(&k) {
-            return Err(bad_extension_name(k));
-        }
-        let v = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => continue,
-            _ => return Err(bad_extension_value(k)),
-        };
-        extensions.insert(k, v);
-    }
-    Ok(extensions)
-}
-
-/// `specversion` (1.0 when absent), refused unless it is 1.x.
-fn checked_specversion(v: Option<String>) -> Result<String, EventError> {
-    let v = v.unwrap_or_else(|| SPEC_VERSION.into());
-    if !v.starts_with("1.") {
-        return Err(EventError::Invalid {
-            name: "specversion".into(),
-            reason: format!("`{v}` is not supported; use 1.0"),
-        });
-    }
-    Ok(v)
-}
-
-fn parse_time(t: &str) -> Result<DateTime<Utc>, EventError> {
-    DateTime::parse_from_rfc3339(t)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| EventError::Invalid {
-            name: "time".into(),
-            reason: format!("`{t}` is not an RFC 3339 time: {e}"),
-        })
-}
-
-fn decode_base64(b64: &str) -> Result<Bytes, EventError> {
-    BASE64
-        .decode(b64.as_bytes())
-        .map(Bytes::from)
-        .map_err(|e| EventError::Invalid {
-            name: "data_base64".into(),
-            reason: e.to_string(),
-        })
-}
-
-fn both_data() -> EventError {
-    EventError::Invalid {
-        name: "data".into(),
-        reason: "`data` and `data_base64` are mutually exclusive".into(),
-    }
-}
-
-fn base64_not_a_string() -> EventError {
-    EventError::Invalid {
-        name: "data_base64".into(),
-        reason: "must be a string".into(),
-    }
-}
-
-fn bad_extension_name(name: String) -> EventError {
-    EventError::Invalid {
-        name,
-        reason: "extension names are lower-case letters and digits".into(),
-    }
-}
-
-fn bad_extension_value(name: String) -> EventError {
-    EventError::Invalid {
-        name,
-        reason: "extension values are strings, numbers or booleans".into(),
-    }
 }
 
 /// A `data` member [`member_span`] could not find (its name written with
@@ -686,24 +625,6 @@ fn percent_decode(value: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap_or_else(|_| value.to_string())
-}
-
-fn required(m: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
-    match optional(m, name)? {
-        Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(EventError::Missing(name)),
-    }
-}
-
-fn optional(m: &mut Map<String, Value>, name: &'static str) -> Result<Option<String>, EventError> {
-    match m.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(EventError::Invalid {
-            name: name.into(),
-            reason: "must be a string".into(),
-        }),
-    }
 }
 
 /// Whether a content type is text that travels as a JSON string.

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
-use evoke_connectors::event::is_json_type;
+use evoke_connectors::event::{is_json_type, is_structured};
 
 use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
@@ -153,11 +153,7 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
     let structured = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| {
-            c.trim_start()
-                .get(..28)
-                .is_some_and(|p| p.eq_ignore_ascii_case("application/cloudevents+json"))
-        });
+        .is_some_and(is_structured);
     if !structured && !headers.contains_key("ce-id") {
         // Neither mode (most requests): nothing to copy.
         return Ok(None);

@@ -1,8 +1,9 @@
-//! Reading a structured-mode envelope without building a JSON tree: every
-//! member is read once, strings borrowed from the input where they hold no
-//! escapes, nested values only checked (JSON data keeps its bytes from the
-//! input, see [`super::member_span`]). The worker reads every queued event
-//! this way.
+//! The members of a structured-mode envelope, as [`super::assemble`] makes
+//! an event of them: read from bytes without building a JSON tree (every
+//! member read once, strings borrowed from the input where they hold no
+//! escapes, nested values only checked: JSON data keeps its bytes from the
+//! input, see [`super::member_span`]; the worker reads every queued event
+//! this way), or borrowed from a parsed `Value`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,6 +19,20 @@ pub(super) enum Member<'a> {
     Str(Cow<'a, str>),
     /// An object or an array, checked and skipped.
     Nested,
+}
+
+impl<'a> From<&'a serde_json::Value> for Member<'a> {
+    /// A member of an envelope already parsed (strings borrowed).
+    fn from(v: &'a serde_json::Value) -> Member<'a> {
+        use serde_json::Value;
+        match v {
+            Value::Null => Member::Null,
+            Value::Bool(b) => Member::Bool(*b),
+            Value::Number(n) => Member::Number(n.clone()),
+            Value::String(s) => Member::Str(Cow::Borrowed(s)),
+            Value::Array(_) | Value::Object(_) => Member::Nested,
+        }
+    }
 }
 
 /// A JSON document read as an envelope: the members of an object, in
