@@ -199,10 +199,19 @@ impl<T: Entry> Catalog<T> {
         let mut last: u64 = 0;
         let mut failures = 0;
         loop {
-            let watch = if last == 0 {
-                self.kv.watch_with_history(">").await
-            } else {
-                self.kv.watch_all_from_revision(last + 1).await
+            let watch = async {
+                if last == 0 {
+                    self.kv.watch_with_history(">").await
+                } else {
+                    self.kv.watch_all_from_revision(last + 1).await
+                }
+            };
+            // Bounded: during a leader election, creating the watch's
+            // consumer can wait forever, and nothing else would notice (a
+            // node kept running a deleted trigger that way).
+            let watch = match tokio::time::timeout(STALL_CHECK, watch).await {
+                Ok(w) => w.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {STALL_CHECK:?}")),
             };
             let mut watch = match watch {
                 Ok(w) => w,
