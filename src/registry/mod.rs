@@ -229,9 +229,9 @@ impl<T: Entry> Catalog<T> {
             if last > 0 {
                 tracing::info!(bucket = %self.bucket(), from = last + 1, "registry watch resumed");
             } else {
-                match self.kv.status().await {
+                match self.bucket_state().await {
                     // Nothing stored: no entry will say it is the last one.
-                    Ok(s) if s.values() == 0 => {
+                    Ok(s) if s.entries == 0 => {
                         self.loaded.send_replace(true);
                     }
                     Ok(_) => {}
@@ -296,27 +296,49 @@ impl<T: Entry> Catalog<T> {
     /// would keep running a removed trigger or an old function version until
     /// restarted.
     async fn stalled(&self, last: u64, behind: &mut Behind) -> bool {
-        let Ok(status) = self.kv.status().await else {
+        let Ok(state) = self.bucket_state().await else {
             // The bucket cannot be read (an election, an outage): the watch
             // is not to blame; its own errors re-subscribe it.
             return false;
         };
-        let state = &status.info.state;
-        let stalled = behind.check(last, state.messages, state.last_sequence);
+        let stalled = behind.check(last, state.entries, state.revision);
         if stalled {
             tracing::warn!(
                 bucket = %self.bucket(),
                 seen = last,
-                stored = state.last_sequence,
+                stored = state.revision,
                 "registry watch stalled behind the bucket; re-subscribing"
             );
         }
         stalled
     }
 
+    /// The bucket as its stream's leader sees it now. (async-nats's
+    /// `Store::status` answers with the stream info cached when the store
+    /// was opened: a stall check reading it never saw a change.)
+    pub async fn bucket_state(&self) -> Result<BucketState, RegistryError> {
+        let info = tokio::time::timeout(STALL_CHECK, self.kv.stream.get_info())
+            .await
+            .map_err(|_| RegistryError::Nats(format!("no answer within {STALL_CHECK:?}")))?
+            .map_err(|e| RegistryError::Nats(e.to_string()))?;
+        Ok(BucketState {
+            entries: info.state.messages,
+            revision: info.state.last_sequence,
+        })
+    }
+
     fn bucket(&self) -> &str {
         &self.kv.name
     }
+}
+
+/// A registry bucket's size and newest revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    /// Stored messages: live entries and deletion markers.
+    pub entries: u64,
+    /// The newest revision written.
+    pub revision: u64,
 }
 
 /// How often a registry watch is checked against its bucket: a stalled
