@@ -209,11 +209,7 @@ impl<T: Entry> Catalog<T> {
             // Bounded: during a leader election, creating the watch's
             // consumer can wait forever, and nothing else would notice (a
             // node kept running a deleted trigger that way).
-            let watch = match tokio::time::timeout(STALL_CHECK, watch).await {
-                Ok(w) => w.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {STALL_CHECK:?}")),
-            };
-            let mut watch = match watch {
+            let mut watch = match bounded(watch).await {
                 Ok(w) => w,
                 Err(e) => {
                     failures += 1;
@@ -317,10 +313,7 @@ impl<T: Entry> Catalog<T> {
     /// `Store::status` answers with the stream info cached when the store
     /// was opened: a stall check reading it never saw a change.)
     pub async fn bucket_state(&self) -> Result<BucketState, RegistryError> {
-        let info = tokio::time::timeout(STALL_CHECK, self.kv.stream.get_info())
-            .await
-            .map_err(|_| RegistryError::Nats(format!("no answer within {STALL_CHECK:?}")))?
-            .map_err(|e| RegistryError::Nats(e.to_string()))?;
+        let info = bounded(self.kv.stream.get_info()).await.map_err(RegistryError::Nats)?;
         Ok(BucketState {
             entries: info.state.messages,
             revision: info.state.last_sequence,
@@ -344,6 +337,15 @@ pub struct BucketState {
 /// How often a registry watch is checked against its bucket: a stalled
 /// watch is replaced within two of these.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request to NATS given [`STALL_CHECK`] to answer (during a leader
+/// election, some never do), its error as text.
+async fn bounded<T, E: std::fmt::Display>(request: impl Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(STALL_CHECK, request).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {STALL_CHECK:?}")),
+    }
+}
 
 /// A watch is stalled when, at two checks in a row, the bucket held a
 /// revision after the newest one the watch delivered, and the watch
