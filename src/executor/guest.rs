@@ -8,6 +8,8 @@
 //! - [`GuestKind::WasiModule`]: a WASI preview-1 core module with `_start`,
 //!   same contract. Commands get a fresh instance per event.
 
+use std::sync::atomic::AtomicBool;
+
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
@@ -56,6 +58,9 @@ pub enum Prepared {
         pre: InstancePre<ComponentState>,
         handle: ComponentExportIndex,
         init: Option<ComponentExportIndex>,
+        /// Set once an instance's `handle` passed wasmtime's type check:
+        /// further instances of this code skip it (see `new_instance`).
+        handle_checked: AtomicBool,
     },
     Command {
         pre: CommandPre<ComponentState>,
@@ -135,7 +140,12 @@ pub fn prepare(
                 .ok_or_else(|| CodeError::WrongShape("no `handle` export".into()))?;
             let init = c.get_export_index(None, "init");
             let pre = component_linker.instantiate_pre(&c).map_err(imports)?;
-            Ok(Prepared::Component { pre, handle, init })
+            Ok(Prepared::Component {
+                pre,
+                handle,
+                init,
+                handle_checked: AtomicBool::new(false),
+            })
         }
         (GuestKind::WasiCommand, Compiled::Component(c)) => {
             let pre = component_linker.instantiate_pre(&c).map_err(imports)?;

@@ -2,6 +2,7 @@
 //! instances, WASI commands on a fresh instance each, and the mapping of
 //! traps, exits and limits to precise errors.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use super::http::HttpAccess;
 use super::objects::ObjectAccess;
 use super::pipes::CappedPipe;
 use super::sandbox::{ComponentState, HasSandbox, ModuleState, Sandbox, arm, start_clock};
-use super::{Executor, FunctionErrorKind, InvokeError, Loaded, Output, Warm, bindings};
+use super::{Executor, FunctionErrorKind, HandleFn, InvokeError, Loaded, Output, Warm, bindings};
 use crate::observe::logs::{LogLevel, LogLine};
 use crate::registry::DeployedFunction;
 
@@ -77,7 +78,13 @@ impl Executor {
         loaded: &Loaded,
         deadline: Instant,
     ) -> Result<(Warm, u64, u64), (InvokeError, Vec<LogLine>)> {
-        let Prepared::Component { pre, handle, init } = &loaded.prepared else {
+        let Prepared::Component {
+            pre,
+            handle,
+            init,
+            handle_checked,
+        } = &loaded.prepared
+        else {
             return Err((InvokeError::System("not a component".into()), vec![]));
         };
         let f = &loaded.function;
@@ -103,15 +110,29 @@ impl Executor {
                 ));
             }
         };
-        let handle_fn = match instance
-            .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, handle)
-        {
-            Ok(h) => h,
-            Err(e) => {
-                return Err((
-                    InvokeError::System(format!("`handle` has the wrong signature: {e:#}")),
-                    vec![],
-                ));
+        let wrong = |e: String| {
+            Err((
+                InvokeError::System(format!("`handle` has the wrong signature: {e}")),
+                vec![],
+            ))
+        };
+        let Some(func) = instance.get_func(&mut store, handle) else {
+            return wrong("it is not a function".into());
+        };
+        // Checking the type walks the whole `event` and `output` types, a
+        // few microseconds of each new instance; every instance of one
+        // `InstancePre` has the same types, so the first check holds for all.
+        let handle_fn = if handle_checked.load(Ordering::Acquire) {
+            // SAFETY: an earlier instance of this same component (the same
+            // `pre`) passed `typed` for exactly this signature.
+            unsafe { HandleFn::new_unchecked(func) }
+        } else {
+            match func.typed(&store) {
+                Ok(h) => {
+                    handle_checked.store(true, Ordering::Release);
+                    h
+                }
+                Err(e) => return wrong(format!("{e:#}")),
             }
         };
         let instantiate_us = t.elapsed().as_micros() as u64;
