@@ -355,63 +355,67 @@ async fn main() -> anyhow::Result<()> {
     let code = Bytes::from(examples("counter"));
     // Enough rounds that a p99 is not the third-slowest of a few hundred.
     let rounds = if quick { 50 } else { 1000 };
-    let (cold, load, fresh, warm) = starts(&exec, "noop", &code, rounds, rounds * 10).await?;
+    let noop = starts(&exec, "noop", &code, rounds, rounds * 10).await?;
     let raw = raw_wasmtime(&code, rounds as usize).await?;
+    let us = |sorted: &[Duration], p| pct(sorted, p).as_secs_f64() * 1e6;
     row(
         "cold start p50 (load cached code+instantiate+init+call)",
-        raw.0,
-        pct(&cold, 0.5).as_secs_f64() * 1e6,
+        raw.cold,
+        us(&noop.cold, 0.5),
         "us",
     );
     println!(
         "{:<44} {:>12.1} us",
         "  of which loading cached compiled code p50",
-        pct(&load, 0.5).as_secs_f64() * 1e6
+        us(&noop.load, 0.5)
     );
     row(
-        "fresh instance p99 (instantiate from loaded code)",
-        raw.2,
-        pct(&fresh, 0.99).as_secs_f64() * 1e6,
+        "fresh instance p99 (first of just-loaded code)",
+        raw.fresh.0,
+        us(&noop.fresh, 0.99),
         "us",
     );
-    row("fresh instance p50", raw.3, pct(&fresh, 0.5).as_secs_f64() * 1e6, "us");
+    row("fresh instance p50", raw.fresh.1, us(&noop.fresh, 0.5), "us");
     row(
-        "warm invoke p50 (instance reused)",
-        raw.1,
-        pct(&warm, 0.5).as_secs_f64() * 1e6,
+        "further instance p99 (of loaded code: scaling out)",
+        raw.further.0,
+        us(&noop.further, 0.99),
         "us",
     );
+    row("further instance p50", raw.further.1, us(&noop.further, 0.5), "us");
+    row("warm invoke p50 (instance reused)", raw.warm, us(&noop.warm, 0.5), "us");
     // The interpreted languages, against the Rust hello example (same
     // measurement, same run): what CPython and StarlingMonkey cost.
     let hello = Bytes::from(examples("hello"));
-    let (rust_cold, _, _, rust_warm) = starts(&exec, "hello", &hello, 20, 200).await?;
+    let rust = starts(&exec, "hello", &hello, 20, 200).await?;
     for lang in ["hello-python", "hello-js"] {
-        let (cold, load, fresh, warm) = starts(&exec, lang, &Bytes::from(examples(lang)), 20, 200).await?;
+        let guest = starts(&exec, lang, &Bytes::from(examples(lang)), 20, 200).await?;
         row(
             &format!("{lang} cold start p50 (vs Rust hello)"),
-            pct(&rust_cold, 0.5).as_secs_f64() * 1e6,
-            pct(&cold, 0.5).as_secs_f64() * 1e6,
+            us(&rust.cold, 0.5),
+            us(&guest.cold, 0.5),
             "us",
         );
         println!(
-            "{:<60} load {:.0} us, instantiate {:.0} us",
+            "{:<60} load {:.0} us, instantiate {:.0} us, a further instance {:.0} us",
             "  of which",
-            pct(&load, 0.5).as_secs_f64() * 1e6,
-            pct(&fresh, 0.5).as_secs_f64() * 1e6
+            us(&guest.load, 0.5),
+            us(&guest.fresh, 0.5),
+            us(&guest.further, 0.5)
         );
         // A new version on a node that has the code in memory already.
         let mem_cache = tempfile::TempDir::new()?;
         let mem_exec = Executor::new(ExecutorConfig::new(mem_cache.path().into()), None, None)?;
-        let (new_version, _, _, _) = starts(&mem_exec, lang, &Bytes::from(examples(lang)), 20, 0).await?;
+        let new_version = starts(&mem_exec, lang, &Bytes::from(examples(lang)), 20, 0).await?;
         println!(
             "{:<60} {:.0} us",
             "  a new version, its code in memory (p50)",
-            pct(&new_version, 0.5).as_secs_f64() * 1e6
+            us(&new_version.cold, 0.5)
         );
         row(
             &format!("{lang} warm invoke p50 (vs Rust hello)"),
-            pct(&rust_warm, 0.5).as_secs_f64() * 1e6,
-            pct(&warm, 0.5).as_secs_f64() * 1e6,
+            us(&rust.warm, 0.5),
+            us(&guest.warm, 0.5),
             "us",
         );
     }
@@ -470,25 +474,39 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cold starts of `code`, deployed as function `name` (a new revision each: cached compiled code loaded,
-/// instantiated, `init`, one call) and warm calls of one revision, each
-/// sorted: (cold, of which loading, of which instantiating, warm).
+/// Start-up figures of one function's code, each sorted.
+struct Starts {
+    /// A new revision: cached compiled code loaded, instantiated, `init`, one call.
+    cold: Vec<Duration>,
+    /// Of which loading the cached compiled code.
+    load: Vec<Duration>,
+    /// Of which instantiating (the first instance of just-loaded code).
+    fresh: Vec<Duration>,
+    /// A further instance of code already loaded (the function scaling out,
+    /// or coming back after its idle instances were reaped).
+    further: Vec<Duration>,
+    /// A call on a warm instance.
+    warm: Vec<Duration>,
+}
+
+/// Cold starts of `code`, deployed as function `name` (a new revision
+/// each), further instances of one revision, and warm calls.
 async fn starts(
     exec: &Executor,
     name: &str,
     code: &Bytes,
     cold_rounds: u64,
     warm_rounds: u64,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<Starts> {
     let (kind, digest) = exec
         .check_code(code.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let event = evoke_connectors::Event::new("1", "/bench", "bench");
-    let function = |revision| -> anyhow::Result<Arc<DeployedFunction>> {
+    let function = |revision, spec| -> anyhow::Result<Arc<DeployedFunction>> {
         Ok(Arc::new(DeployedFunction {
             name: name.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-            spec: FunctionSpec::default(),
+            spec,
             digest: digest.clone(),
             code_size: code.len() as u64,
             kind,
@@ -496,29 +514,57 @@ async fn starts(
             revision,
         }))
     };
-    let (mut cold, mut load, mut fresh, mut warm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut s = Starts {
+        cold: Vec::new(),
+        load: Vec::new(),
+        fresh: Vec::new(),
+        further: Vec::new(),
+        warm: Vec::new(),
+    };
     for rev in 1..=cold_rounds {
         let run = exec
-            .invoke(&function(rev)?, "bench", &event, Duration::from_secs(5))
+            .invoke(
+                &function(rev, FunctionSpec::default())?,
+                "bench",
+                &event,
+                Duration::from_secs(5),
+            )
             .await;
         anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
         let c = run.cold.expect("a new revision starts cold");
-        load.push(Duration::from_micros(c.compile_or_load_us));
-        fresh.push(Duration::from_micros(c.instantiate_us));
-        cold.push(run.duration);
+        s.load.push(Duration::from_micros(c.compile_or_load_us));
+        s.fresh.push(Duration::from_micros(c.instantiate_us));
+        s.cold.push(run.duration);
     }
-    let f = function(cold_rounds + 1)?;
+    // Idle instances reaped after every call: each call makes a further
+    // instance of the loaded code (as raw wasmtime instantiates one
+    // `InstancePre` again and again).
+    let reaped = FunctionSpec {
+        idle_timeout: Duration::ZERO,
+        ..FunctionSpec::default()
+    };
+    let f = function(cold_rounds + 1, reaped)?;
+    for i in 0..=cold_rounds {
+        let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
+        anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
+        exec.reap_idle();
+        let c = run.cold.expect("a reaped function's next call makes an instance");
+        if i > 0 {
+            s.further.push(Duration::from_micros(c.instantiate_us));
+        }
+    }
+    let f = function(cold_rounds + 2, FunctionSpec::default())?;
     for i in 0..=warm_rounds {
         let run = exec.invoke(&f, "bench", &event, Duration::from_secs(5)).await;
         anyhow::ensure!(run.result.is_ok(), "{:?}", run.result);
         if i > 0 {
-            warm.push(run.duration);
+            s.warm.push(run.duration);
         }
     }
-    for v in [&mut cold, &mut load, &mut fresh, &mut warm] {
+    for v in [&mut s.cold, &mut s.load, &mut s.fresh, &mut s.further, &mut s.warm] {
         v.sort();
     }
-    Ok((cold, load, fresh, warm))
+    Ok(s)
 }
 
 /// The resident set size of process `pid`, in MB (Linux).
@@ -531,10 +577,21 @@ fn rss_of(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Raw wasmtime, same component: deserialize + instantiate + call (p50), a
-/// call on an existing instance (p50), and the instantiation alone (p99 and
-/// p50), µs.
-async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// Raw wasmtime's figures, µs.
+struct RawStarts {
+    /// Deserialize + instantiate + `init` + call, p50.
+    cold: f64,
+    /// A call on an existing instance, p50.
+    warm: f64,
+    /// The first instance of just-deserialized code (instantiating, and
+    /// looking up `handle` with its type checked, as evoke does), p99 and p50.
+    fresh: (f64, f64),
+    /// A further instance of the same `InstancePre`, p99 and p50.
+    further: (f64, f64),
+}
+
+/// Raw wasmtime, same component, same engine settings.
+async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<RawStarts> {
     use evoke::executor::bindings;
     use wasmtime::component::Component;
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
@@ -543,46 +600,62 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<(f64, f64, f
     let linker = raw_linker(&engine)?;
     let event = raw_event(b"");
     let new_store = || raw_store(&engine, Bytes::new());
+    type Handle = wasmtime::component::TypedFunc<(bindings::Event,), (Result<bindings::Output, String>,)>;
     let mut cold = Vec::new();
     let mut fresh = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
         // SAFETY: bytes produced by `serialize` on this engine just above.
         let component = unsafe { Component::deserialize(&engine, &compiled) }.map_err(err)?;
+        let handle_export = component
+            .get_export_index(None, "handle")
+            .ok_or_else(|| anyhow::anyhow!("no handle"))?;
         let pre = linker.instantiate_pre(&component).map_err(err)?;
         let mut store = new_store();
         let i = Instant::now();
         let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
+        let handle: Handle = instance.get_typed_func(&mut store, handle_export).map_err(err)?;
         fresh.push(i.elapsed());
         let init = instance
             .get_typed_func::<(), (Result<(), String>,)>(&mut store, "init")
             .map_err(err)?;
         let _ = init.call_async(&mut store, ()).await.map_err(err)?;
-        let handle = instance
-            .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")
-            .map_err(err)?;
         let _ = handle.call_async(&mut store, (event.clone(),)).await.map_err(err)?;
         cold.push(t.elapsed());
     }
     // SAFETY: as above.
     let component = unsafe { Component::deserialize(&engine, &compiled) }.map_err(err)?;
     let pre = linker.instantiate_pre(&component).map_err(err)?;
+    let handle_export = component
+        .get_export_index(None, "handle")
+        .ok_or_else(|| anyhow::anyhow!("no handle"))?;
+    let mut further = Vec::new();
+    for _ in 0..rounds {
+        let mut store = new_store();
+        let i = Instant::now();
+        let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
+        let _: Handle = instance.get_typed_func(&mut store, handle_export).map_err(err)?;
+        further.push(i.elapsed());
+    }
     let mut store = new_store();
     let instance = pre.instantiate_async(&mut store).await.map_err(err)?;
-    let handle = instance
-        .get_typed_func::<(bindings::Event,), (Result<bindings::Output, String>,)>(&mut store, "handle")
-        .map_err(err)?;
+    let handle: Handle = instance.get_typed_func(&mut store, handle_export).map_err(err)?;
     let mut warm = Vec::new();
     for _ in 0..rounds * 10 {
         let t = Instant::now();
         let _ = handle.call_async(&mut store, (event.clone(),)).await.map_err(err)?;
         warm.push(t.elapsed());
     }
-    cold.sort();
-    warm.sort();
-    fresh.sort();
+    for v in [&mut cold, &mut warm, &mut fresh, &mut further] {
+        v.sort();
+    }
     let us = |sorted: &[Duration], p| pct(sorted, p).as_secs_f64() * 1e6;
-    Ok((us(&cold, 0.5), us(&warm, 0.5), us(&fresh, 0.99), us(&fresh, 0.5)))
+    Ok(RawStarts {
+        cold: us(&cold, 0.5),
+        warm: us(&warm, 0.5),
+        fresh: (us(&fresh, 0.99), us(&fresh, 0.5)),
+        further: (us(&further, 0.99), us(&further, 0.5)),
+    })
 }
 
 /// Queues `n` async invocations at `url`, 64 requests in flight.
