@@ -253,8 +253,10 @@ impl Event {
     /// Decodes a CloudEvent in HTTP binary mode: attributes in `ce-*`
     /// headers (names matched case-insensitively, values percent-decoded as
     /// the HTTP binding says), the body as data, `content-type` as
-    /// `datacontenttype`. `None` when there is no `ce-id` header: the
-    /// request is not a binary-mode CloudEvent.
+    /// `datacontenttype`. `None` when there is neither a `ce-specversion`
+    /// nor a `ce-id` header (see [`claims_binary`]): the request is not a
+    /// binary-mode CloudEvent. One that claims to be and lacks a required
+    /// attribute is an error, as in structured mode.
     pub fn from_binary<'a>(
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
         content_type: Option<String>,
@@ -270,7 +272,7 @@ impl Event {
             }
             obj.insert(attr.to_string(), Value::String(percent_decode(value)));
         }
-        if !obj.contains_key("id") {
+        if !obj.contains_key("id") && !obj.contains_key("specversion") {
             return Ok(None);
         }
         let mut event = Event::from_value(Value::Object(obj))?;
@@ -295,11 +297,7 @@ impl Event {
             .map(|(_, v)| v);
         let event = if content_type.is_some_and(is_structured) {
             Some(Event::from_json(&body)?)
-        } else if headers
-            .clone()
-            .into_iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("ce-id"))
-        {
+        } else if headers.clone().into_iter().any(|(k, _)| claims_binary(k)) {
             Event::from_binary(headers, content_type.map(str::to_string), body)?
         } else {
             // Neither mode: most requests, answered without allocating.
@@ -600,6 +598,13 @@ fn reencoded(json: &[u8], data: envelope::Member) -> Vec<u8> {
 
 /// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as
 /// it came.
+/// Whether an HTTP header marks its request as a binary-mode CloudEvent:
+/// `ce-specversion` (how the HTTP binding and the SDKs tell binary mode) or
+/// `ce-id`.
+pub fn claims_binary(header_name: &str) -> bool {
+    header_name.eq_ignore_ascii_case("ce-specversion") || header_name.eq_ignore_ascii_case("ce-id")
+}
+
 fn percent_decode(value: &str) -> String {
     if !value.contains('%') {
         return value.to_string();
@@ -913,6 +918,13 @@ mod tests {
         assert_eq!(&e.data[..], b"{}");
         assert_eq!(Event::from_binary([("ce-source", "/x")], None, Bytes::new()), Ok(None));
         assert!(Event::from_binary([("ce-id", "1"), ("ce-type", "t")], None, Bytes::new()).is_err());
+        // `ce-specversion` claims binary mode too: without an id it is an
+        // error, not a plain request.
+        let claimed = [("ce-specversion", "1.0"), ("ce-type", "t"), ("ce-source", "/s")];
+        let err = Event::from_binary(claimed, None, Bytes::new()).unwrap_err();
+        assert!(err.to_string().contains("`id`"), "{err}");
+        let err = Event::from_http(claimed, Bytes::from_static(b"x")).unwrap_err();
+        assert!(err.to_string().contains("`id`"), "{err}");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%FF"), "%FF", "not UTF-8: kept");
     }

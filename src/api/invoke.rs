@@ -154,7 +154,8 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_structured);
-    if !structured && !headers.contains_key("ce-id") {
+    // The headers `event::claims_binary` names, looked up by hash.
+    if !structured && !headers.contains_key("ce-specversion") && !headers.contains_key("ce-id") {
         // Neither mode (most requests): nothing to copy.
         return Ok(None);
     }

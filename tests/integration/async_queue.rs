@@ -250,6 +250,23 @@ async fn same_cloudevent_twice_is_one_invocation() {
         .await
         .unwrap();
     assert_eq!(resp.text().await.unwrap(), "Hello, binary!");
+
+    // `ce-specversion` claims binary mode (as the SDKs tell it): without an
+    // id the request is a malformed event, not a plain body for the function.
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/hello/invoke"))
+        .header("ce-specversion", "1.0")
+        .header("ce-source", "/bin")
+        .header("ce-type", "test.binary")
+        .body(r#"{"name":"no id"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidEvent", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("`id`"), "{v}");
     node.stop().await;
 }
 
