@@ -399,6 +399,17 @@ async fn polling_finds_new_changed_and_removed_objects_once_across_restarts() {
         "{:?}",
         types().await
     );
+
+    // The same bytes put again (same etag, a later time) are a new put, as
+    // S3 notifies it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    moto.put("photos", "incoming/while-down.jpg", b"x").await;
+    assert_eq!(
+        settled(Duration::from_secs(30), Duration::from_secs(3), count).await,
+        5,
+        "{:?}",
+        types().await
+    );
     node.stop().await;
 }
 

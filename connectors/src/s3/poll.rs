@@ -1,10 +1,11 @@
 //! `via = "poll"`, for stores that send no notifications, and backfill.
 //!
 //! The poller lists the trigger's prefix every `interval` and compares what
-//! it finds with what it saw last time: a new key, or a key whose etag
-//! changed, is an `ObjectCreated:Put`; a key gone is an
+//! it finds with what it saw last time: a new key, or a key whose etag or
+//! modification time changed (a put of the same bytes again is an event,
+//! as S3 notifies it), is an `ObjectCreated:Put`; a key gone is an
 //! `ObjectRemoved:Delete` when `events` asks for removals. What it saw is
-//! kept compact in NATS (key → 64-bit hash of the etag, in chunks of at
+//! kept compact in NATS (key → 64-bit hash of etag and time, in chunks of at
 //! most [`CHUNK`] bytes, switched to atomically), saved only after every
 //! event of a round is stored: a restart neither misses nor repeats
 //! objects. One node polls a trigger at a time (a lease, taken over when
@@ -128,11 +129,29 @@ pub fn listed_record(bucket: &str, o: &Listed, event_name: &str, origin: &str) -
     }
 }
 
-/// What the poller saw: key → hash of the etag.
+/// What the poller saw: key → [`tag`] of the object.
 pub type Seen = HashMap<String, String>;
 
-fn tag(etag: &str) -> String {
-    hex::encode(&Sha256::digest(etag.trim_matches('"').as_bytes())[..8])
+/// What the poller remembers of an object: a hash of its etag and its
+/// modification time, so that the same bytes put again are seen as new.
+fn tag(o: &Listed) -> String {
+    let etag = o.etag.trim_matches('"');
+    match o.modified {
+        Some(m) => hash8(format!("{etag}@{}", m.to_rfc3339_opts(SecondsFormat::Nanos, true)).as_bytes()),
+        None => etag_tag(etag),
+    }
+}
+
+/// The etag's hash alone: what the poller remembered before it hashed the
+/// time too (still read as "unchanged", so that an upgrade does not make
+/// every object an event once), and what it remembers of objects listed
+/// without a time.
+fn etag_tag(etag: &str) -> String {
+    hash8(etag.trim_matches('"').as_bytes())
+}
+
+fn hash8(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
 }
 
 /// The state keys of a trigger's poll state: the head names the
@@ -238,9 +257,11 @@ pub fn diff(
     let mut records = Vec::new();
     let mut next = Seen::with_capacity(now.len());
     for o in now {
-        let t = tag(&o.etag);
+        let t = tag(o);
         let new = match seen {
-            Some(seen) => seen.get(&o.key) != Some(&t),
+            Some(seen) => seen
+                .get(&o.key)
+                .is_none_or(|old| *old != t && *old != etag_tag(&o.etag)),
             // Stores keep whole seconds, and their clocks drift: an object
             // written just before the trigger is rather sent than missed.
             None => o.modified.is_none_or(|m| m >= since - FIRST_ROUND_SLACK),
@@ -490,6 +511,25 @@ mod tests {
     }
 
     #[test]
+    fn the_same_bytes_put_again_are_an_event() {
+        let since = DateTime::from_timestamp(100, 0).unwrap();
+        let (_, seen) = diff("photos", None, &[listed("cat.jpg", "a", 150)], since, false);
+        let (records, same) = diff("photos", Some(&seen), &[listed("cat.jpg", "a", 150)], since, false);
+        assert!(records.is_empty(), "unchanged: no event");
+        assert_eq!(same, seen);
+        let (records, _) = diff("photos", Some(&seen), &[listed("cat.jpg", "a", 180)], since, false);
+        assert_eq!(records.len(), 1, "same etag, put again later: an event");
+        // State saved before the time was hashed (the etag alone) is read as
+        // unchanged: no burst of events after an upgrade; then re-saved.
+        let legacy: Seen = [("cat.jpg".to_string(), etag_tag("\"a\""))].into();
+        let (records, next) = diff("photos", Some(&legacy), &[listed("cat.jpg", "a", 150)], since, false);
+        assert!(records.is_empty(), "{records:?}");
+        assert_eq!(next, seen);
+        let (records, _) = diff("photos", Some(&legacy), &[listed("cat.jpg", "b", 150)], since, false);
+        assert_eq!(records.len(), 1, "new bytes are still new");
+    }
+
+    #[test]
     fn keys_are_encoded_as_notifications_encode_them() {
         assert_eq!(encode_key("a b/c+d(1).jpg"), "a+b/c%2Bd%281%29.jpg");
         assert_eq!(
@@ -503,7 +543,7 @@ mod tests {
         let state = MemoryState::default();
         assert_eq!(load_seen(&state, "t").await.unwrap(), None);
         let seen: Seen = (0..20_000)
-            .map(|i| (format!("photos/{i:06}.jpg"), tag(&i.to_string())))
+            .map(|i| (format!("photos/{i:06}.jpg"), etag_tag(&i.to_string())))
             .collect();
         save_seen(&state, "t", &seen).await.unwrap();
         assert_eq!(load_seen(&state, "t").await.unwrap().as_ref(), Some(&seen));
