@@ -596,8 +596,6 @@ fn reencoded(json: &[u8], data: envelope::Member) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as
-/// it came.
 /// Whether an HTTP header marks its request as a binary-mode CloudEvent:
 /// `ce-specversion` (how the HTTP binding and the SDKs tell binary mode) or
 /// `ce-id`.
@@ -605,6 +603,8 @@ pub fn claims_binary(header_name: &str) -> bool {
     header_name.eq_ignore_ascii_case("ce-specversion") || header_name.eq_ignore_ascii_case("ce-id")
 }
 
+/// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as
+/// it came.
 fn percent_decode(value: &str) -> String {
     if !value.contains('%') {
         return value.to_string();
