@@ -596,11 +596,14 @@ fn reencoded(json: &[u8], data: envelope::Member) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// Whether an HTTP header marks its request as a binary-mode CloudEvent:
-/// `ce-specversion` (how the HTTP binding and the SDKs tell binary mode) or
-/// `ce-id`.
+/// The HTTP headers that mark a request as a binary-mode CloudEvent:
+/// `ce-specversion` (how the HTTP binding and the SDKs tell binary mode) and
+/// `ce-id`. Lower case, as header maps keep names.
+pub const BINARY_MARKERS: [&str; 2] = ["ce-specversion", "ce-id"];
+
+/// Whether an HTTP header is one of [`BINARY_MARKERS`].
 pub fn claims_binary(header_name: &str) -> bool {
-    header_name.eq_ignore_ascii_case("ce-specversion") || header_name.eq_ignore_ascii_case("ce-id")
+    BINARY_MARKERS.iter().any(|m| header_name.eq_ignore_ascii_case(m))
 }
 
 /// Decodes `%XX` escapes; a value that does not decode to UTF-8 is kept as

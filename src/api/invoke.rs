@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
-use evoke_connectors::event::{is_json_type, is_structured};
+use evoke_connectors::event::{BINARY_MARKERS, is_json_type, is_structured};
 
 use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
@@ -154,8 +154,7 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_structured);
-    // The headers `event::claims_binary` names, looked up by hash.
-    if !structured && !headers.contains_key("ce-specversion") && !headers.contains_key("ce-id") {
+    if !structured && !BINARY_MARKERS.iter().any(|m| headers.contains_key(*m)) {
         // Neither mode (most requests): nothing to copy.
         return Ok(None);
     }
