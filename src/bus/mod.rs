@@ -304,7 +304,9 @@ impl Bus {
     /// The largest record or dead letter evoke publishes: the server's
     /// limit less room for headers.
     pub fn max_record(&self) -> usize {
-        self.client.server_info().max_payload.saturating_sub(HEADER_ROOM)
+        // The client's own copy of the server's limit: reading the server
+        // info instead clones it whole (a dozen strings) on every event.
+        self.client.max_payload().saturating_sub(HEADER_ROOM)
     }
 
     /// The largest event the queue takes: small enough that its dead letter
