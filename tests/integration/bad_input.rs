@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::{Nats, TestNode, example, print_module};
+use crate::common::{Nats, TestNode, config, example, print_module};
 
 #[tokio::test]
 async fn bad_deploys_are_refused_with_the_field_named() {
@@ -70,6 +70,44 @@ async fn bad_deploys_are_refused_with_the_field_named() {
     }
     // Nothing was deployed.
     assert_eq!(node.get("/v1/functions/hello").await.0, StatusCode::NOT_FOUND);
+    node.stop().await;
+}
+
+/// An event the API takes but one NATS message cannot hold (over the
+/// server's `max_payload`, less room for headers and its dead letter) is
+/// refused before publishing, with the limit in the message.
+#[tokio::test]
+async fn an_event_larger_than_a_nats_message_is_refused_with_the_limit() {
+    let nats = Nats::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut c = config(&nats.url(), &dir);
+    c.max_event_size = 16 << 20;
+    let node = TestNode::with_config(c, dir).await;
+    node.deploy_ok("print", &print_module("hi"), &[]).await;
+    let invoke = |body: String| {
+        node.http
+            .post(node.url("/v1/functions/print/invoke"))
+            .header("content-type", "text/plain")
+            .header("x-evoke-invocation-type", "async")
+            .body(body)
+            .send()
+    };
+    // The test server's max_payload is 8 MiB.
+    let resp = invoke("x".repeat(9 << 20)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "EventTooLarge", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    let max: usize = message
+        .split("NATS accepts at most ")
+        .nth(1)
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the limit in {message}"));
+    assert!((7 << 20..8 << 20).contains(&max), "8 MiB less the room kept: {message}");
+    // Just under the limit is queued.
+    let resp = invoke("x".repeat(max - 1024)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
     node.stop().await;
 }
 
