@@ -263,7 +263,9 @@ impl Event {
         body: Bytes,
     ) -> Result<Option<Event>, EventError> {
         let mut obj = Map::new();
+        let mut claimed = false;
         for (name, value) in headers {
+            claimed |= claims_binary(name);
             let name = name.to_ascii_lowercase();
             let Some(attr) = name.strip_prefix("ce-") else { continue };
             if matches!(attr, "data" | "data_base64" | "datacontenttype") {
@@ -272,7 +274,7 @@ impl Event {
             }
             obj.insert(attr.to_string(), Value::String(percent_decode(value)));
         }
-        if !obj.contains_key("id") && !obj.contains_key("specversion") {
+        if !claimed {
             return Ok(None);
         }
         let mut event = Event::from_value(Value::Object(obj))?;
