@@ -118,6 +118,33 @@ where
     result
 }
 
+/// How often a failure that lasts is warned about again.
+pub const REMIND_EVERY: Duration = Duration::from_secs(300);
+
+/// Which failures of a retry loop are worth a warning: the first, one whose
+/// message differs from the last warned, and the same one again every
+/// [`REMIND_EVERY`] while it lasts. The repeats in between are for debug
+/// logs: a loop retrying every 10 s for a missing credential should not fill
+/// the log with one line each time.
+#[derive(Debug, Default)]
+pub struct Repeats {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl Repeats {
+    /// Whether `message`, failing at `now`, should be warned about (and, if
+    /// so, remembered as the last warned).
+    pub fn worth_warning(&mut self, message: &str, now: std::time::Instant) -> bool {
+        match &self.last {
+            Some((last, at)) if last == message && now.duration_since(*at) < REMIND_EVERY => false,
+            _ => {
+                self.last = Some((message.to_string(), now));
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +167,25 @@ mod tests {
         })
         .await;
         assert_eq!(r, Err("try 3".to_string()));
+    }
+
+    #[test]
+    fn a_lasting_failure_is_warned_once_then_every_reminder() {
+        let start = std::time::Instant::now();
+        let mut r = Repeats::default();
+        assert!(r.worth_warning("no key", start), "the first failure");
+        assert!(!r.worth_warning("no key", start + Duration::from_secs(10)));
+        assert!(!r.worth_warning("no key", start + REMIND_EVERY - Duration::from_secs(1)));
+        assert!(r.worth_warning("no key", start + REMIND_EVERY), "reminded");
+        assert!(!r.worth_warning("no key", start + REMIND_EVERY + Duration::from_secs(10)));
+        assert!(
+            r.worth_warning("refused", start + REMIND_EVERY + Duration::from_secs(20)),
+            "a different failure"
+        );
+        assert!(
+            r.worth_warning("no key", start + REMIND_EVERY + Duration::from_secs(30)),
+            "back to the first: different from the last warned"
+        );
     }
 
     #[test]

@@ -96,12 +96,18 @@ impl Task {
         F: Future<Output = Result<C, evoke_connectors::store::StoreError>>,
     {
         let mut delays = evoke_connectors::backoff::RECONNECT.delays();
+        let mut repeats = evoke_connectors::backoff::Repeats::default();
         loop {
             match make().await {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     let delay = delays.next().unwrap_or(evoke_connectors::backoff::RECONNECT.max);
-                    tracing::warn!(trigger = self.trigger.name, error = %e, "the trigger's store is not usable; retrying in {delay:?}");
+                    let error = e.to_string();
+                    if repeats.worth_warning(&error, std::time::Instant::now()) {
+                        tracing::warn!(trigger = self.trigger.name, %error, "the trigger's store is not usable; retrying in {delay:?} (the same error again is logged at debug level, and warned every 5 minutes)");
+                    } else {
+                        tracing::debug!(trigger = self.trigger.name, %error, "the trigger's store is still not usable; retrying in {delay:?}");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => return None,
