@@ -786,7 +786,8 @@ async fn bridge(
     nats_pid: u32,
     subject: fn(u64) -> String,
 ) -> anyhow::Result<(f64, (f64, f64))> {
-    let js = js.clone();
+    // Shared, not cloned per request (a `Context` clone copies its prefix).
+    let js = Arc::new(js.clone());
     // Ids go on across calls: a stream's duplicate window must not see
     // one bridge's ids again in the next.
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -794,7 +795,7 @@ async fn bridge(
     let app = axum::Router::new().route(
         "/publish",
         axum::routing::post(move |b: Bytes| {
-            let js = js.clone();
+            let js = Arc::clone(&js);
             let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
                 let mut headers = async_nats::HeaderMap::new();
