@@ -16,10 +16,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use evoke_connectors::Event;
-use serde_json::json;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use super::Invoker;
-use super::records::Record;
+use super::records::{Attempt, Record};
 use crate::executor::Output;
 use crate::registry::Destination;
 
@@ -46,6 +47,21 @@ pub fn output_event(record: &Record, output: &Output) -> Event {
     e
 }
 
+/// The data of a destination event, members in the (sorted) order they
+/// have always had.
+#[derive(serde::Serialize)]
+struct Outcome<'a> {
+    attempts: &'a [Attempt],
+    error: Option<&'a str>,
+    function: &'a str,
+    invocation: &'a str,
+    /// The event as it was queued: JSON data byte for byte as it came (a
+    /// `Value` would sort its keys and round its large numbers).
+    request: Option<&'a RawValue>,
+    response: Option<Value>,
+    status: &'static str,
+}
+
 /// Builds the event a destination receives.
 pub fn destination_event(record: &Record, request: &Event, output: Option<&Output>, error: Option<&str>) -> Event {
     let succeeded = output.is_some();
@@ -56,15 +72,22 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
             "content_type": o.content_type,
         }),
     });
-    let data = json!({
-        "invocation": record.id,
-        "function": record.function,
-        "status": if succeeded { "succeeded" } else { "failed" },
-        "attempts": record.attempts,
-        "request": request.to_value(),
-        "response": response,
-        "error": error,
-    });
+    // An event's JSON is valid by construction; the tree is a fallback only.
+    let request_json = String::from_utf8(request.to_json())
+        .ok()
+        .and_then(|j| RawValue::from_string(j).ok())
+        .or_else(|| serde_json::value::to_raw_value(&request.to_value()).ok());
+    let outcome = Outcome {
+        attempts: &record.attempts,
+        error,
+        function: &record.function,
+        invocation: &record.id,
+        request: request_json.as_deref(),
+        response,
+        status: if succeeded { "succeeded" } else { "failed" },
+    };
+    // Serializing strings, numbers and valid raw JSON cannot fail.
+    let data = serde_json::to_string(&outcome).unwrap_or_default();
     let mut e = Event::new(
         format!("{}-{}", record.id, if succeeded { "success" } else { "failure" }),
         format!("/evoke/functions/{}", record.function),
@@ -74,7 +97,7 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
             "evoke.invocation.failed"
         },
     )
-    .with_data(Some("application/json".into()), Bytes::from(data.to_string()));
+    .with_data(Some("application/json".into()), Bytes::from(data));
     e.subject = Some(record.id.clone());
     // Lineage for the recursion guard: a result written into a bucket that
     // triggers a function continues the request's chain.
@@ -291,6 +314,52 @@ mod tests {
     use reqwest::dns::Resolve;
 
     use super::*;
+
+    #[test]
+    fn a_destination_gets_the_request_data_byte_for_byte() {
+        use super::super::records::{Mode, Status};
+        let data = r#"{"sku":"a","qty":2,"price":3.50,"big":123456789012345678901234567890}"#;
+        let request =
+            Event::new("e-1", "/orders", "order.placed").with_data(Some("application/json".into()), Bytes::from(data));
+        let record = Record::new("inv-1", "enrich", Mode::Async, "e-1", Status::Succeeded);
+        let output = Output {
+            body: Bytes::from_static(b"done"),
+            content_type: Some("text/plain".into()),
+            status: None,
+            headers: Vec::new(),
+        };
+        let event = destination_event(&record, &request, Some(&output), None);
+        let text = std::str::from_utf8(&event.data).unwrap();
+        assert!(text.contains(data), "request data kept as it came: {text}");
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["request"]["id"], "e-1");
+        assert_eq!(v["request"]["source"], "/orders");
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["invocation"], "inv-1");
+        assert_eq!(v["function"], "enrich");
+        assert_eq!(v["response"]["body"], "done");
+        assert!(v["error"].is_null());
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "attempts",
+                "error",
+                "function",
+                "invocation",
+                "request",
+                "response",
+                "status"
+            ]
+        );
+        let failed = destination_event(&record, &request, None, Some("boom"));
+        let v: Value = serde_json::from_slice(&failed.data).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["error"].as_str()),
+            (Some("failed"), Some("boom"))
+        );
+        assert!(v["response"].is_null());
+    }
 
     #[test]
     fn metadata_and_link_local_addresses_in_every_spelling() {
