@@ -24,7 +24,9 @@ use crate::registry::DeployedFunction;
 #[derive(Serialize, Deserialize)]
 struct Request {
     id: String,
-    event: serde_json::Value,
+    /// The event as it is queued ([`Event::to_json`]): JSON data byte for
+    /// byte (a `Value` would sort its keys and round its large numbers).
+    event: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,9 +126,15 @@ impl Invoker {
     /// Runs a sync invocation on some worker node and returns its run.
     pub async fn invoke_relayed(&self, f: &DeployedFunction, event: &Event, id: &str) -> Run {
         let system = system_run;
+        let encoded = String::from_utf8(event.to_json())
+            .ok()
+            .and_then(|j| serde_json::value::RawValue::from_string(j).ok());
+        let Some(event) = encoded else {
+            return system("cannot encode the event".into());
+        };
         let request = Request {
             id: id.to_string(),
-            event: event.to_value(),
+            event,
         };
         let Ok(payload) = serde_json::to_vec(&request) else {
             return system("cannot encode the event".into());
@@ -215,7 +223,10 @@ impl Invoker {
                     .to_string();
                 let run = match serde_json::from_slice::<Request>(&msg.payload) {
                     Err(e) => system_run(format!("unreadable relayed request: {e}")),
-                    Ok(req) => match (invoker.registry.get(&function).await, Event::from_value(req.event)) {
+                    Ok(req) => match (
+                        invoker.registry.get(&function).await,
+                        Event::from_json(req.event.get().as_bytes()),
+                    ) {
                         (Ok(Some(f)), Ok(event)) => invoker.invoke_sync(&f, event, &req.id).await,
                         (Ok(None), _) => system_run(format!("function `{function}` does not exist on this node")),
                         (Err(e), _) => system_run(e.to_string()),

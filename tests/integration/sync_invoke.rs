@@ -324,6 +324,14 @@ async fn an_api_only_node_relays_sync_invocations_to_a_worker_node() {
     let node = worker.node.as_ref().unwrap().invoker.node.clone();
     assert_eq!(rec["attempts"][0]["node"], node.as_str(), "ran on the worker node");
 
+    // JSON data crosses the relay byte for byte (echo-command upper-cases
+    // the event it reads): key order, spacing and number spelling kept.
+    api.deploy_ok("echo", &example("echo-command"), &[]).await;
+    let resp = api.invoke("echo", r#"{"zeta": 1,"alpha":2.50}"#).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let out = resp.text().await.unwrap();
+    assert!(out.contains(r#""DATA":{"ZETA": 1,"ALPHA":2.50}"#), "{out}");
+
     // Function errors come back as they do locally.
     let resp = api.invoke("hello", "[1]").await;
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
