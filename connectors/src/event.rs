@@ -225,6 +225,18 @@ impl Event {
             .collect()
     }
 
+    /// [`Event::to_json`] as a value to embed in other JSON (a dead letter,
+    /// a relayed request, a destination's invocation): JSON data byte for
+    /// byte, where a [`Value`] would sort its keys and round its numbers.
+    pub fn to_raw_json(&self) -> Box<serde_json::value::RawValue> {
+        let raw = String::from_utf8(self.to_json())
+            .ok()
+            .and_then(|j| serde_json::value::RawValue::from_string(j).ok());
+        // `to_json` writes valid JSON; the tree is a fallback only, and
+        // serializing a `Value` cannot fail.
+        raw.unwrap_or_else(|| serde_json::value::to_raw_value(&self.to_value()).expect("a Value serializes"))
+    }
+
     /// The event as structured-mode JSON: `data` embedded when it is JSON,
     /// a string when it is text (`text/*`, JSON lines), else `data_base64`.
     pub fn to_value(&self) -> Value {

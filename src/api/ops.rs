@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
@@ -98,23 +98,28 @@ pub async fn dlq_list(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     dlq_function(&s, &name).await?;
     let entries = s.invoker.dlq_list(&name, q.limit.unwrap_or(100)).await?;
-    Ok(Json(json!({ "dead_letters": entries })))
+    // Not through a `Value`: events are shown as stored, data byte for byte.
+    #[derive(Serialize)]
+    struct List {
+        dead_letters: Vec<crate::invoker::dlq::DeadLetter>,
+    }
+    Ok(Json(List { dead_letters: entries }).into_response())
 }
 
 pub async fn dlq_show(
     State(s): State<Arc<ApiState>>,
     Path((name, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     dlq_function(&s, &name).await?;
     let entry = s
         .invoker
         .dlq_get(&name, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
-    Ok(Json(serde_json::to_value(entry).unwrap_or_default()))
+    Ok(Json(entry).into_response())
 }
 
 #[derive(Deserialize)]

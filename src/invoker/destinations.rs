@@ -57,7 +57,7 @@ struct Outcome<'a> {
     invocation: &'a str,
     /// The event as it was queued: JSON data byte for byte as it came (a
     /// `Value` would sort its keys and round its large numbers).
-    request: Option<&'a RawValue>,
+    request: &'a RawValue,
     response: Option<Value>,
     status: &'static str,
 }
@@ -72,17 +72,13 @@ pub fn destination_event(record: &Record, request: &Event, output: Option<&Outpu
             "content_type": o.content_type,
         }),
     });
-    // An event's JSON is valid by construction; the tree is a fallback only.
-    let request_json = String::from_utf8(request.to_json())
-        .ok()
-        .and_then(|j| RawValue::from_string(j).ok())
-        .or_else(|| serde_json::value::to_raw_value(&request.to_value()).ok());
+    let request_json = request.to_raw_json();
     let outcome = Outcome {
         attempts: &record.attempts,
         error,
         function: &record.function,
         invocation: &record.id,
-        request: request_json.as_deref(),
+        request: &request_json,
         response,
         status: if succeeded { "succeeded" } else { "failed" },
     };

@@ -25,8 +25,9 @@ pub struct DeadLetter {
     pub reason: String,
     pub dead_lettered_at: DateTime<Utc>,
     pub attempts: Vec<Attempt>,
-    /// The event, CloudEvents structured JSON.
-    pub event: serde_json::Value,
+    /// The event, CloudEvents structured JSON as it was queued (JSON data
+    /// byte for byte, so a redrive runs on what first came).
+    pub event: Box<serde_json::value::RawValue>,
     /// The stream sequence (filled in when read back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
@@ -161,7 +162,7 @@ impl Invoker {
             reason: format!("the queue refused the event: {reason}"),
             dead_lettered_at: now,
             attempts: record.attempts.clone(),
-            event: event.to_value(),
+            event: event.to_raw_json(),
             seq: None,
         };
         if entry.encode(self.bus.max_record()).is_err() {
@@ -169,7 +170,7 @@ impl Invoker {
             let size = slim.data.len();
             slim.data = Bytes::new();
             slim.datacontenttype = None;
-            entry.event = slim.to_value();
+            entry.event = slim.to_raw_json();
             entry.reason = format!("{}; its {size} bytes of data were too large to keep", entry.reason);
         }
         self.dead_letter(&entry, 0).await?;
@@ -289,7 +290,8 @@ impl Invoker {
     }
 
     async fn redrive_one(&self, entry: &DeadLetter, stream: &stream::Stream) -> Result<(), String> {
-        let event = Event::from_value(entry.event.clone()).map_err(|e| format!("the dead event is unreadable: {e}"))?;
+        let event =
+            Event::from_json(entry.event.get().as_bytes()).map_err(|e| format!("the dead event is unreadable: {e}"))?;
         let seq = entry.seq.ok_or("the dead letter has no stream sequence")?;
         let f = self
             .registry

@@ -126,15 +126,9 @@ impl Invoker {
     /// Runs a sync invocation on some worker node and returns its run.
     pub async fn invoke_relayed(&self, f: &DeployedFunction, event: &Event, id: &str) -> Run {
         let system = system_run;
-        let encoded = String::from_utf8(event.to_json())
-            .ok()
-            .and_then(|j| serde_json::value::RawValue::from_string(j).ok());
-        let Some(event) = encoded else {
-            return system("cannot encode the event".into());
-        };
         let request = Request {
             id: id.to_string(),
-            event,
+            event: event.to_raw_json(),
         };
         let Ok(payload) = serde_json::to_vec(&request) else {
             return system("cannot encode the event".into());

@@ -105,7 +105,7 @@ impl Settling<'_> {
                 ),
                 dead_lettered_at: Utc::now(),
                 attempts: record.attempts.clone(),
-                event: smaller.to_value(),
+                event: smaller.to_raw_json(),
                 seq: None,
             };
             self.invoker.dead_letter(&entry, 0).await.map_err(|e| e.to_string())?;
@@ -180,6 +180,8 @@ impl Settling<'_> {
         );
         record.refused(&self.invoker.node, reason.clone());
         let event = serde_json::json!({ "id": id, "source": "evoke", "type": "evoke.malformed", "data": raw });
+        // Serializing a `Value` cannot fail.
+        let event = serde_json::value::to_raw_value(&event).expect("a Value serializes");
         self.store_dead(&mut record, event, reason, None).await;
     }
 
@@ -197,12 +199,18 @@ impl Settling<'_> {
     /// Dead-letters `event`; `notify` delivers `on_failure` too.
     async fn dead(&self, record: &mut Record, event: &Event, reason: String, notify: bool) {
         let request = notify.then_some(event);
-        self.store_dead(record, event.to_value(), reason, request).await;
+        self.store_dead(record, event.to_raw_json(), reason, request).await;
     }
 
     /// The DLQ publish acked by JetStream, then the record, the
     /// `on_failure` destination, and finally the ack of the original.
-    async fn store_dead(&self, record: &mut Record, event: serde_json::Value, reason: String, request: Option<&Event>) {
+    async fn store_dead(
+        &self,
+        record: &mut Record,
+        event: Box<serde_json::value::RawValue>,
+        reason: String,
+        request: Option<&Event>,
+    ) {
         let entry = DeadLetter {
             id: record.id.clone(),
             function: self.f.name.to_string(),

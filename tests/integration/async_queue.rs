@@ -131,6 +131,48 @@ async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
         1,
         "redriven entry replaced, not duplicated"
     );
+
+    // JSON data is dead-lettered, shown and redriven byte for byte (key
+    // order, spacing, number spelling): echo-command fails on "fail".
+    node.deploy_ok("echo", &example("echo-command"), &[("retries", "0")])
+        .await;
+    let data = r#"{"zeta": 1,"note":"fail","alpha":2.50}"#;
+    let id = node.invoke_async("echo", "application/json", data).await;
+    let dead = |redrives: u64| {
+        let (node, id) = (&node, id.clone());
+        async move {
+            node.wait_record(&id, Duration::from_secs(30), |r| {
+                r["status"] == "dead-lettered" && r["redrives"].as_u64().unwrap_or(0) == redrives
+            })
+            .await;
+            let shown = |path: String| async move {
+                node.http
+                    .get(node.url(&path))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            };
+            for text in [
+                shown(format!("/v1/functions/echo/dlq/{id}")).await,
+                shown("/v1/functions/echo/dlq".into()).await,
+            ] {
+                assert!(text.contains(data), "the data as it came: {text}");
+            }
+        }
+    };
+    dead(0).await;
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/echo/dlq/redrive"))
+        .json(&json!({ "ids": [id] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    dead(1).await;
     node.stop().await;
 }
 
