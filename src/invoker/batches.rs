@@ -15,6 +15,7 @@
 use bytes::Bytes;
 use evoke_connectors::Event;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 
@@ -44,8 +45,21 @@ fn is_batch(event: &Event) -> bool {
     })
 }
 
-fn items(event: &Event) -> Vec<Value> {
-    serde_json::from_slice::<Vec<Value>>(&event.data).unwrap_or_default()
+/// A batch's items, each with its id (when it has a string one) and as it
+/// is in the batch: raw, so a smaller batch keeps their data byte for byte.
+fn items(event: &Event) -> Vec<(Option<String>, Box<RawValue>)> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        id: Option<String>,
+    }
+    let items: Vec<Box<RawValue>> = serde_json::from_slice(&event.data).unwrap_or_default();
+    items
+        .into_iter()
+        .map(|raw| {
+            let id = serde_json::from_str::<Item>(raw.get()).ok().and_then(|i| i.id);
+            (id, raw)
+        })
+        .collect()
 }
 
 /// The failed items a batch's output names; `Err` (a function error) when
@@ -66,7 +80,7 @@ pub fn failed(event: &Event, body: &[u8]) -> Result<Failed, String> {
     let mut ids: Vec<String> = Vec::with_capacity(list.len());
     for f in list {
         let id = f.get("itemIdentifier").and_then(Value::as_str).ok_or_else(bad)?;
-        if !items.iter().any(|i| i["id"] == id) {
+        if !items.iter().any(|(i, _)| i.as_deref() == Some(id)) {
             return Err(format!(
                 "batchItemFailures names `{id}`, which is not an item of this batch"
             ));
@@ -98,13 +112,15 @@ pub fn judge(event: &Event, mut run: Run) -> Run {
 /// The smaller batch of `event`'s items named in `ids`, as round `round` of
 /// partial retries of invocation `parent`.
 pub fn smaller(event: &Event, ids: &[String], parent: &str, round: u32) -> Event {
-    let kept: Vec<Value> = items(event)
+    let kept: Vec<Box<RawValue>> = items(event)
         .into_iter()
-        .filter(|i| ids.iter().any(|id| i["id"] == id.as_str()))
+        .filter(|(i, _)| i.as_ref().is_some_and(|i| ids.contains(i)))
+        .map(|(_, raw)| raw)
         .collect();
     let mut e = event.clone();
     e.id = format!("{parent}.retry{round}");
-    e.data = Bytes::from(Value::Array(kept).to_string());
+    // Serializing raw JSON cannot fail.
+    e.data = Bytes::from(serde_json::to_string(&kept).unwrap_or_default());
     e.extensions.insert("evokebatchsize".into(), ids.len().to_string());
     e.extensions.insert(EXT_BATCH_RETRY.into(), round.to_string());
     e.extensions.insert(EXT_BATCH_PARENT.into(), parent.to_string());
@@ -169,5 +185,17 @@ mod tests {
         assert_eq!(s.extensions[EXT_BATCH_PARENT], "inv1");
         assert_eq!(s.ty, b.ty);
         assert_eq!(round(&b), 0);
+    }
+
+    #[test]
+    fn the_smaller_batch_keeps_its_items_byte_for_byte() {
+        let a = r#"{"id":"a","data":{"zeta": 1,"alpha":2.50}}"#;
+        let c = r#"{"data":[3.0, 1e2],"id":"c"}"#;
+        let b = Event::new("b1", "/evoke/triggers/t", "evoke.kafka.batch").with_data(
+            Some(BATCH_CONTENT_TYPE.into()),
+            Bytes::from(format!(r#"[{a}, {{"id":"b"}},{c}]"#)),
+        );
+        let s = smaller(&b, &["c".into(), "a".into()], "inv1", 1);
+        assert_eq!(std::str::from_utf8(&s.data).unwrap(), format!("[{a},{c}]"));
     }
 }

@@ -363,7 +363,8 @@ impl Shape {
     /// One event for a batch of (already converted) events: data is the
     /// JSON array of their structured forms.
     pub fn batch_event(&self, events: &[(Event, String)]) -> (Event, String) {
-        let data: Vec<Value> = events.iter().map(|(e, _)| e.to_value()).collect();
+        // Raw, not `Value`s: each item's JSON data byte for byte.
+        let data: Vec<Box<serde_json::value::RawValue>> = events.iter().map(|(e, _)| e.to_raw_json()).collect();
         let dedupe = match (events.first(), events.last()) {
             (Some((_, a)), Some((_, b))) if a == b => a.clone(),
             (Some((_, a)), Some((_, b))) => format!("batch.{}", hash(&format!("{a}\n{b}\n{}", events.len()))),
@@ -371,7 +372,8 @@ impl Shape {
         };
         let mut e = Event::new(dedupe.clone(), self.source(), format!("evoke.{}.batch", self.kind)).with_data(
             Some("application/cloudevents-batch+json".into()),
-            Bytes::from(Value::Array(data).to_string()),
+            // Serializing raw JSON cannot fail.
+            Bytes::from(serde_json::to_string(&data).unwrap_or_default()),
         );
         e.extensions.insert(EXT_TRIGGER.into(), self.trigger.clone());
         e.extensions.insert("evokebatchsize".into(), events.len().to_string());

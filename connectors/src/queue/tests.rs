@@ -266,6 +266,17 @@ async fn batches_close_on_count_bytes_or_time() {
     assert_eq!(acked.lock().unwrap().len(), 8);
 }
 
+#[test]
+fn a_batch_holds_its_items_json_data_byte_for_byte() {
+    let s = shape(Binding::Kafka);
+    let data = r#"{"zeta": 1,"alpha":2.50}"#;
+    let item = Event::new("i-1", "/s", "t").with_data(Some("application/json".into()), Bytes::from(data));
+    let (batch, _) = s.batch_event(&[(item.clone(), "d".into()), (item, "d".into())]);
+    let text = std::str::from_utf8(&batch.data).unwrap();
+    assert_eq!(text.matches(data).count(), 2, "{text}");
+    assert_eq!(serde_json::from_str::<Vec<Value>>(text).unwrap().len(), 2);
+}
+
 /// What the sink stored so far, as bodies.
 fn bodies(sink: &MemorySink) -> Vec<String> {
     sink.events()
