@@ -56,15 +56,15 @@ impl Policy {
 
     /// The delay before retry number `n` (1-based).
     pub fn delay(&self, n: u32) -> Duration {
-        self.builder()
-            .build()
-            .nth(n.saturating_sub(1) as usize)
-            .unwrap_or(self.min)
+        self.delays().nth(n.saturating_sub(1) as usize).unwrap_or(self.min)
     }
 
-    /// The delays before each retry, in turn, forever.
+    /// The delays before each retry, in turn, forever; whole milliseconds,
+    /// so logs say "retrying in 317ms", not "317.685355ms".
     pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
-        self.builder().build()
+        self.builder()
+            .build()
+            .map(|d| Duration::from_millis(d.as_millis() as u64))
     }
 }
 
@@ -198,6 +198,9 @@ mod tests {
         assert!(system_delay(1) >= Duration::from_secs(1));
         assert!(system_delay(5) >= Duration::from_secs(16));
         assert!(system_delay(100) <= Duration::from_secs(600));
+        for d in RECONNECT.delays().take(20).chain([function_delay(3), system_delay(2)]) {
+            assert_eq!(d.subsec_nanos() % 1_000_000, 0, "whole milliseconds: {d:?}");
+        }
         let publish: Vec<u128> = PUBLISH.delays().take(9).map(|d| d.as_millis()).collect();
         assert_eq!(publish[..3], [100, 200, 400]);
         assert_eq!(publish[8], 10_000, "capped");
