@@ -104,7 +104,8 @@ impl Task {
                     let delay = delays.next().unwrap_or(evoke_connectors::backoff::RECONNECT.max);
                     let error = e.to_string();
                     if repeats.worth_warning(&error, std::time::Instant::now()) {
-                        tracing::warn!(trigger = self.trigger.name, %error, "the trigger's store is not usable; retrying in {delay:?} (the same error again is logged at debug level, and warned every 5 minutes)");
+                        let remind = evoke_connectors::backoff::REMIND_EVERY.as_secs() / 60;
+                        tracing::warn!(trigger = self.trigger.name, %error, "the trigger's store is not usable; retrying in {delay:?} (the same error again is logged at debug level, and warned every {remind} minutes)");
                     } else {
                         tracing::debug!(trigger = self.trigger.name, %error, "the trigger's store is still not usable; retrying in {delay:?}");
                     }
