@@ -109,15 +109,8 @@ async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
     );
 
     // Redrive: the event goes back on the queue, fails again, lands again.
-    let resp = node
-        .http
-        .post(node.url("/v1/functions/flaky/dlq/redrive"))
-        .json(&json!({ "ids": [id] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let out: Value = resp.json().await.unwrap();
+    let (status, out) = node.redrive("flaky", &[id.as_str()]).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["redriven"][0], id.as_str());
     let rec = node
         .wait_record(&id, Duration::from_secs(30), |r| {
@@ -164,14 +157,8 @@ async fn function_errors_are_retried_then_dead_lettered_and_redriven() {
         }
     };
     dead(0).await;
-    let resp = node
-        .http
-        .post(node.url("/v1/functions/echo/dlq/redrive"))
-        .json(&json!({ "ids": [id] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, out) = node.redrive("echo", &[id.as_str()]).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
     dead(1).await;
     node.stop().await;
 }

@@ -313,6 +313,19 @@ impl TestNode {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Redrives dead letters `ids` of `function`: the answer's status and body.
+    pub async fn redrive(&self, function: &str, ids: &[&str]) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/functions/{function}/dlq/redrive")))
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .await
+            .expect("redrive request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// Polls an invocation until `done` holds for its record.
     pub async fn wait_record(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();

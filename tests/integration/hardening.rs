@@ -118,15 +118,8 @@ async fn redrive_never_deletes_the_only_copy() {
     .await
     .unwrap();
 
-    let resp = api
-        .http
-        .post(api.url("/v1/functions/flaky/dlq/redrive"))
-        .json(&json!({ "ids": [id] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let out: Value = resp.json().await.unwrap();
+    let (status, out) = api.redrive("flaky", &[id.as_str()]).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["redriven"].as_array().unwrap().len(), 0, "{out}");
     assert_eq!(out["failed"][0]["id"], id.as_str(), "{out}");
     assert!(
