@@ -134,6 +134,12 @@ pub struct Record {
     pub redrives: u32,
 }
 
+/// A duration in milliseconds to the microsecond: `1.356`, not the
+/// `1.3559430000000001` a float of the nanoseconds prints as.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -227,7 +233,7 @@ impl Record {
         let attempt = Attempt {
             number: started.number,
             started_at: started.started_at,
-            duration_ms: Some(run.duration.as_secs_f64() * 1000.0),
+            duration_ms: Some(millis(run.duration)),
             start: ran.then(|| if run.cold.is_some() { "cold" } else { "warm" }.to_string()),
             cold_start: run.cold.clone(),
             error: run.result.as_ref().err().map(AttemptError::from_invoke),
@@ -262,7 +268,7 @@ impl Record {
         self.updated_at = now;
         self.finished_at = matches!(status, Status::Succeeded | Status::Failed | Status::DeadLettered).then_some(now);
         if let Some(run) = run {
-            self.duration_ms = Some(run.duration.as_secs_f64() * 1000.0);
+            self.duration_ms = Some(millis(run.duration));
         }
         if let Some(a) = self.attempts.last()
             && a.start.is_some()
@@ -331,6 +337,16 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_milliseconds_to_the_microsecond() {
+        let d = std::time::Duration::from_nanos(1_355_943);
+        assert_eq!(serde_json::to_string(&millis(d)).unwrap(), "1.355");
+        assert_eq!(
+            serde_json::to_string(&millis(std::time::Duration::from_secs(2))).unwrap(),
+            "2000.0"
+        );
+    }
 
     #[test]
     fn lost_attempts_count_as_system_errors() {
