@@ -135,6 +135,22 @@ fn flag(name: &str) -> Option<usize> {
     std::env::args().skip_while(|a| a != name).nth(1)?.parse().ok()
 }
 
+/// Reads a response to its end, as a client that keeps its connection
+/// does, and checks its status. evoke's answers have bodies and the
+/// bridge's 202 has none: reading every body keeps the load the same on
+/// both sides (an HTTP client may give up a connection whose answer was
+/// dropped unread).
+async fn read_ok(r: reqwest::Response, ok: fn(&reqwest::StatusCode) -> bool, what: &str) -> anyhow::Result<()> {
+    let status = r.status();
+    let body = r.bytes().await?;
+    anyhow::ensure!(ok(&status), "{what}: {status} {}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+fn accepted(s: &reqwest::StatusCode) -> bool {
+    *s == reqwest::StatusCode::ACCEPTED
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -528,12 +544,16 @@ async fn main() -> anyhow::Result<()> {
             .send();
         inflight.push(req);
         if inflight.len() >= 16 {
-            let r = inflight.next().await.expect("in flight")?;
-            anyhow::ensure!(r.status().is_success(), "deploy: {}", r.status());
+            read_ok(
+                inflight.next().await.expect("in flight")?,
+                reqwest::StatusCode::is_success,
+                "deploy",
+            )
+            .await?;
         }
     }
     while let Some(r) = inflight.next().await {
-        anyhow::ensure!(r?.status().is_success(), "deploy");
+        read_ok(r?, reqwest::StatusCode::is_success, "deploy").await?;
     }
     let deploys = functions as f64 / start.elapsed().as_secs_f64();
     let nats_before = rss_of(nats.pid());
@@ -553,7 +573,7 @@ async fn main() -> anyhow::Result<()> {
             .body("x")
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "invoke many-{i:05}: {}", r.status());
+        read_ok(r, reqwest::StatusCode::is_success, &format!("invoke many-{i:05}")).await?;
         first_calls.push(t.elapsed());
     }
     first_calls.sort();
@@ -764,12 +784,11 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
             .send();
         inflight.push(req);
         if inflight.len() >= 64 {
-            let r = inflight.next().await.expect("in flight")?;
-            anyhow::ensure!(r.status() == 202, "async invoke: {}", r.status());
+            read_ok(inflight.next().await.expect("in flight")?, accepted, "async invoke").await?;
         }
     }
     while let Some(r) = inflight.next().await {
-        anyhow::ensure!(r?.status() == 202, "async invoke");
+        read_ok(r?, accepted, "async invoke").await?;
     }
     Ok(())
 }
@@ -819,12 +838,11 @@ async fn bridge(
     for _ in 0..n {
         inflight.push(http.post(&url).body(body.to_string()).send());
         if inflight.len() >= 64 {
-            let r = inflight.next().await.expect("in flight")?;
-            anyhow::ensure!(r.status() == 202, "bare publish: {}", r.status());
+            read_ok(inflight.next().await.expect("in flight")?, accepted, "bare publish").await?;
         }
     }
     while let Some(r) = inflight.next().await {
-        anyhow::ensure!(r?.status() == 202);
+        read_ok(r?, accepted, "bare publish").await?;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let cpu = cpu.per_event(nats_pid, n);
