@@ -772,17 +772,20 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<RawStarts> {
     })
 }
 
+/// An async invoke request, as the ingest line sends it to evoke and to
+/// the bridges alike (the bridges ignore the headers, but read them).
+fn async_invoke(http: &reqwest::Client, url: &str, body: &str) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("content-type", "text/plain")
+        .header("x-evoke-invocation-type", "async")
+        .body(body.to_string())
+}
+
 /// Queues `n` async invocations at `url`, 64 requests in flight.
 async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyhow::Result<()> {
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
-        let req = http
-            .post(url)
-            .header("content-type", "text/plain")
-            .header("x-evoke-invocation-type", "async")
-            .body(body.to_string())
-            .send();
-        inflight.push(req);
+        inflight.push(async_invoke(http, url, body).send());
         if inflight.len() >= 64 {
             read_ok(inflight.next().await.expect("in flight")?, accepted, "async invoke").await?;
         }
@@ -793,7 +796,8 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
     Ok(())
 }
 
-/// The ingest baseline: `n` requests (64 in flight) to a bare axum handler
+/// The ingest baseline: `n` requests (64 in flight, the same requests as
+/// evoke's, at the same path) to a bare axum handler
 /// that publishes the body on `subject(id)` with a `Nats-Msg-Id` and awaits
 /// JetStream's ack before answering 202. Returns requests per second and
 /// CPU per request.
@@ -812,7 +816,7 @@ async fn bridge(
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let ids = &IDS;
     let app = axum::Router::new().route(
-        "/publish",
+        "/v1/functions/noop/invoke",
         axum::routing::post(move |b: Bytes| {
             let js = Arc::clone(&js);
             let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -830,13 +834,13 @@ async fn bridge(
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/publish", listener.local_addr()?);
+    let url = format!("http://{}/v1/functions/noop/invoke", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
-        inflight.push(http.post(&url).body(body.to_string()).send());
+        inflight.push(async_invoke(http, &url, body).send());
         if inflight.len() >= 64 {
             read_ok(inflight.next().await.expect("in flight")?, accepted, "bare publish").await?;
         }
