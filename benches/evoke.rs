@@ -797,10 +797,9 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
 }
 
 /// The ingest baseline: `n` requests (64 in flight, the same requests as
-/// evoke's, at the same path) to a bare axum handler
-/// that publishes the body on `subject(id)` with a `Nats-Msg-Id` and awaits
-/// JetStream's ack before answering 202. Returns requests per second and
-/// CPU per request.
+/// evoke's, at the same path) to a bare axum handler that publishes the
+/// body on `subject(id)` with a `Nats-Msg-Id` and awaits JetStream's ack
+/// before answering 202. Returns requests per second and CPU per request.
 async fn bridge(
     js: &jetstream::Context,
     http: &reqwest::Client,
