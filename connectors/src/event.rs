@@ -146,8 +146,7 @@ impl Event {
             out.push(b'"');
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\":");
-            // Writing a string to a vector cannot fail.
-            let _ = serde_json::to_writer(&mut *out, value);
+            write_json_str(out, value);
         };
         if embedded.is_none() && !self.data.is_empty() {
             match self.text_data() {
@@ -615,6 +614,25 @@ fn reencoded(json: &[u8], data: envelope::Member) -> Vec<u8> {
 /// `ce-id`. Lower case, as header maps keep names.
 pub const BINARY_MARKERS: [&str; 2] = ["ce-specversion", "ce-id"];
 
+/// Writes `s` as a JSON string, byte for byte as `serde_json` writes it.
+/// Most strings (a text body, ids, times) need no escaping: they are
+/// copied whole, instead of being escaped one byte at a time.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // A fold, not `any`: no early exit, so the check runs on whole words.
+    let escapes = s
+        .bytes()
+        .fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escapes {
+        // Writing a string to a vector cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// Whether an HTTP header is one of [`BINARY_MARKERS`].
 pub fn claims_binary(header_name: &str) -> bool {
     BINARY_MARKERS.iter().any(|m| header_name.eq_ignore_ascii_case(m))
@@ -666,6 +684,27 @@ fn is_text(ct: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_written_as_serde_json_writes_them() {
+        let long = "x".repeat(300);
+        for s in [
+            "",
+            "plain text",
+            long.as_str(),
+            "quote \" inside",
+            "back\\slash",
+            "new\nline\ttab\r",
+            "\u{0}\u{1f} controls",
+            "\u{7f} del",
+            "é ünïcödé 日本 🎉",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
 
     /// How `from_json` read envelopes before it did without a JSON tree:
     /// the reference it must agree with.
