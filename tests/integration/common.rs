@@ -315,15 +315,11 @@ impl TestNode {
 
     /// Redrives dead letters `ids` of `function`: the answer's status and body.
     pub async fn redrive(&self, function: &str, ids: &[&str]) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .post(self.url(&format!("/v1/functions/{function}/dlq/redrive")))
-            .json(&serde_json::json!({ "ids": ids }))
-            .send()
-            .await
-            .expect("redrive request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.post_json(
+            &format!("/v1/functions/{function}/dlq/redrive"),
+            serde_json::json!({ "ids": ids }),
+        )
+        .await
     }
 
     /// Polls an invocation until `done` holds for its record.
