@@ -781,7 +781,8 @@ fn async_invoke(http: &reqwest::Client, url: &str, body: &str) -> reqwest::Reque
         .body(body.to_string())
 }
 
-/// Queues `n` async invocations at `url`, 64 requests in flight.
+/// Queues `n` async invocations at `url` (evoke's, or a bridge's), 64
+/// requests in flight.
 async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyhow::Result<()> {
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
@@ -837,16 +838,7 @@ async fn bridge(
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let cpu = Cpu::now(nats_pid);
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        inflight.push(async_invoke(http, &url, body).send());
-        if inflight.len() >= 64 {
-            read_ok(inflight.next().await.expect("in flight")?, accepted, "bare publish").await?;
-        }
-    }
-    while let Some(r) = inflight.next().await {
-        read_ok(r?, accepted, "bare publish").await?;
-    }
+    queue(http, &url, body, n).await?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let cpu = cpu.per_event(nats_pid, n);
     server.abort();
