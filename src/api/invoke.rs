@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
 use evoke_connectors::event::{BINARY_MARKERS, is_json_type, is_structured};
 
-use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HTTP_INVOCATION_ID, read_limited};
+use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HDR_START, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{derived_invocation_id, new_invocation_id};
 use crate::registry::DeployedFunction;
@@ -107,10 +108,10 @@ pub fn respond(run: Run, id: &str) -> Result<Response, ApiError> {
             }
             let ct = out.content_type.as_deref().unwrap_or("application/octet-stream");
             if let Ok(v) = HeaderValue::from_str(ct) {
-                h.insert("content-type", v);
+                h.insert(CONTENT_TYPE, v);
             }
             set_id(h, id);
-            h.insert("x-evoke-start", HeaderValue::from_static(start));
+            h.insert(HDR_START, HeaderValue::from_static(start));
             Ok(resp)
         }
         Err(InvokeError::Function { kind, message }) => {
@@ -147,14 +148,20 @@ fn set_id(h: &mut HeaderMap, id: &str) {
     }
 }
 
+/// [`BINARY_MARKERS`] as header names, looked up without parsing them again.
+const CE_MARKERS: [HeaderName; 2] = [
+    HeaderName::from_static(BINARY_MARKERS[0]),
+    HeaderName::from_static(BINARY_MARKERS[1]),
+];
+
 /// Reads a CloudEvent from a request (structured or binary mode); `None`
 /// when the request is not a CloudEvent.
 pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
     let structured = headers
-        .get("content-type")
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_structured);
-    if !structured && !BINARY_MARKERS.iter().any(|m| headers.contains_key(*m)) {
+    if !structured && !CE_MARKERS.iter().any(|m| headers.contains_key(m)) {
         // Neither mode (most requests): nothing to copy.
         return Ok(None);
     }
@@ -184,7 +191,7 @@ pub fn build_event(
         return Ok((event, id));
     }
     let content_type = headers
-        .get("content-type")
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if content_type.as_deref().is_some_and(is_json_type)

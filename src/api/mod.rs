@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -26,11 +26,17 @@ use crate::registry::DeployedFunction;
 
 /// HTTP header carrying the invocation id on invoke responses (a queued
 /// event carries it as its subject's last token: [`crate::bus::invocation_in`]).
-pub const HTTP_INVOCATION_ID: &str = "x-evoke-invocation-id";
+///
+/// Header names are [`HeaderName`] constants, not `&str`: a map looks a
+/// `&str` name up only after parsing it again, on every request.
+pub const HTTP_INVOCATION_ID: HeaderName = HeaderName::from_static("x-evoke-invocation-id");
 /// Header selecting async invocation.
-pub const HDR_INVOCATION_TYPE: &str = "x-evoke-invocation-type";
+pub const HDR_INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-evoke-invocation-type");
 /// Header set to `true` on an async answer for an event already queued.
-pub const HDR_DUPLICATE: &str = "x-evoke-duplicate";
+pub const HDR_DUPLICATE: HeaderName = HeaderName::from_static("x-evoke-duplicate");
+/// Header saying whether a sync run started a new instance (`cold`) or
+/// reused one (`warm`).
+pub const HDR_START: HeaderName = HeaderName::from_static("x-evoke-start");
 
 /// The largest JSON body `/v1` reads (specs, triggers, redrive requests).
 pub const MAX_JSON_BODY: usize = 1 << 20;

@@ -111,7 +111,7 @@ pub async fn invoke(client: &Client, a: InvokeArgs, json: bool) -> anyhow::Resul
         .to_string();
     let start = resp
         .headers()
-        .get("x-evoke-start")
+        .get(crate::api::HDR_START)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
