@@ -23,6 +23,10 @@ pub const SPEC_VERSION: &str = "1.0";
 
 /// Extension carrying the attempt number (1 = first delivery).
 pub const EXT_ATTEMPT: &str = "evokeattempt";
+/// The content type of a batch's data: a JSON array of structured events.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+/// Extension carrying how many events a batch holds.
+pub const EXT_BATCH_SIZE: &str = "evokebatchsize";
 
 /// One event, as a function receives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +88,16 @@ impl Event {
     pub fn with_data(mut self, content_type: Option<String>, data: Bytes) -> Event {
         self.datacontenttype = content_type;
         self.data = data;
+        self
+    }
+
+    /// Makes this event a batch of `items` (structured events, each kept
+    /// byte for byte): its data is their JSON array.
+    pub fn with_batch(mut self, items: &[Box<serde_json::value::RawValue>]) -> Event {
+        self.datacontenttype = Some(BATCH_CONTENT_TYPE.into());
+        // Serializing raw JSON cannot fail.
+        self.data = Bytes::from(serde_json::to_string(items).unwrap_or_default());
+        self.extensions.insert(EXT_BATCH_SIZE.into(), items.len().to_string());
         self
     }
 

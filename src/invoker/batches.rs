@@ -12,15 +12,13 @@
 //! dead-lettered. An answer naming every item, or an item the batch does
 //! not have, is a function error of the whole batch (retried as usual).
 
-use bytes::Bytes;
 use evoke_connectors::Event;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 
-/// The content type of a batch's data.
-pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+use evoke_connectors::event::BATCH_CONTENT_TYPE;
 /// On a smaller batch: which round of partial retries it is (1-based).
 pub const EXT_BATCH_RETRY: &str = "evokebatchretry";
 /// On a smaller batch: the invocation whose failed items it holds.
@@ -117,11 +115,8 @@ pub fn smaller(event: &Event, ids: &[String], parent: &str, round: u32) -> Event
         .filter(|(i, _)| i.as_ref().is_some_and(|i| ids.contains(i)))
         .map(|(_, raw)| raw)
         .collect();
-    let mut e = event.clone();
+    let mut e = event.clone().with_batch(&kept);
     e.id = format!("{parent}.retry{round}");
-    // Serializing raw JSON cannot fail.
-    e.data = Bytes::from(serde_json::to_string(&kept).unwrap_or_default());
-    e.extensions.insert("evokebatchsize".into(), ids.len().to_string());
     e.extensions.insert(EXT_BATCH_RETRY.into(), round.to_string());
     e.extensions.insert(EXT_BATCH_PARENT.into(), parent.to_string());
     e.extensions.remove(evoke_connectors::event::EXT_ATTEMPT);
@@ -139,6 +134,8 @@ pub fn round(event: &Event) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn batch(ids: &[&str]) -> Event {

@@ -370,13 +370,8 @@ impl Shape {
             (Some((_, a)), Some((_, b))) => format!("batch.{}", hash(&format!("{a}\n{b}\n{}", events.len()))),
             _ => unique_id(),
         };
-        let mut e = Event::new(dedupe.clone(), self.source(), format!("evoke.{}.batch", self.kind)).with_data(
-            Some("application/cloudevents-batch+json".into()),
-            // Serializing raw JSON cannot fail.
-            Bytes::from(serde_json::to_string(&data).unwrap_or_default()),
-        );
+        let mut e = Event::new(dedupe.clone(), self.source(), format!("evoke.{}.batch", self.kind)).with_batch(&data);
         e.extensions.insert(EXT_TRIGGER.into(), self.trigger.clone());
-        e.extensions.insert("evokebatchsize".into(), events.len().to_string());
         (e, dedupe)
     }
 
