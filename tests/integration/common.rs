@@ -181,6 +181,12 @@ pub struct TestNode {
     pub dir: TempDir,
 }
 
+/// An API answer: its status and JSON body (`Null` when it has none).
+pub async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 pub fn config(nats: &str, dir: &TempDir) -> NodeConfig {
     let mut c = NodeConfig::new("127.0.0.1:0".parse().expect("addr"), nats, dir.path().to_path_buf());
     // Small pools keep the virtual-memory reservation of parallel tests low.
@@ -235,8 +241,7 @@ impl TestNode {
             .send()
             .await
             .expect("deploy request");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(resp).await
     }
 
     pub async fn deploy_ok(&self, name: &str, code: &[u8], query: &[(&str, &str)]) -> Value {
@@ -309,8 +314,7 @@ impl TestNode {
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let resp = self.http.get(self.url(path)).send().await.expect("get");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(resp).await
     }
 
     /// Redrives dead letters `ids` of `function`: the answer's status and body.
@@ -441,8 +445,7 @@ impl TestNode {
             .send()
             .await
             .expect("put trigger");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(resp).await
     }
 }
 
@@ -826,8 +829,7 @@ impl TestNode {
     /// POSTs JSON; returns status and body.
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let resp = self.http.post(self.url(path)).json(&body).send().await.expect("post");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(resp).await
     }
 
     /// Creates or updates a store; returns status and body.
@@ -839,8 +841,7 @@ impl TestNode {
             .send()
             .await
             .expect("put store");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        answer(resp).await
     }
 }
 

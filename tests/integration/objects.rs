@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{Moto, Nats, TestNode, eventually, example, node_with_s3_keys, queued_events, settled};
+use crate::common::{Moto, Nats, TestNode, answer, eventually, example, node_with_s3_keys, queued_events, settled};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,9 +21,7 @@ async fn post(node: &TestNode, path: &str, token: Option<&str>, body: Vec<u8>) -
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    answer(req.send().await.unwrap()).await
 }
 
 /// Events queued for `function`, by subject.
