@@ -154,7 +154,11 @@ impl Event {
     fn to_json_without_extensions(&self) -> Vec<u8> {
         let embedded = self.embedded_json();
         let mut out = Vec::with_capacity(self.data.len() * 4 / 3 + 256);
-        let time = self.time.map(|t| t.to_rfc3339());
+        let mut stamp = [0u8; RFC3339_MAX];
+        let time = self.time.map(|t| match rfc3339_utc(&t, &mut stamp) {
+            Some(len) => Cow::Borrowed(std::str::from_utf8(&stamp[..len]).unwrap_or_default()),
+            None => Cow::Owned(t.to_rfc3339()),
+        });
         let member = |out: &mut Vec<u8>, name: &str, value: &str| {
             out.push(if out.is_empty() { b'{' } else { b',' });
             out.push(b'"');
@@ -647,6 +651,50 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The longest time [`rfc3339_utc`] writes.
+const RFC3339_MAX: usize = 35;
+
+/// Writes `t` into `buf` as [`DateTime::to_rfc3339`] does, byte for byte,
+/// without the formatting machinery (every queued event has a time), and
+/// returns its length; `None` for what it leaves to chrono: years outside
+/// 0–9999 and leap seconds.
+fn rfc3339_utc(t: &DateTime<Utc>, buf: &mut [u8; RFC3339_MAX]) -> Option<usize> {
+    use chrono::{Datelike, Timelike};
+    fn digits(buf: &mut [u8], at: usize, mut v: u32, width: usize) {
+        for b in buf[at..at + width].iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let (year, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return None;
+    }
+    buf[..19].copy_from_slice(b"0000-00-00T00:00:00");
+    digits(buf, 0, year as u32, 4);
+    digits(buf, 5, t.month(), 2);
+    digits(buf, 8, t.day(), 2);
+    digits(buf, 11, t.hour(), 2);
+    digits(buf, 14, t.minute(), 2);
+    digits(buf, 17, t.second(), 2);
+    // chrono's `SecondsFormat::AutoSi`: as few of 0, 3, 6 or 9 digits as
+    // show the time exactly.
+    let (fraction, width) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    let mut len = 19;
+    if width > 0 {
+        buf[len] = b'.';
+        digits(buf, len + 1, fraction, width);
+        len += 1 + width;
+    }
+    buf[len..len + 6].copy_from_slice(b"+00:00");
+    Some(len + 6)
+}
+
 /// Whether an HTTP header is one of [`BINARY_MARKERS`].
 pub fn claims_binary(header_name: &str) -> bool {
     BINARY_MARKERS.iter().any(|m| header_name.eq_ignore_ascii_case(m))
@@ -718,6 +766,53 @@ mod tests {
             write_json_str(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
         }
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone;
+        let base = Utc.with_ymd_and_hms(2026, 12, 7, 6, 51, 7).unwrap();
+        let mut times = vec![
+            base,
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+        ];
+        for nanos in [
+            1,
+            9,
+            10,
+            999,
+            1_000,
+            120_000,
+            999_999,
+            1_000_000,
+            5_000_000,
+            123_456_789,
+            999_999_999,
+        ] {
+            times.push(base + chrono::Duration::nanoseconds(nanos));
+        }
+        // What it leaves to chrono: a leap second, years past 9999 and before 0.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc();
+        times.push(leap);
+        times.push(Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap());
+        for t in times {
+            let mut e = Event::new("1", "/s", "t");
+            e.time = Some(t);
+            let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
+            assert_eq!(v["time"], t.to_rfc3339(), "{t:?}");
+        }
+        let mut buf = [0u8; RFC3339_MAX];
+        assert_eq!(rfc3339_utc(&leap, &mut buf), None);
+        assert_eq!(
+            rfc3339_utc(&Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(), &mut buf),
+            None
+        );
     }
 
     /// How `from_json` read envelopes before it did without a JSON tree:
