@@ -40,7 +40,9 @@ pub async fn invoke(
     if asynchronous {
         return accepted(&s, &f, &event, &id).await;
     }
-    respond(s.invoker.run_sync(&f, event, &id).await, &id)
+    // Boxed: this handler's future is allocated for every request, and a
+    // sync run's is large (~8 KB); async requests do not carry it.
+    respond(Box::pin(s.invoker.run_sync(&f, event, &id)).await, &id)
 }
 
 /// Queues an event and answers 202 `{"id"}` once JetStream has it. When

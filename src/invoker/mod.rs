@@ -234,13 +234,18 @@ impl Invoker {
         let name = f.name.as_str();
         let known = self.queue_seen(f, |_| ()).is_some();
         if !known {
-            let has = self.bus.has_function_consumer(name).await.map_err(|e| e.to_string())?;
-            if !has {
-                self.bus
-                    .function_consumer(name, self.ack_wait, worker::max_ack_pending(f))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            // Boxed: creating a consumer is rare, and its future large; every
+            // request's future would carry it (~3.5 KB).
+            Box::pin(async {
+                if !self.bus.has_function_consumer(name).await.map_err(|e| e.to_string())? {
+                    self.bus
+                        .function_consumer(name, self.ack_wait, worker::max_ack_pending(f))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            })
+            .await?;
             lock(&self.queues).insert(
                 name.to_string(),
                 QueueSeen {
