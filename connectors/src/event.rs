@@ -635,7 +635,7 @@ pub const BINARY_MARKERS: [&str; 2] = ["ce-specversion", "ce-id"];
 /// Writes `s` as a JSON string, byte for byte as `serde_json` writes it.
 /// Most strings (a text body, ids, times) need no escaping: they are
 /// copied whole, instead of being escaped one byte at a time.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     // A fold, not `any`: no early exit, so the check runs on whole words.
     let escapes = s
         .bytes()

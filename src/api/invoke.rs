@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
-use evoke_connectors::event::{BINARY_MARKERS, is_json_type, is_structured};
+use evoke_connectors::event::{BINARY_MARKERS, is_json_type, is_structured, write_json_str};
 
 use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HDR_START, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
@@ -58,19 +57,27 @@ pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &st
 
 /// The 202 for an event on the queue.
 pub fn queued(id: &str, duplicate: bool) -> Response {
-    #[derive(serde::Serialize)]
-    struct Queued<'a> {
-        id: &'a str,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        duplicate: bool,
-    }
-    let mut resp = (StatusCode::ACCEPTED, Json(Queued { id, duplicate })).into_response();
+    let json = HeaderValue::from_static("application/json");
+    let mut resp = (StatusCode::ACCEPTED, [(CONTENT_TYPE, json)], queued_body(id, duplicate)).into_response();
     set_id(resp.headers_mut(), id);
     if duplicate {
         resp.headers_mut()
             .insert(HDR_DUPLICATE, HeaderValue::from_static("true"));
     }
     resp
+}
+
+/// `{"id":…}`, with `"duplicate":true` when it was queued before: written
+/// straight out (every async request is answered with one).
+fn queued_body(id: &str, duplicate: bool) -> Vec<u8> {
+    let mut body = Vec::with_capacity(id.len() + 32);
+    body.extend_from_slice(b"{\"id\":");
+    write_json_str(&mut body, id);
+    if duplicate {
+        body.extend_from_slice(b",\"duplicate\":true");
+    }
+    body.push(b'}');
+    body
 }
 
 /// Response headers a function may not set: they describe the connection or
@@ -208,4 +215,25 @@ pub fn build_event(
     let id = new_invocation_id();
     let event = Event::new(id.clone(), "/evoke/api", "evoke.invoke").with_data(content_type, body);
     Ok((event, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_202_body_is_what_serde_would_write() {
+        #[derive(serde::Serialize)]
+        struct Queued<'a> {
+            id: &'a str,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            duplicate: bool,
+        }
+        for id in ["0199a3b2c4d5e6f708192a3b4c5d6e7f", "a\"b\\c", "é\u{1}"] {
+            for duplicate in [false, true] {
+                let want = serde_json::to_vec(&Queued { id, duplicate }).unwrap();
+                assert_eq!(queued_body(id, duplicate), want, "{id} {duplicate}");
+            }
+        }
+    }
 }
