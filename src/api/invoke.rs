@@ -40,7 +40,7 @@ pub async fn invoke(
         return accepted(&s, &f, &event, &id).await;
     }
     // Boxed: this handler's future is allocated for every request, and a
-    // sync run's is large (~8 KB); async requests do not carry it.
+    // sync run's is large (~4.5 KB); async requests do not carry it.
     respond(Box::pin(s.invoker.run_sync(&f, event, &id)).await, &id)
 }
 
