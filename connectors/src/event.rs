@@ -156,7 +156,7 @@ impl Event {
         let mut out = Vec::with_capacity(self.data.len() * 4 / 3 + 256);
         let mut stamp = [0u8; RFC3339_MAX];
         let time = self.time.map(|t| match rfc3339_utc(&t, &mut stamp) {
-            Some(len) => Cow::Borrowed(std::str::from_utf8(&stamp[..len]).unwrap_or_default()),
+            Some(text) => Cow::Borrowed(text),
             None => Cow::Owned(t.to_rfc3339()),
         });
         let member = |out: &mut Vec<u8>, name: &str, value: &str| {
@@ -656,9 +656,9 @@ const RFC3339_MAX: usize = 35;
 
 /// Writes `t` into `buf` as [`DateTime::to_rfc3339`] does, byte for byte,
 /// without the formatting machinery (every queued event has a time), and
-/// returns its length; `None` for what it leaves to chrono: years outside
-/// 0–9999 and leap seconds.
-fn rfc3339_utc(t: &DateTime<Utc>, buf: &mut [u8; RFC3339_MAX]) -> Option<usize> {
+/// returns the text written; `None` for what it leaves to chrono: years
+/// outside 0–9999 and leap seconds.
+fn rfc3339_utc<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; RFC3339_MAX]) -> Option<&'b str> {
     use chrono::{Datelike, Timelike};
     fn digits(buf: &mut [u8], at: usize, mut v: u32, width: usize) {
         for b in buf[at..at + width].iter_mut().rev() {
@@ -692,7 +692,7 @@ fn rfc3339_utc(t: &DateTime<Utc>, buf: &mut [u8; RFC3339_MAX]) -> Option<usize> 
         len += 1 + width;
     }
     buf[len..len + 6].copy_from_slice(b"+00:00");
-    Some(len + 6)
+    std::str::from_utf8(&buf[..len + 6]).ok()
 }
 
 /// Whether an HTTP header is one of [`BINARY_MARKERS`].
