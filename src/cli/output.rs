@@ -93,7 +93,7 @@ pub async fn invoke(client: &Client, a: InvokeArgs, json: bool) -> anyhow::Resul
         .header("content-type", content_type)
         .body(data);
     if a.asynchronous {
-        req = req.header("x-evoke-invocation-type", "async");
+        req = req.header(crate::api::HDR_INVOCATION_TYPE, "async");
         let v = client.json(req).await?;
         if json {
             print_json(&v);
