@@ -24,11 +24,11 @@ pub use error::ApiError;
 use crate::invoker::Invoker;
 use crate::registry::DeployedFunction;
 
+// Header names are `HeaderName` constants, not `&str`: a map looks a
+// `&str` name up only after parsing it again, on every request.
+
 /// HTTP header carrying the invocation id on invoke responses (a queued
 /// event carries it as its subject's last token: [`crate::bus::invocation_in`]).
-///
-/// Header names are [`HeaderName`] constants, not `&str`: a map looks a
-/// `&str` name up only after parsing it again, on every request.
 pub const HTTP_INVOCATION_ID: HeaderName = HeaderName::from_static("x-evoke-invocation-id");
 /// Header selecting async invocation.
 pub const HDR_INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-evoke-invocation-type");

@@ -13,12 +13,12 @@
 //! not have, is a function error of the whole batch (retried as usual).
 
 use evoke_connectors::Event;
+use evoke_connectors::event::BATCH_CONTENT_TYPE;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 
-use evoke_connectors::event::BATCH_CONTENT_TYPE;
 /// On a smaller batch: which round of partial retries it is (1-based).
 pub const EXT_BATCH_RETRY: &str = "evokebatchretry";
 /// On a smaller batch: the invocation whose failed items it holds.
