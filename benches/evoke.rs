@@ -721,6 +721,8 @@ async fn raw_wasmtime(code: &[u8], rounds: usize) -> anyhow::Result<RawStarts> {
         let t = Instant::now();
         // SAFETY: bytes produced by `serialize` on this engine just above.
         let component = unsafe { Component::deserialize(&engine, &compiled) }.map_err(err)?;
+        // The memory images built with the loading, as evoke's loader does.
+        component.initialize_copy_on_write_image().map_err(err)?;
         let handle_export = component
             .get_export_index(None, "handle")
             .ok_or_else(|| anyhow::anyhow!("no handle"))?;

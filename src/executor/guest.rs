@@ -85,6 +85,21 @@ impl Compiled {
             Compiled::Module(m) => m.serialize(),
         }
     }
+
+    /// Builds the code's initial memory images now (on Linux a memfd each,
+    /// written and sealed: system calls), so a blocking loader thread does
+    /// it, not the first instantiation on the async runtime. Done once per
+    /// compiled code; later calls return at once. A failure is left for
+    /// that instantiation to report.
+    pub fn prepare_memory_images(&self) {
+        let prepared = match self {
+            Compiled::Component(c) => c.initialize_copy_on_write_image(),
+            Compiled::Module(m) => m.initialize_copy_on_write_image(),
+        };
+        if let Err(e) = prepared {
+            tracing::debug!(error = %format!("{e:#}"), "memory images not built ahead; the first instance builds them");
+        }
+    }
 }
 
 /// Compiles `wasm` and works out which kind of guest it is.

@@ -512,10 +512,17 @@ impl Executor {
         let digest = function.digest.clone();
         let t = Instant::now();
         let (cache, engine, key) = (self.cache.clone(), self.engine.clone(), digest.clone());
-        // Reading and deserializing compiled code blocks: off the runtime.
-        let cached = tokio::task::spawn_blocking(move || cache.load(&engine, &key, kind))
-            .await
-            .map_err(|e| LoadError::Crashed(e.to_string()))?;
+        // Reading and deserializing compiled code blocks, as does building
+        // its memory images: off the runtime.
+        let cached = tokio::task::spawn_blocking(move || {
+            let cached = cache.load(&engine, &key, kind);
+            if let Some(c) = &cached {
+                c.prepare_memory_images();
+            }
+            cached
+        })
+        .await
+        .map_err(|e| LoadError::Crashed(e.to_string()))?;
         let compiled = match cached {
             Some(c) => {
                 phases.cached_code = true;
@@ -529,6 +536,7 @@ impl Executor {
                 let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), digest.clone());
                 let (found, compiled) = tokio::task::spawn_blocking(move || {
                     let (found, compiled) = guest::compile(&engine, &code)?;
+                    compiled.prepare_memory_images();
                     if found == kind
                         && let Ok(bytes) = compiled.serialize()
                     {
