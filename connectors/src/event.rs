@@ -155,7 +155,7 @@ impl Event {
         let embedded = self.embedded_json();
         let mut out = Vec::with_capacity(self.data.len() * 4 / 3 + 256);
         let mut stamp = [0u8; RFC3339_MAX];
-        let time = self.time.map(|t| match rfc3339_utc(&t, &mut stamp) {
+        let time = self.time.map(|t| match rfc3339_utc(&t, &mut stamp, Zone::Offset) {
             Some(text) => Cow::Borrowed(text),
             None => Cow::Owned(t.to_rfc3339()),
         });
@@ -654,11 +654,30 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// The longest time [`rfc3339_utc`] writes.
 const RFC3339_MAX: usize = 35;
 
-/// Writes `t` into `buf` as [`DateTime::to_rfc3339`] does, byte for byte,
-/// without the formatting machinery (every queued event has a time), and
-/// returns the text written; `None` for what it leaves to chrono: years
-/// outside 0–9999 and leap seconds.
-fn rfc3339_utc<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; RFC3339_MAX]) -> Option<&'b str> {
+/// How [`rfc3339_utc`] writes the zone of a UTC time.
+#[derive(Clone, Copy)]
+enum Zone {
+    /// `+00:00`, as [`DateTime::to_rfc3339`] does (an event's `time`).
+    Offset,
+    /// `Z`, as chrono's serde does (the times of evoke's records).
+    Z,
+}
+
+impl Zone {
+    fn text(self) -> &'static [u8] {
+        match self {
+            Zone::Offset => b"+00:00",
+            Zone::Z => b"Z",
+        }
+    }
+}
+
+/// Writes `t` into `buf` as chrono does, byte for byte (with `zone`'s
+/// suffix), without the formatting machinery (every queued event has a
+/// time, every outcome record several), and returns the text written;
+/// `None` for what it leaves to chrono: years outside 0–9999 and leap
+/// seconds.
+fn rfc3339_utc<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; RFC3339_MAX], zone: Zone) -> Option<&'b str> {
     use chrono::{Datelike, Timelike};
     fn digits(buf: &mut [u8], at: usize, mut v: u32, width: usize) {
         for b in buf[at..at + width].iter_mut().rev() {
@@ -691,8 +710,29 @@ fn rfc3339_utc<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; RFC3339_MAX]) -> Option<
         digits(buf, len + 1, fraction, width);
         len += 1 + width;
     }
-    buf[len..len + 6].copy_from_slice(b"+00:00");
-    std::str::from_utf8(&buf[..len + 6]).ok()
+    let zone = zone.text();
+    buf[len..len + zone.len()].copy_from_slice(zone);
+    std::str::from_utf8(&buf[..len + zone.len()]).ok()
+}
+
+/// Serializes a UTC time exactly as chrono's `Serialize` does
+/// (`2026-12-07T09:55:00.123Z`), without its formatting machinery: for
+/// `#[serde(serialize_with)]` on the times of records written per event.
+pub fn serialize_utc<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; RFC3339_MAX];
+    match rfc3339_utc(t, &mut buf, Zone::Z) {
+        Some(text) => s.serialize_str(text),
+        None => serde::Serialize::serialize(t, s),
+    }
+}
+
+/// [`serialize_utc`] for an optional time (skip `None` with
+/// `skip_serializing_if`).
+pub fn serialize_utc_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_utc(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Whether an HTTP header is one of [`BINARY_MARKERS`].
@@ -801,18 +841,50 @@ mod tests {
         times.push(leap);
         times.push(Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap());
         times.push(Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap());
+        #[derive(serde::Serialize)]
+        struct Times {
+            #[serde(serialize_with = "serialize_utc")]
+            at: DateTime<Utc>,
+            #[serde(serialize_with = "serialize_utc_opt")]
+            maybe: Option<DateTime<Utc>>,
+            #[serde(serialize_with = "serialize_utc_opt")]
+            none: Option<DateTime<Utc>>,
+        }
+        #[derive(serde::Serialize)]
+        struct ChronoTimes {
+            at: DateTime<Utc>,
+            maybe: Option<DateTime<Utc>>,
+            none: Option<DateTime<Utc>>,
+        }
         for t in times {
             let mut e = Event::new("1", "/s", "t");
             e.time = Some(t);
             let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
             assert_eq!(v["time"], t.to_rfc3339(), "{t:?}");
+            let ours = Times {
+                at: t,
+                maybe: Some(t),
+                none: None,
+            };
+            let chrono = ChronoTimes {
+                at: t,
+                maybe: Some(t),
+                none: None,
+            };
+            assert_eq!(
+                serde_json::to_string(&ours).unwrap(),
+                serde_json::to_string(&chrono).unwrap(),
+                "{t:?}"
+            );
         }
         let mut buf = [0u8; RFC3339_MAX];
-        assert_eq!(rfc3339_utc(&leap, &mut buf), None);
-        assert_eq!(
-            rfc3339_utc(&Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(), &mut buf),
-            None
-        );
+        for zone in [Zone::Offset, Zone::Z] {
+            assert_eq!(rfc3339_utc(&leap, &mut buf, zone), None);
+            assert_eq!(
+                rfc3339_utc(&Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(), &mut buf, zone),
+                None
+            );
+        }
     }
 
     /// How `from_json` read envelopes before it did without a JSON tree:

@@ -8,6 +8,7 @@
 //! [`Record::finish`], [`Record::redrive`], [`Record::fail_attempt`].
 
 use chrono::{DateTime, Utc};
+use evoke_connectors::event::{serialize_utc, serialize_utc_opt};
 use serde::{Deserialize, Serialize};
 
 use crate::executor::{ColdStart, FunctionErrorKind, InvokeError, MAX_ERROR_BYTES, Run, cap_text};
@@ -94,6 +95,7 @@ pub struct Omitted {
 pub struct Attempt {
     /// Counts every try, function and system alike (1-based).
     pub number: u32,
+    #[serde(serialize_with = "serialize_utc")]
     pub started_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
@@ -115,9 +117,11 @@ pub struct Record {
     pub mode: Mode,
     pub status: Status,
     pub event_id: String,
+    #[serde(serialize_with = "serialize_utc")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_utc")]
     pub updated_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_utc_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Duration of the last attempt, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -19,6 +19,7 @@ pub enum LogLevel {
 /// One log line of one invocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
+    #[serde(serialize_with = "evoke_connectors::event::serialize_utc")]
     pub time: DateTime<Utc>,
     pub level: LogLevel,
     /// `log` (host call), `stderr` or `stdout`.
