@@ -454,6 +454,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    // The sync worker's node is not needed any more: stopped, so its
+    // periodic work does not run beside the sandbox's timings.
+    worker.stop().await;
+
     // 4. The sandbox: cold start from cached compiled code, and a warm call,
     //    against raw wasmtime doing the same through the same engine settings.
     let cache = tempfile::TempDir::new()?;
@@ -529,8 +533,6 @@ async fn main() -> anyhow::Result<()> {
             "us",
         );
     }
-
-    worker.stop().await;
 
     // 5. Many functions: deploy them, then start a node that has them all.
     let functions = flag("--functions").unwrap_or(if quick { 200 } else { 10_000 });
