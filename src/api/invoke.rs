@@ -174,7 +174,29 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
         .collect();
-    Event::from_http(pairs.iter().copied(), body).map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))
+    let Some(event) = Event::from_http(pairs.iter().copied(), body)
+        .map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    // Binary mode: the body is the data, as a request that is no
+    // CloudEvent, and refused the same way when it is declared JSON and is
+    // not (structured mode's data was parsed with its envelope).
+    if !structured && event.data_is_json() {
+        check_json(&event.data)?;
+    }
+    Ok(Some(event))
+}
+
+/// Refuses a non-empty body declared as JSON that does not parse.
+fn check_json(body: &[u8]) -> Result<(), ApiError> {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) if !body.is_empty() => Err(ApiError::bad_request(
+            "InvalidJson",
+            format!("the body is declared as JSON but does not parse: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Builds the event and its invocation id from an invoke request. An async
@@ -199,14 +221,8 @@ pub fn build_event(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if content_type.as_deref().is_some_and(is_json_type)
-        && !body.is_empty()
-        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-    {
-        return Err(ApiError::bad_request(
-            "InvalidJson",
-            format!("the body is declared as JSON but does not parse: {e}"),
-        ));
+    if content_type.as_deref().is_some_and(is_json_type) {
+        check_json(&body)?;
     }
     let id = new_invocation_id();
     let event = Event::new(id.clone(), "/evoke/api", "evoke.invoke").with_data(content_type, body);

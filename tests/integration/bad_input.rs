@@ -127,6 +127,26 @@ async fn bad_invocations_are_refused_precisely() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "InvalidJson");
+    // A binary-mode CloudEvent's body is its data: refused the same way,
+    // sync and async, when declared JSON and it is not.
+    for mode in ["sync", "async"] {
+        let resp = node
+            .http
+            .post(node.url("/v1/functions/print/invoke"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "bad-1")
+            .header("ce-source", "/test")
+            .header("ce-type", "t")
+            .header("content-type", "application/json")
+            .header("x-evoke-invocation-type", mode)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{mode}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidJson", "{mode}");
+    }
 
     let big = "x".repeat(7 << 20);
     let resp = node.invoke_text("print", &big).await;
