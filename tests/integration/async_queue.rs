@@ -267,12 +267,7 @@ async fn same_cloudevent_twice_is_one_invocation() {
 
     // Binary mode keeps the attributes too.
     let resp = node
-        .http
-        .post(node.url("/v1/functions/hello/invoke"))
-        .header("ce-id", "b-1")
-        .header("ce-source", "/bin")
-        .header("ce-type", "test.binary")
-        .header("ce-specversion", "1.0")
+        .binary_event("hello", "b-1", "/bin", "test.binary")
         .header("content-type", "application/json")
         .body(r#"{"name":"binary"}"#)
         .send()

@@ -131,12 +131,7 @@ async fn bad_invocations_are_refused_precisely() {
     // sync and async, when declared JSON and it is not.
     for mode in ["sync", "async"] {
         let resp = node
-            .http
-            .post(node.url("/v1/functions/print/invoke"))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "bad-1")
-            .header("ce-source", "/test")
-            .header("ce-type", "t")
+            .binary_event("print", "bad-1", "/test", "t")
             .header("content-type", "application/json")
             .header("x-evoke-invocation-type", mode)
             .body("{not json")

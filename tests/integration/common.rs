@@ -261,6 +261,17 @@ impl TestNode {
             .expect("invoke request")
     }
 
+    /// An invoke request carrying a binary-mode CloudEvent (`ce-*`
+    /// headers); the caller adds the body, its content type and the mode.
+    pub fn binary_event(&self, name: &str, id: &str, source: &str, ty: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/v1/functions/{name}/invoke")))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", source)
+            .header("ce-type", ty)
+    }
+
     /// Sync invoke with a text body.
     pub async fn invoke_text(&self, name: &str, body: &str) -> reqwest::Response {
         self.http
