@@ -54,6 +54,9 @@ pub enum EventError {
     Missing(&'static str),
     #[error("event attribute `{name}` is invalid: {reason}")]
     Invalid { name: String, reason: String },
+    /// A CloudEvents mode or format evoke does not read.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 const CORE: [&str; 9] = [
@@ -326,6 +329,9 @@ impl Event {
             .into_iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v);
+        if let Some(ct) = content_type {
+            check_mode(ct)?;
+        }
         let event = if content_type.is_some_and(is_structured) {
             Some(Event::from_json(&body)?)
         } else if headers.clone().into_iter().any(|(k, _)| claims_binary(k)) {
@@ -597,6 +603,31 @@ pub fn is_structured(ct: &str) -> bool {
     essence(ct).eq_ignore_ascii_case("application/cloudevents+json")
 }
 
+/// Refuses a CloudEvents content type evoke does not read, rather than
+/// take the body for opaque data: batched mode
+/// (`application/cloudevents-batch+json`) and structured mode in a format
+/// other than JSON.
+pub fn check_mode(ct: &str) -> Result<(), EventError> {
+    const CLOUDEVENTS: &[u8] = b"application/cloudevents";
+    let e = essence(ct);
+    let claims = e.len() >= CLOUDEVENTS.len() && e.as_bytes()[..CLOUDEVENTS.len()].eq_ignore_ascii_case(CLOUDEVENTS);
+    if !claims || is_structured(ct) {
+        return Ok(());
+    }
+    let batch = b"application/cloudevents-batch";
+    Err(EventError::Unsupported(
+        if e.len() >= batch.len() && e.as_bytes()[..batch.len()].eq_ignore_ascii_case(batch) {
+            format!(
+                "batched CloudEvents (`{e}`) are not taken: send each event in a request of its own, in structured or binary mode"
+            )
+        } else {
+            format!(
+                "CloudEvents in `{e}` are not read: send structured mode as `application/cloudevents+json`, or use binary mode"
+            )
+        },
+    ))
+}
+
 /// Whether a content type denotes JSON.
 pub fn is_json_type(ct: &str) -> bool {
     let e = essence(ct);
@@ -786,6 +817,31 @@ fn is_text(ct: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloudevents_modes_not_read_are_refused_not_taken_for_data() {
+        for ct in [
+            "application/cloudevents-batch+json",
+            "Application/CloudEvents-Batch+JSON; charset=utf-8",
+        ] {
+            let e = Event::from_http([("content-type", ct)], Bytes::from_static(b"[]")).unwrap_err();
+            assert!(e.to_string().contains("in a request of its own"), "{ct}: {e}");
+        }
+        let e = Event::from_http([("Content-Type", "application/cloudevents+avro")], Bytes::new()).unwrap_err();
+        assert!(
+            e.to_string().contains("`application/cloudevents+avro` are not read"),
+            "{e}"
+        );
+        for ct in [
+            "application/cloudevents+json",
+            "application/json",
+            "text/plain",
+            "application/cloudevent",
+            "ü",
+        ] {
+            assert!(check_mode(ct).is_ok(), "{ct}");
+        }
+    }
 
     #[test]
     fn json_strings_are_written_as_serde_json_writes_them() {

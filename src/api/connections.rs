@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use evoke_connectors::connection::ConnectionConfig;
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::connections::StoredConnection;
 

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::registry::{DeployedFunction, FunctionName, FunctionSpec};
 

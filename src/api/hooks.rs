@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -25,6 +25,7 @@ use evoke_connectors::trigger::{Mode, SourceConfig, TriggerSpec, WebhookConfig};
 use evoke_connectors::webhook::{self, Received, Refusal};
 use serde_json::json;
 
+use super::extract::Path;
 use super::invoke::{queued, respond};
 use super::{ApiError, ApiState};
 use crate::invoker::{derived_invocation_id, new_invocation_id};
@@ -62,10 +63,9 @@ impl Incoming {
     async fn read(req: Request, max_body: u64, what: &str) -> Result<Incoming, ApiError> {
         let method = req.method().as_str().to_string();
         let query = req.uri().query().map(str::to_string);
-        let headers = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+        let headers = super::text_headers(req.headers())?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         let body = super::read_body(req, limit, "EventTooLarge", what).await?;

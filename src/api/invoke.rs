@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use evoke_connectors::Event;
-use evoke_connectors::event::{BINARY_MARKERS, is_json_type, is_structured, write_json_str};
+use evoke_connectors::event::{BINARY_MARKERS, check_mode, is_json_type, is_structured, write_json_str};
 
+use super::extract::Path;
 use super::{ApiError, ApiState, HDR_DUPLICATE, HDR_INVOCATION_TYPE, HDR_START, HTTP_INVOCATION_ID, read_limited};
 use crate::executor::{FunctionErrorKind, InvokeError, Run};
 use crate::invoker::{derived_invocation_id, new_invocation_id};
@@ -160,20 +161,18 @@ fn set_id(h: &mut HeaderMap, id: &str) {
 /// Reads a CloudEvent from a request (structured or binary mode); `None`
 /// when the request is not a CloudEvent.
 pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
-    let structured = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(is_structured);
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if let Some(ct) = content_type {
+        check_mode(ct).map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))?;
+    }
+    let structured = content_type.is_some_and(is_structured);
     // A pass over the few names a request has costs less than hashing
     // each marker to look it up.
     if !structured && !headers.keys().any(|k| BINARY_MARKERS.contains(&k.as_str())) {
         // Neither mode (most requests): nothing to copy.
         return Ok(None);
     }
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-        .collect();
+    let pairs = super::text_headers(headers)?;
     let Some(event) = Event::from_http(pairs.iter().copied(), body)
         .map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))?
     else {

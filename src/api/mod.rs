@@ -3,6 +3,7 @@
 
 mod connections;
 mod error;
+mod extract;
 mod functions;
 mod hooks;
 mod invoke;
@@ -85,6 +86,30 @@ pub async fn read_limited(
             ApiError::bad_request("InvalidRequest", format!("cannot read the {what}: {e}"))
         }
     })
+}
+
+/// A request's headers as text, values read as UTF-8: CloudEvents asks
+/// for other characters percent-encoded, and raw UTF-8, which some clients
+/// send, is taken too. A CloudEvents attribute header (`ce-…`) that is not
+/// UTF-8 is refused by name; any other such header, which nothing here
+/// reads as text, is left out.
+pub fn text_headers(headers: &axum::http::HeaderMap) -> Result<Vec<(&str, &str)>, ApiError> {
+    let mut text = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        match std::str::from_utf8(value.as_bytes()) {
+            Ok(value) => text.push((name.as_str(), value)),
+            Err(_) if name.as_str().starts_with("ce-") => {
+                return Err(ApiError::bad_request(
+                    "InvalidEvent",
+                    format!(
+                        "header `{name}` is not valid UTF-8: percent-encode its other characters (%XX), as CloudEvents' HTTP binding says"
+                    ),
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(text)
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes.
@@ -179,6 +204,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/metrics",
             get(ops::metrics).layer(middleware::from_fn_with_state(state.clone(), metrics_auth)),
         )
+        // Answered in the error shape too (after every route: the 405
+        // handler is given to the routes there are).
+        .fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::wrong_method)
         .with_state(state)
 }
 

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use evoke_connectors::store::StoreConfig;
 use evoke_connectors::trigger::SourceConfig;
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::stores::StoredStore;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use evoke_connectors::s3::Via;
@@ -12,6 +12,7 @@ use evoke_connectors::trigger::{SourceConfig, TriggerSpec, check_name};
 use evoke_connectors::webhook::{AuthConfig, Scheme};
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::registry::FieldError;
 use crate::registry::triggers::StoredTrigger;
@@ -194,7 +195,7 @@ pub struct PutQuery {
 pub async fn put(
     State(s): State<Arc<ApiState>>,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<PutQuery>,
+    Query(q): Query<PutQuery>,
     req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let value: Value = super::read_json(req, "InvalidTrigger", "trigger").await?;

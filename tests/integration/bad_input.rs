@@ -165,6 +165,61 @@ async fn bad_invocations_are_refused_precisely() {
         "{v}"
     );
 
+    // CloudEvents modes evoke does not read are refused, not run as data.
+    let resp = node
+        .http
+        .post(node.url("/v1/functions/print/invoke"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(r#"[{"specversion":"1.0","id":"1","source":"/x","type":"t"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidEvent", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("batched"), "{v}");
+
+    // A binary-mode attribute header that is not UTF-8 is named; raw
+    // UTF-8 is taken (CloudEvents asks for percent-encoding, not all
+    // clients do).
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let resp = node
+        .binary_event("print", "enc-1", "/test", "t")
+        .header("ce-subject", latin1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "InvalidEvent", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("`ce-subject`"), "{v}");
+    let utf8 = reqwest::header::HeaderValue::from_bytes("café".as_bytes()).unwrap();
+    let resp = node
+        .binary_event("print", "enc-2", "/test", "t")
+        .header("ce-subject", utf8)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Paths, methods and parameters the API does not take answer in its
+    // error shape too.
+    for (path, status, code) in [
+        ("/v1/nothing", StatusCode::NOT_FOUND, "NotFound"),
+        ("/v1/functions/print/dlq?limit=-5", StatusCode::BAD_REQUEST, "InvalidRequest"),
+        ("/v1/functions/print/logs?follow=perhaps", StatusCode::BAD_REQUEST, "InvalidRequest"),
+        ("/v1/functions/%ff", StatusCode::BAD_REQUEST, "InvalidRequest"),
+    ] {
+        let (got, v) = node.get(path).await;
+        assert_eq!(got, status, "{path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
+    }
+    let resp = node.http.patch(node.url("/v1/functions/print")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(resp.headers().contains_key("allow"), "{:?}", resp.headers());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "MethodNotAllowed", "{v}");
+
     let (status, _) = node.get("/v1/invocations/does-not-exist").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
