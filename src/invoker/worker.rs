@@ -436,7 +436,10 @@ async fn keep_alive<F: Future>(invoker: &Invoker, msg: &Message, work: F) -> F::
     let every = invoker.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
+        // The work first: most of it ends on its first poll, and then the
+        // timer is never registered (a poll of `tick` would).
         tokio::select! {
+            biased;
             out = &mut work => return out,
             _ = progress.tick() => {
                 if let Err(e) = msg.ack_with(AckKind::Progress).await {
@@ -601,6 +604,8 @@ async fn run_alive(invoker: &Invoker, f: &Arc<DeployedFunction>, msg: &Message, 
     );
     tokio::pin!(invoke);
     tokio::select! {
+        // As in `keep_alive`: a run that ends at once registers no timer.
+        biased;
         run = &mut invoke => run,
         _ = tokio::time::sleep(RUNNING_AFTER) => {
             invoker.put_record(record).await;
