@@ -115,7 +115,31 @@ impl CodeCache {
         if let Some(c) = self.recent().get(hex, kind) {
             return Some(c);
         }
-        let path = self.path(hex, kind);
+        self.read(engine, hex, &[kind]).map(|(_, c)| c)
+    }
+
+    /// Cached compiled code of `digest` whatever its kind, with the kind
+    /// it was compiled as: code this node compiled before (its cache
+    /// outlives restarts) need not be compiled again to be checked.
+    pub fn find(&self, engine: &Engine, digest: &str) -> Option<(GuestKind, Compiled)> {
+        let hex = digest_hex(digest)?;
+        const COMPONENTS: [GuestKind; 2] = [GuestKind::Component, GuestKind::WasiCommand];
+        for kind in COMPONENTS.into_iter().chain([GuestKind::WasiModule]) {
+            if let Some(c) = self.recent().get(hex, kind) {
+                return Some((kind, c));
+            }
+        }
+        // Both component kinds share a file; its tag says which it is.
+        self.read(engine, hex, &COMPONENTS)
+            .or_else(|| self.read(engine, hex, &[GuestKind::WasiModule]))
+    }
+
+    /// Reads, verifies and loads the artifact of `hex` stored as one of
+    /// `kinds` (all stored at one path), keeping it in memory; an artifact
+    /// whose tag verifies as none of them, or that does not load, is
+    /// deleted.
+    fn read(&self, engine: &Engine, hex: &str, kinds: &[GuestKind]) -> Option<(GuestKind, Compiled)> {
+        let path = self.path(hex, *kinds.first()?);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -133,11 +157,11 @@ impl CodeCache {
             return drop_file("too short to carry its tag");
         }
         let (artifact, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-        let expected = self.tag(kind, hex, artifact);
         // blake3's Hash compares in constant time.
-        if blake3::Hash::from_bytes(expected) != blake3::Hash::from_slice(tag).ok()? {
+        let verifies = |kind: GuestKind| blake3::Hash::from_bytes(self.tag(kind, hex, artifact)) == *tag;
+        let Some(kind) = kinds.iter().copied().find(|k| verifies(*k)) else {
             return drop_file("its tag does not verify (not written by this node)");
-        }
+        };
         // SAFETY: the bytes were written by `store` below, from `serialize`
         // on an engine with the same compatibility hash (the directory
         // name), as the keyed tag just proved; wasmtime checks the header too.
@@ -149,7 +173,7 @@ impl CodeCache {
         match loaded {
             Ok(c) => {
                 self.recent().put(hex, kind, artifact.len(), c.clone());
-                Some(c)
+                Some((kind, c))
             }
             Err(e) => drop_file(&format!("unloadable: {e}")),
         }
@@ -254,6 +278,29 @@ mod tests {
         none.store(&digest(0), GuestKind::WasiModule, &artifact, &compiled);
         std::fs::remove_dir_all(&none.dir).unwrap();
         assert!(none.load(&engine, &digest(0), GuestKind::WasiModule).is_none());
+    }
+
+    #[test]
+    fn code_is_found_by_digest_whatever_its_kind() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        // Nothing kept in memory: what is found is read from the disk.
+        let cache = CodeCache::new(dir.path(), &engine, 0).unwrap();
+        let component = Component::new(&engine, "(component)").unwrap();
+        let artifact = component.serialize().unwrap();
+        cache.store(&digest(1), GuestKind::WasiCommand, &artifact, &Compiled::Component(component));
+        let module = wasmtime::Module::new(&engine, "(module (func (export \"_start\")))").unwrap();
+        let artifact = module.serialize().unwrap();
+        cache.store(&digest(2), GuestKind::WasiModule, &artifact, &Compiled::Module(module));
+
+        let restarted = CodeCache::new(dir.path(), &engine, 0).unwrap();
+        let kind = |i| restarted.find(&engine, &digest(i)).map(|(k, _)| k);
+        assert_eq!(kind(1), Some(GuestKind::WasiCommand));
+        assert_eq!(kind(2), Some(GuestKind::WasiModule));
+        assert_eq!(kind(3), None, "never stored");
+        // Trying the other component kind's tag first did not drop it.
+        assert!(restarted.load(&engine, &digest(1), GuestKind::WasiCommand).is_some());
     }
 
     #[test]

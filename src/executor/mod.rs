@@ -369,9 +369,10 @@ impl Executor {
         self.config.fuel.then(|| function.spec.fuel.unwrap_or(u64::MAX))
     }
 
-    /// Validates code for a deploy: compiles it, works out its kind, links it
-    /// against what evoke provides, and caches the compiled artifact so the
-    /// first invocation does not compile again. Returns the kind and digest.
+    /// Validates code for a deploy: compiles it (unless this node's code
+    /// cache has it compiled already), works out its kind, links it against
+    /// what evoke provides, and caches the compiled artifact so the first
+    /// invocation does not compile again. Returns the kind and digest.
     pub async fn check_code(&self, code: Bytes) -> Result<(GuestKind, String), CodeError> {
         let engine = self.engine.clone();
         let digest = digest(&code);
@@ -388,6 +389,12 @@ impl Executor {
         let digest_for_cache = digest.clone();
         // Compiling and writing the cache both block: off the async runtime.
         let compiled = tokio::task::spawn_blocking(move || {
+            // Code this node compiled before, as a restarted node finds
+            // it in its cache: compiled as good then (the linker check
+            // below still runs), so not compiled again.
+            if let Some(found) = cache.find(&engine, &digest_for_cache) {
+                return Ok(found);
+            }
             let (kind, compiled) = guest::compile(&engine, &code)?;
             if let Ok(bytes) = compiled.serialize() {
                 cache.store(&digest_for_cache, kind, &bytes, &compiled);
