@@ -172,8 +172,8 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
         // Neither mode (most requests): nothing to copy.
         return Ok(None);
     }
-    let pairs = super::text_headers(headers)?;
-    let Some(event) = Event::from_http(pairs.iter().copied(), body)
+    let pairs = super::text_headers(headers);
+    let Some(event) = Event::from_http(pairs.iter().map(|(k, v)| (*k, v.as_ref())), body)
         .map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))?
     else {
         return Ok(None);

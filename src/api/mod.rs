@@ -88,28 +88,23 @@ pub async fn read_limited(
     })
 }
 
-/// A request's headers as text, values read as UTF-8: CloudEvents asks
-/// for other characters percent-encoded, and raw UTF-8, which some clients
-/// send, is taken too. A CloudEvents attribute header (`ce-…`) that is not
-/// UTF-8 is refused by name; any other such header, which nothing here
-/// reads as text, is left out.
-pub fn text_headers(headers: &axum::http::HeaderMap) -> Result<Vec<(&str, &str)>, ApiError> {
-    let mut text = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        match std::str::from_utf8(value.as_bytes()) {
-            Ok(value) => text.push((name.as_str(), value)),
-            Err(_) if name.as_str().starts_with("ce-") => {
-                return Err(ApiError::bad_request(
-                    "InvalidEvent",
-                    format!(
-                        "header `{name}` is not valid UTF-8: percent-encode its other characters (%XX), as CloudEvents' HTTP binding says"
-                    ),
-                ));
-            }
-            Err(_) => {}
-        }
-    }
-    Ok(text)
+/// A request's headers as text. A value is read as UTF-8, or else as
+/// ISO-8859-1, which is how HTTP read header bytes historically and how
+/// clients such as Python's `http.client` send text that is not ASCII
+/// (CloudEvents asks for such attribute values percent-encoded; not every
+/// SDK does it).
+pub fn text_headers(headers: &axum::http::HeaderMap) -> Vec<(&str, std::borrow::Cow<'_, str>)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let bytes = value.as_bytes();
+            let text = match std::str::from_utf8(bytes) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+            };
+            (name.as_str(), text)
+        })
+        .collect()
 }
 
 /// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes.

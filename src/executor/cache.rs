@@ -289,7 +289,12 @@ mod tests {
         let cache = CodeCache::new(dir.path(), &engine, 0).unwrap();
         let component = Component::new(&engine, "(component)").unwrap();
         let artifact = component.serialize().unwrap();
-        cache.store(&digest(1), GuestKind::WasiCommand, &artifact, &Compiled::Component(component));
+        cache.store(
+            &digest(1),
+            GuestKind::WasiCommand,
+            &artifact,
+            &Compiled::Component(component),
+        );
         let module = wasmtime::Module::new(&engine, "(module (func (export \"_start\")))").unwrap();
         let artifact = module.serialize().unwrap();
         cache.store(&digest(2), GuestKind::WasiModule, &artifact, &Compiled::Module(module));
