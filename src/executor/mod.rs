@@ -274,6 +274,29 @@ pub struct Executor {
     /// Code this node has checked, by digest: deploying the same code again
     /// (another function, a new setting) skips compiling it.
     checked: Mutex<HashMap<String, GuestKind>>,
+    /// Checks under way, by digest: deploys of the same code arriving
+    /// together take turns, so only the first compiles it.
+    checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How many times this node compiled code.
+    compiles: std::sync::atomic::AtomicU64,
+}
+
+/// A turn at checking one digest; the last turn out forgets its gate.
+struct CheckTurn<'a> {
+    checking: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    digest: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for CheckTurn<'_> {
+    fn drop(&mut self) {
+        let mut checking = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+        // Held by the map and this turn only: nobody else waits on it (a
+        // new comer clones it under this lock).
+        if Arc::strong_count(&self.gate) == 2 {
+            checking.remove(self.digest);
+        }
+    }
 }
 
 /// Digests kept in [`Executor::check_code`]'s memory (forgotten all at once
@@ -351,6 +374,8 @@ impl Executor {
             config,
             objects,
             checked: Mutex::new(HashMap::new()),
+            checking: Mutex::new(HashMap::new()),
+            compiles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -374,43 +399,75 @@ impl Executor {
     /// what evoke provides, and caches the compiled artifact so the first
     /// invocation does not compile again. Returns the kind and digest.
     pub async fn check_code(&self, code: Bytes) -> Result<(GuestKind, String), CodeError> {
-        let engine = self.engine.clone();
         let digest = digest(&code);
-        if let Some(kind) = self
-            .checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-            .copied()
-        {
+        let checked = || {
+            self.checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&digest)
+                .copied()
+        };
+        if let Some(kind) = checked() {
             return Ok((kind, digest));
         }
+        let gate = self
+            .checking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let turn = CheckTurn {
+            checking: &self.checking,
+            digest: &digest,
+            gate,
+        };
+        let _turn = turn.gate.lock().await;
+        // Checked by the deploy this one waited for.
+        if let Some(kind) = checked() {
+            return Ok((kind, digest.clone()));
+        }
+        let kind = self.check_new(code, &digest).await?;
+        Ok((kind, digest.clone()))
+    }
+
+    /// How many times this node compiled code (deploys of code it had
+    /// checked, or found compiled in its cache, do not count).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Executor::check_code`] of code not checked yet.
+    async fn check_new(&self, code: Bytes, digest: &str) -> Result<GuestKind, CodeError> {
+        let engine = self.engine.clone();
         let cache = self.cache.clone();
-        let digest_for_cache = digest.clone();
+        let digest_for_cache = digest.to_string();
         // Compiling and writing the cache both block: off the async runtime.
-        let compiled = tokio::task::spawn_blocking(move || {
+        let (kind, compiled, fresh) = tokio::task::spawn_blocking(move || {
             // Code this node compiled before, as a restarted node finds
             // it in its cache: compiled as good then (the linker check
             // below still runs), so not compiled again.
-            if let Some(found) = cache.find(&engine, &digest_for_cache) {
-                return Ok(found);
+            if let Some((kind, compiled)) = cache.find(&engine, &digest_for_cache) {
+                return Ok((kind, compiled, false));
             }
             let (kind, compiled) = guest::compile(&engine, &code)?;
             if let Ok(bytes) = compiled.serialize() {
                 cache.store(&digest_for_cache, kind, &bytes, &compiled);
             }
-            Ok::<_, CodeError>((kind, compiled))
+            Ok::<_, CodeError>((kind, compiled, true))
         })
         .await
         .map_err(|e| CodeError::Invalid(format!("compiler crashed: {e}")))??;
-        let (kind, compiled) = compiled;
+        if fresh {
+            self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         guest::prepare(kind, compiled, &self.component_linker, &self.module_linker)?;
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         if checked.len() >= CHECKED_MAX {
             checked.clear();
         }
-        checked.insert(digest.clone(), kind);
-        Ok((kind, digest))
+        checked.insert(digest.to_string(), kind);
+        Ok(kind)
     }
 
     /// Runs one event as invocation `invocation`. `wait` bounds how long to
@@ -752,5 +809,35 @@ impl Executor {
             .collect();
         out.sort_by(|a, b| a.function.cmp(&b.function));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deploys of the same new code arriving together compile it once; a
+    /// node started again on the same cache finds it compiled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn code_deployed_at_once_is_compiled_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let code = Bytes::from(wat::parse_str(r#"(module (func (export "_start")))"#).unwrap());
+        let exec = Arc::new(Executor::new(ExecutorConfig::new(dir.path().into()), None, None).unwrap());
+        let checks: Vec<_> = (0..8)
+            .map(|_| {
+                let (exec, code) = (exec.clone(), code.clone());
+                tokio::spawn(async move { exec.check_code(code).await })
+            })
+            .collect();
+        for check in checks {
+            assert_eq!(check.await.unwrap().unwrap().0, GuestKind::WasiModule);
+        }
+        assert_eq!(exec.compiles(), 1);
+        assert!(exec.checking.lock().unwrap().is_empty(), "no gate left behind");
+        drop(exec);
+
+        let restarted = Executor::new(ExecutorConfig::new(dir.path().into()), None, None).unwrap();
+        assert_eq!(restarted.check_code(code).await.unwrap().0, GuestKind::WasiModule);
+        assert_eq!(restarted.compiles(), 0, "found in the code cache");
     }
 }
