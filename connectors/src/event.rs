@@ -592,6 +592,11 @@ fn essence(ct: &str) -> &str {
     ct.split(';').next().unwrap_or("").trim()
 }
 
+/// Whether `s` starts with `prefix`, ignoring ASCII case.
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
 /// Whether `s` ends with `suffix`, ignoring ASCII case.
 fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
     s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
@@ -608,15 +613,12 @@ pub fn is_structured(ct: &str) -> bool {
 /// (`application/cloudevents-batch+json`) and structured mode in a format
 /// other than JSON.
 pub fn check_mode(ct: &str) -> Result<(), EventError> {
-    const CLOUDEVENTS: &[u8] = b"application/cloudevents";
     let e = essence(ct);
-    let claims = e.len() >= CLOUDEVENTS.len() && e.as_bytes()[..CLOUDEVENTS.len()].eq_ignore_ascii_case(CLOUDEVENTS);
-    if !claims || is_structured(ct) {
+    if !starts_with_ignore_case(e, "application/cloudevents") || is_structured(ct) {
         return Ok(());
     }
-    let batch = b"application/cloudevents-batch";
     Err(EventError::Unsupported(
-        if e.len() >= batch.len() && e.as_bytes()[..batch.len()].eq_ignore_ascii_case(batch) {
+        if starts_with_ignore_case(e, "application/cloudevents-batch") {
             format!(
                 "batched CloudEvents (`{e}`) are not taken: send each event in a request of its own, in structured or binary mode"
             )
