@@ -55,6 +55,14 @@ impl Recent {
             .map(|(_, _, _, c)| c.clone())
     }
 
+    /// The code of `hex` whatever its kind (a digest is compiled as one).
+    fn find(&self, hex: &str) -> Option<(GuestKind, Compiled)> {
+        self.entries
+            .iter()
+            .find(|(h, _, _, _)| h == hex)
+            .map(|(_, k, _, c)| (*k, c.clone()))
+    }
+
     fn put(&mut self, hex: &str, kind: GuestKind, size: usize, compiled: Compiled) {
         if size > self.budget || self.get(hex, kind).is_some() {
             return;
@@ -123,12 +131,10 @@ impl CodeCache {
     /// outlives restarts) need not be compiled again to be checked.
     pub fn find(&self, engine: &Engine, digest: &str) -> Option<(GuestKind, Compiled)> {
         let hex = digest_hex(digest)?;
-        const COMPONENTS: [GuestKind; 2] = [GuestKind::Component, GuestKind::WasiCommand];
-        for kind in COMPONENTS.into_iter().chain([GuestKind::WasiModule]) {
-            if let Some(c) = self.recent().get(hex, kind) {
-                return Some((kind, c));
-            }
+        if let Some(found) = self.recent().find(hex) {
+            return Some(found);
         }
+        const COMPONENTS: [GuestKind; 2] = [GuestKind::Component, GuestKind::WasiCommand];
         // Both component kinds share a file; its tag says which it is.
         self.read(engine, hex, &COMPONENTS)
             .or_else(|| self.read(engine, hex, &[GuestKind::WasiModule]))
