@@ -151,13 +151,8 @@ async fn bad_invocations_are_refused_precisely() {
     assert_eq!(v["error"]["code"], "EventTooLarge");
 
     let resp = node
-        .http
-        .post(node.url("/v1/functions/print/invoke"))
-        .header("content-type", "application/cloudevents+json")
-        .body(r#"{"source":"/x","type":"t"}"#)
-        .send()
-        .await
-        .unwrap();
+        .invoke_as("print", "application/cloudevents+json", r#"{"source":"/x","type":"t"}"#)
+        .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let v: Value = resp.json().await.unwrap();
     assert!(
@@ -167,13 +162,12 @@ async fn bad_invocations_are_refused_precisely() {
 
     // CloudEvents modes evoke does not read are refused, not run as data.
     let resp = node
-        .http
-        .post(node.url("/v1/functions/print/invoke"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(r#"[{"specversion":"1.0","id":"1","source":"/x","type":"t"}]"#)
-        .send()
-        .await
-        .unwrap();
+        .invoke_as(
+            "print",
+            "application/cloudevents-batch+json",
+            r#"[{"specversion":"1.0","id":"1","source":"/x","type":"t"}]"#,
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "InvalidEvent", "{v}");

@@ -252,9 +252,14 @@ impl TestNode {
 
     /// Sync invoke with a JSON body.
     pub async fn invoke(&self, name: &str, body: &str) -> reqwest::Response {
+        self.invoke_as(name, "application/json", body).await
+    }
+
+    /// Sync invoke with a body of `content_type`.
+    pub async fn invoke_as(&self, name: &str, content_type: &str, body: &str) -> reqwest::Response {
         self.http
             .post(self.url(&format!("/v1/functions/{name}/invoke")))
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body.to_string())
             .send()
             .await
@@ -274,13 +279,7 @@ impl TestNode {
 
     /// Sync invoke with a text body.
     pub async fn invoke_text(&self, name: &str, body: &str) -> reqwest::Response {
-        self.http
-            .post(self.url(&format!("/v1/functions/{name}/invoke")))
-            .header("content-type", "text/plain")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("invoke request")
+        self.invoke_as(name, "text/plain", body).await
     }
 
     /// The Prometheus text of `/metrics`.
