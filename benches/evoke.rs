@@ -35,6 +35,19 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 struct Cpu {
     own: f64,
     nats: f64,
+    /// nats-server's read and write system calls so far.
+    nats_io: (u64, u64),
+}
+
+/// What one event cost, on average over a run: µs of CPU of this process
+/// and of nats-server, and nats-server's system calls (reads, writes):
+/// fewer, larger reads mean the clients batched their writes.
+#[derive(Clone, Copy, Default)]
+struct Used {
+    own: f64,
+    nats: f64,
+    reads: f64,
+    writes: f64,
 }
 
 impl Cpu {
@@ -42,15 +55,35 @@ impl Cpu {
         Cpu {
             own: cpu_of(std::process::id()),
             nats: cpu_of(nats),
+            nats_io: syscalls_of(nats),
         }
     }
 
-    /// µs of CPU per event since `self`, for `n` events: (this process, nats-server).
-    fn per_event(self, nats: u32, n: usize) -> (f64, f64) {
+    /// What each of `n` events cost since `self`.
+    fn per_event(self, nats: u32, n: usize) -> Used {
         let now = Cpu::now(nats);
         let per = |a: f64, b: f64| (b - a) * 1e6 / n as f64;
-        (per(self.own, now.own), per(self.nats, now.nats))
+        let calls = |a: u64, b: u64| b.saturating_sub(a) as f64 / n as f64;
+        Used {
+            own: per(self.own, now.own),
+            nats: per(self.nats, now.nats),
+            reads: calls(self.nats_io.0, now.nats_io.0),
+            writes: calls(self.nats_io.1, now.nats_io.1),
+        }
     }
+}
+
+/// A process's read and write system calls so far (`syscr`, `syscw` of
+/// /proc/<pid>/io; zeros where it cannot be read).
+fn syscalls_of(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:"), field("syscw:"))
 }
 
 /// CPU seconds (user + system) of a process, from /proc (10 ms ticks).
@@ -69,11 +102,16 @@ fn cpu_of(pid: u32) -> f64 {
 }
 
 /// The CPU line under a throughput row: µs per event, evoke's run and its
-/// baseline's, split between this process and nats-server.
-fn cpu_row(baseline: (f64, f64), evoke: (f64, f64)) {
+/// baseline's, split between this process and nats-server; then
+/// nats-server's read and write system calls per event.
+fn cpu_row(baseline: Used, evoke: Used) {
     println!(
         "{:<60} baseline {:>5.1} + {:>5.1} us   evoke {:>5.1} + {:>5.1} us   (this process + nats-server)",
-        "  cpu per event", baseline.0, baseline.1, evoke.0, evoke.1
+        "  cpu per event", baseline.own, baseline.nats, evoke.own, evoke.nats
+    );
+    println!(
+        "{:<60} baseline {:>5.2} / {:>5.2}      evoke {:>5.2} / {:>5.2}      (nats-server reads / writes)",
+        "  syscalls per event", baseline.reads, baseline.writes, evoke.reads, evoke.writes
     );
 }
 
@@ -90,10 +128,10 @@ const INGEST_ROUNDS: usize = 3;
 /// Throughput runs of one side (events/s and CPU per event each), taken in
 /// turns with the other side's.
 #[derive(Default)]
-struct Runs(Vec<(f64, (f64, f64))>);
+struct Runs(Vec<(f64, Used)>);
 
 impl Runs {
-    fn push(&mut self, run: (f64, (f64, f64))) {
+    fn push(&mut self, run: (f64, Used)) {
         self.0.push(run);
     }
 
@@ -106,12 +144,15 @@ impl Runs {
         Runs::median_of(self.0.iter().map(|r| r.0).collect())
     }
 
-    /// The median CPU per event: (this process, nats-server).
-    fn cpu(&self) -> (f64, f64) {
-        (
-            Runs::median_of(self.0.iter().map(|r| r.1.0).collect()),
-            Runs::median_of(self.0.iter().map(|r| r.1.1).collect()),
-        )
+    /// The median of each cost per event.
+    fn cpu(&self) -> Used {
+        let median = |of: fn(&Used) -> f64| Runs::median_of(self.0.iter().map(|r| of(&r.1)).collect());
+        Used {
+            own: median(|u| u.own),
+            nats: median(|u| u.nats),
+            reads: median(|u| u.reads),
+            writes: median(|u| u.writes),
+        }
     }
 
     fn rates(&self) -> String {
@@ -829,7 +870,7 @@ async fn bridge(
     n: usize,
     nats_pid: u32,
     subject: fn(u64) -> String,
-) -> anyhow::Result<(f64, (f64, f64))> {
+) -> anyhow::Result<(f64, Used)> {
     // Shared, not cloned per request (a `Context` clone copies its prefix).
     let js = Arc::new(js.clone());
     // Ids go on across calls: a stream's duplicate window must not see
@@ -874,7 +915,7 @@ fn rss_mb() -> f64 {
 /// Starts a worker node on a queue filled beforehand and times draining it
 /// from its first finished event; returns events/s, the highest RSS (MB)
 /// seen meanwhile and the CPU per event. The node is stopped after.
-async fn drain(nats: &str, n: usize, nats_pid: u32) -> anyhow::Result<(f64, f64, (f64, f64))> {
+async fn drain(nats: &str, n: usize, nats_pid: u32) -> anyhow::Result<(f64, f64, Used)> {
     let dir = tempfile::TempDir::new()?;
     let client = async_nats::connect(nats).await?;
     let mut events = jetstream::new(client).get_stream(evoke::bus::STREAM_EVENTS).await?;
@@ -1019,7 +1060,7 @@ async fn raw_drain(
     code: &[u8],
     guest: Guest,
     nats_pid: u32,
-) -> anyhow::Result<(f64, (f64, f64))> {
+) -> anyhow::Result<(f64, Used)> {
     use evoke::executor::bindings;
     use wasmtime::component::Component;
     let err = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
