@@ -141,8 +141,9 @@ mod client {
 
     /// A consumer of one queue.
     pub struct AmqpConsumer {
-        // Kept open while consuming; closed on drop.
+        // Kept open while consuming; closed on drop, after its channels.
         connection: Option<Connection>,
+        channels: Vec<Channel>,
         queue: String,
         consumer: lapin::Consumer,
         depth_task: tokio::task::JoinHandle<()>,
@@ -151,15 +152,25 @@ mod client {
     impl Drop for AmqpConsumer {
         fn drop(&mut self) {
             self.depth_task.abort();
-            close(self.connection.take(), "evoke: trigger stopped");
+            close(
+                self.connection.take(),
+                std::mem::take(&mut self.channels),
+                "evoke: trigger stopped",
+            );
         }
     }
 
     /// Closes a connection in the background (lapin does not on drop);
-    /// deliveries it holds unacknowledged go back to their queue.
-    fn close(connection: Option<Connection>, why: &'static str) {
+    /// deliveries it holds unacknowledged go back to their queue. Its
+    /// `channels` are closed first: a channel left to lapin closes itself
+    /// when its last handle drops, and when that races the connection's
+    /// close, lapin logs a "Connection error" for a normal stop.
+    fn close(connection: Option<Connection>, channels: Vec<Channel>, why: &'static str) {
         if let (Some(c), Ok(rt)) = (connection, tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
+                for channel in channels {
+                    let _ = channel.close(200, why.into()).await;
+                }
                 let _ = c.close(200, why.into()).await;
             });
         }
@@ -248,9 +259,10 @@ mod client {
             .await
             .map_err(|e| format!("consuming queue `{}`: {e}", config.queue))?;
         let depth_channel = connection.create_channel().await.map_err(|e| e.to_string())?;
-        let depth_task = tokio::spawn(track_depth(depth_channel, config.queue.clone(), stats));
+        let depth_task = tokio::spawn(track_depth(depth_channel.clone(), config.queue.clone(), stats));
         Ok(AmqpConsumer {
             connection: Some(connection),
+            channels: vec![channel, depth_channel],
             queue: config.queue.clone(),
             consumer,
             depth_task,
@@ -396,7 +408,11 @@ mod client {
 
     impl Drop for Publisher {
         fn drop(&mut self) {
-            close(self.connection.take(), "evoke: publisher replaced");
+            close(
+                self.connection.take(),
+                vec![self.channel.clone()],
+                "evoke: publisher replaced",
+            );
         }
     }
 
