@@ -124,11 +124,23 @@ impl Event {
     /// never through a `Value`, which would sort keys and round large
     /// numbers. Written from borrowed attributes: no `Value` is built.
     pub fn to_json(&self) -> Vec<u8> {
+        self.encode(self.json_data().ok().flatten())
+    }
+
+    /// [`Event::to_json`], but data declared as JSON that does not parse
+    /// is an error (`to_json` writes it as a string instead), found by the
+    /// same single parse of the data that embeds it.
+    pub fn to_json_checked(&self) -> Result<Vec<u8>, serde_json::Error> {
+        Ok(self.encode(self.json_data()?))
+    }
+
+    /// Writes the envelope with `embedded` (the JSON data found valid, if
+    /// any) as its `data` member.
+    fn encode(&self, embedded: Option<&[u8]>) -> Vec<u8> {
         if self.extensions.is_empty() {
-            return self.to_json_without_extensions();
+            return self.to_json_without_extensions(embedded);
         }
         let mut m = self.attribute_refs();
-        let embedded = self.embedded_json();
         if embedded.is_some() {
             m.remove("data");
         } else if !self.data.is_empty() {
@@ -154,8 +166,7 @@ impl Event {
     /// [`Event::to_json`] for an event without extensions (most events
     /// queued): the same bytes, written straight out, members in the same
     /// (sorted) order, without a map.
-    fn to_json_without_extensions(&self) -> Vec<u8> {
-        let embedded = self.embedded_json();
+    fn to_json_without_extensions(&self, embedded: Option<&[u8]>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.data.len() * 4 / 3 + 256);
         let mut stamp = [0u8; RFC3339_MAX];
         let time = self.time.map(|t| match rfc3339_utc(&t, &mut stamp, Zone::Offset) {
@@ -204,14 +215,16 @@ impl Event {
     }
 
     /// The data, trimmed, when it is declared JSON and is valid JSON: what
-    /// structured mode embeds as `data`.
-    fn embedded_json(&self) -> Option<&[u8]> {
+    /// structured mode embeds as `data`; `None` when it is empty or not
+    /// declared JSON, an error when it is declared JSON and does not parse.
+    fn json_data(&self) -> Result<Option<&[u8]>, serde_json::Error> {
         if self.data.is_empty() || !self.data_is_json() {
-            return None;
+            return Ok(None);
         }
-        let data = self.data.trim_ascii();
-        serde_json::from_slice::<serde::de::IgnoredAny>(data).ok()?;
-        Some(data)
+        // Parsed as it came (an error's line and column are the data's),
+        // embedded without the whitespace around it.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&self.data)?;
+        Ok(Some(self.data.trim_ascii()))
     }
 
     /// The context attributes and extensions, without data, borrowed (an
@@ -1163,6 +1176,27 @@ mod tests {
     fn invalid_json_declared_as_json_is_kept_as_bytes() {
         let e = Event::new("1", "/test", "t").with_data(Some("application/json".into()), Bytes::from_static(b"{oops"));
         assert_eq!(Event::from_json(&e.to_json()).unwrap().data, e.data);
+    }
+
+    #[test]
+    fn checked_encoding_refuses_what_to_json_keeps_as_bytes_and_is_otherwise_the_same() {
+        let json = |data: &'static [u8]| {
+            Event::new("1", "/test", "t").with_data(Some("application/json".into()), Bytes::from_static(data))
+        };
+        let err = json(b"  {oops").to_json_checked().unwrap_err();
+        // Where the data's own parse says (leading spaces counted).
+        assert_eq!((err.line(), err.column()), (1, 4), "{err}");
+        assert!(json(b" \t").to_json_checked().is_err());
+        let mut with_extension = json(b" {\"b\":1,\"a\":[2.50]} ");
+        with_extension.extensions.insert("ext".into(), "x".into());
+        for e in [
+            json(b" {\"b\":1,\"a\":[2.50]} "),
+            json(b""),
+            with_extension,
+            Event::new("1", "/test", "t").with_data(Some("text/plain".into()), Bytes::from_static(b"{oops")),
+        ] {
+            assert_eq!(e.to_json_checked().unwrap(), e.to_json(), "{e:?}");
+        }
     }
 
     #[test]

@@ -35,10 +35,13 @@ pub async fn invoke(
         .get(HDR_INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
-    let (event, id) = build_event(headers, body, f.name.as_str(), asynchronous).map_err(refused)?;
+    let (event, id, unchecked) = build_event(headers, body, f.name.as_str(), asynchronous).map_err(refused)?;
 
     if asynchronous {
-        return accepted(&s, &f, &event, &id).await;
+        return accepted(&s, &f, &event, &id, unchecked).await;
+    }
+    if unchecked {
+        check_json(&event.data).map_err(refused)?;
     }
     // Boxed: this handler's future is allocated for every request, and a
     // sync run's is large (~4.5 KB); async requests do not carry it.
@@ -49,8 +52,23 @@ pub async fn invoke(
 /// JetStream already had it (the same event for the same function, within
 /// its duplicate window), the answer says so: `"duplicate": true` and
 /// `X-Evoke-Duplicate: true`, with the id of the invocation already queued.
-pub async fn accepted(s: &ApiState, f: &DeployedFunction, event: &Event, id: &str) -> Result<Response, ApiError> {
-    match s.invoker.enqueue(f, event, id).await {
+/// `unchecked`: data declared JSON is refused unless it parses, checked
+/// by the parse that embeds it in the envelope.
+async fn accepted(
+    s: &ApiState,
+    f: &DeployedFunction,
+    event: &Event,
+    id: &str,
+    unchecked: bool,
+) -> Result<Response, ApiError> {
+    let payload = if unchecked {
+        event
+            .to_json_checked()
+            .map_err(|e| invalid_json(e).with_invocation(&new_invocation_id()))?
+    } else {
+        event.to_json()
+    };
+    match s.invoker.enqueue_payload(f, Bytes::from(payload), id).await {
         Ok(duplicate) => Ok(queued(id, duplicate)),
         Err(e) => Err(ApiError::from(e).with_invocation(id)),
     }
@@ -159,8 +177,10 @@ fn set_id(h: &mut HeaderMap, id: &str) {
 }
 
 /// Reads a CloudEvent from a request (structured or binary mode); `None`
-/// when the request is not a CloudEvent.
-pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, ApiError> {
+/// when the request is not a CloudEvent. With it, whether its data is
+/// declared JSON and still to be checked (binary mode: the body is the
+/// data; structured mode's data was parsed with its envelope).
+pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<(Event, bool)>, ApiError> {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     if let Some(ct) = content_type {
         check_mode(ct).map_err(|e| ApiError::bad_request("InvalidEvent", e.to_string()))?;
@@ -180,52 +200,54 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<Event>, Api
     };
     // Binary mode: the body is the data, as a request that is no
     // CloudEvent, and refused the same way when it is declared JSON and is
-    // not (structured mode's data was parsed with its envelope).
-    if !structured && event.data_is_json() {
-        check_json(&event.data)?;
-    }
-    Ok(Some(event))
+    // not.
+    let unchecked = !structured && event.data_is_json();
+    Ok(Some((event, unchecked)))
 }
 
 /// Refuses a non-empty body declared as JSON that does not parse.
 fn check_json(body: &[u8]) -> Result<(), ApiError> {
     match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Err(e) if !body.is_empty() => Err(ApiError::bad_request(
-            "InvalidJson",
-            format!("the body is declared as JSON but does not parse: {e}"),
-        )),
+        Err(e) if !body.is_empty() => Err(invalid_json(e)),
         _ => Ok(()),
     }
 }
 
-/// Builds the event and its invocation id from an invoke request. An async
-/// CloudEvent's id derives from its `source` and `id` and the function, so
-/// the same event sent twice to one function is one invocation; a sync
-/// invocation always gets a new id (every call runs).
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(
+        "InvalidJson",
+        format!("the body is declared as JSON but does not parse: {e}"),
+    )
+}
+
+/// Builds the event and its invocation id from an invoke request, and
+/// whether its data is declared JSON and still to be checked (once, by
+/// the caller: a sync run checks it, an async one when it encodes the
+/// envelope). An async CloudEvent's id derives from its `source` and `id`
+/// and the function, so the same event sent twice to one function is one
+/// invocation; a sync invocation always gets a new id (every call runs).
 pub fn build_event(
     headers: &HeaderMap,
     body: Bytes,
     function: &str,
     asynchronous: bool,
-) -> Result<(Event, String), ApiError> {
-    if let Some(event) = cloudevent(headers, body.clone())? {
+) -> Result<(Event, String, bool), ApiError> {
+    if let Some((event, unchecked)) = cloudevent(headers, body.clone())? {
         let id = if asynchronous {
             derived_invocation_id(function, &format!("{}\0{}", event.source, event.id))
         } else {
             new_invocation_id()
         };
-        return Ok((event, id));
+        return Ok((event, id, unchecked));
     }
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if content_type.as_deref().is_some_and(is_json_type) {
-        check_json(&body)?;
-    }
+    let unchecked = content_type.as_deref().is_some_and(is_json_type);
     let id = new_invocation_id();
     let event = Event::new(id.clone(), "/evoke/api", "evoke.invoke").with_data(content_type, body);
-    Ok((event, id))
+    Ok((event, id, unchecked))
 }
 
 #[cfg(test)]

@@ -197,13 +197,18 @@ impl Invoker {
     /// Nothing else is stored: until a worker writes its record, a queued
     /// invocation is found by its event's subject (see [`Invoker::find_invocation`]).
     pub async fn enqueue(&self, f: &DeployedFunction, event: &Event, id: &str) -> Result<bool, EnqueueError> {
+        self.enqueue_payload(f, Bytes::from(event.to_json()), id).await
+    }
+
+    /// [`Invoker::enqueue`] for an event already encoded as its envelope
+    /// ([`Event::to_json`] or [`Event::to_json_checked`]).
+    pub async fn enqueue_payload(&self, f: &DeployedFunction, payload: Bytes, id: &str) -> Result<bool, EnqueueError> {
         if !valid_id(id) {
             // Its subject would not be one token: no consumer would take it.
             return Err(EnqueueError::Unavailable(format!(
                 "`{id}` is not a valid invocation id"
             )));
         }
-        let payload = Bytes::from(event.to_json());
         let max = self.bus.max_event();
         if payload.len() > max {
             return Err(EnqueueError::TooLarge {

@@ -123,10 +123,25 @@ async fn bad_invocations_are_refused_precisely() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["message"], "function `nope` does not exist");
 
-    let resp = node.invoke("print", "{not json").await;
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "InvalidJson");
+    // Refused sync and async (async: by the parse that embeds it in the
+    // envelope), with the parser's line and column.
+    for mode in ["sync", "async"] {
+        let resp = node
+            .http
+            .post(node.url("/v1/functions/print/invoke"))
+            .header("content-type", "application/json")
+            .header("x-evoke-invocation-type", mode)
+            .body("  {not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{mode}");
+        assert!(resp.headers().contains_key("x-evoke-invocation-id"), "{mode}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "InvalidJson", "{mode}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.ends_with("at line 1 column 4"), "{mode}: {message}");
+    }
     // A binary-mode CloudEvent's body is its data: refused the same way,
     // sync and async, when declared JSON and it is not.
     for mode in ["sync", "async"] {
