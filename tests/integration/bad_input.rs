@@ -124,38 +124,26 @@ async fn bad_invocations_are_refused_precisely() {
     assert_eq!(v["error"]["message"], "function `nope` does not exist");
 
     // Refused sync and async (async: by the parse that embeds it in the
-    // envelope), with the parser's line and column.
+    // envelope), with the parser's line and column; a binary-mode
+    // CloudEvent's body is its data, refused the same way.
     for mode in ["sync", "async"] {
-        let resp = node
-            .http
-            .post(node.url("/v1/functions/print/invoke"))
-            .header("content-type", "application/json")
-            .header("x-evoke-invocation-type", mode)
-            .body("  {not json")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{mode}");
-        assert!(resp.headers().contains_key("x-evoke-invocation-id"), "{mode}");
-        let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "InvalidJson", "{mode}");
-        let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.ends_with("at line 1 column 4"), "{mode}: {message}");
-    }
-    // A binary-mode CloudEvent's body is its data: refused the same way,
-    // sync and async, when declared JSON and it is not.
-    for mode in ["sync", "async"] {
-        let resp = node
-            .binary_event("print", "bad-1", "/test", "t")
-            .header("content-type", "application/json")
-            .header("x-evoke-invocation-type", mode)
-            .body("{not json")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{mode}");
-        let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "InvalidJson", "{mode}");
+        let plain = node.http.post(node.url("/v1/functions/print/invoke"));
+        let binary = node.binary_event("print", "bad-1", "/test", "t");
+        for (kind, request) in [("plain", plain), ("binary", binary)] {
+            let resp = request
+                .header("content-type", "application/json")
+                .header("x-evoke-invocation-type", mode)
+                .body("  {not json")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{kind} {mode}");
+            assert!(resp.headers().contains_key("x-evoke-invocation-id"), "{kind} {mode}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "InvalidJson", "{kind} {mode}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.ends_with("at line 1 column 4"), "{kind} {mode}: {message}");
+        }
     }
 
     let big = "x".repeat(7 << 20);
