@@ -217,7 +217,7 @@ impl Event {
     /// The data, trimmed, when it is declared JSON and is valid JSON: what
     /// structured mode embeds as `data`; `None` when it is empty or not
     /// declared JSON, an error when it is declared JSON and does not parse.
-    fn json_data(&self) -> Result<Option<&[u8]>, serde_json::Error> {
+    pub fn json_data(&self) -> Result<Option<&[u8]>, serde_json::Error> {
         if self.data.is_empty() || !self.data_is_json() {
             return Ok(None);
         }

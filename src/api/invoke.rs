@@ -37,11 +37,24 @@ pub async fn invoke(
         .is_some_and(|v| v.eq_ignore_ascii_case("async") || v.eq_ignore_ascii_case("event"));
     let (event, id, unchecked) = build_event(headers, body, f.name.as_str(), asynchronous).map_err(refused)?;
 
+    // Data declared JSON is refused unless it parses: async, by the parse
+    // that embeds it in the envelope; sync, before it runs.
+    let invalid = |e: serde_json::Error| {
+        refused(ApiError::bad_request(
+            "InvalidJson",
+            format!("the body is declared as JSON but does not parse: {e}"),
+        ))
+    };
     if asynchronous {
-        return accepted(&s, &f, &event, &id, unchecked).await;
+        let payload = if unchecked {
+            event.to_json_checked().map_err(invalid)?
+        } else {
+            event.to_json()
+        };
+        return accepted(&s, &f, Bytes::from(payload), &id).await;
     }
     if unchecked {
-        check_json(&event.data).map_err(refused)?;
+        event.json_data().map_err(invalid)?;
     }
     // Boxed: this handler's future is allocated for every request, and a
     // sync run's is large (~4.5 KB); async requests do not carry it.
@@ -52,23 +65,9 @@ pub async fn invoke(
 /// JetStream already had it (the same event for the same function, within
 /// its duplicate window), the answer says so: `"duplicate": true` and
 /// `X-Evoke-Duplicate: true`, with the id of the invocation already queued.
-/// `unchecked`: data declared JSON is refused unless it parses, checked
-/// by the parse that embeds it in the envelope.
-async fn accepted(
-    s: &ApiState,
-    f: &DeployedFunction,
-    event: &Event,
-    id: &str,
-    unchecked: bool,
-) -> Result<Response, ApiError> {
-    let payload = if unchecked {
-        event
-            .to_json_checked()
-            .map_err(|e| invalid_json(e).with_invocation(&new_invocation_id()))?
-    } else {
-        event.to_json()
-    };
-    match s.invoker.enqueue_payload(f, Bytes::from(payload), id).await {
+/// `payload` is the event's envelope ([`Event::to_json`]).
+async fn accepted(s: &ApiState, f: &DeployedFunction, payload: Bytes, id: &str) -> Result<Response, ApiError> {
+    match s.invoker.enqueue_payload(f, payload, id).await {
         Ok(duplicate) => Ok(queued(id, duplicate)),
         Err(e) => Err(ApiError::from(e).with_invocation(id)),
     }
@@ -203,21 +202,6 @@ pub fn cloudevent(headers: &HeaderMap, body: Bytes) -> Result<Option<(Event, boo
     // not.
     let unchecked = !structured && event.data_is_json();
     Ok(Some((event, unchecked)))
-}
-
-/// Refuses a non-empty body declared as JSON that does not parse.
-fn check_json(body: &[u8]) -> Result<(), ApiError> {
-    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Err(e) if !body.is_empty() => Err(invalid_json(e)),
-        _ => Ok(()),
-    }
-}
-
-fn invalid_json(e: serde_json::Error) -> ApiError {
-    ApiError::bad_request(
-        "InvalidJson",
-        format!("the body is declared as JSON but does not parse: {e}"),
-    )
 }
 
 /// Builds the event and its invocation id from an invoke request, and
