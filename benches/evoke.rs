@@ -42,7 +42,7 @@ struct Cpu {
 /// What one event cost, on average over a run: µs of CPU of this process
 /// and of nats-server, and nats-server's system calls (reads, writes):
 /// fewer, larger reads mean the clients batched their writes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Used {
     own: f64,
     nats: f64,
@@ -77,13 +77,15 @@ impl Cpu {
 /// /proc/<pid>/io; zeros where it cannot be read).
 fn syscalls_of(pid: u32) -> (u64, u64) {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let field = |name: &str| {
-        io.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("syscr:"), field("syscw:"))
+    let field = |name| proc_field(&io, name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field("syscr"), field("syscw"))
+}
+
+/// The value of `name` in a /proc file of `name: value` lines, trimmed.
+fn proc_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// CPU seconds (user + system) of a process, from /proc (10 ms ticks).
@@ -744,10 +746,8 @@ async fn starts(
 /// The resident set size of process `pid`, in MB (Linux).
 fn rss_of(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    proc_field(&status, "VmRSS")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
