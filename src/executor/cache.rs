@@ -11,11 +11,14 @@
 //! before they become part of a path. Everything here blocks: call it from
 //! `spawn_blocking`.
 //!
+//! A verified artifact is mapped, not copied: wasmtime maps the very file
+//! that was verified and pages it in as it is used (see `CodeCache::read`).
+//!
 //! Code this process compiled or loaded lately is also kept in memory (up to
 //! a budget of artifact bytes, [`RECENT_BYTES`] by default): a new version of a function with the same
-//! code, or another function sharing it, skips reading, verifying and
-//! copying the artifact again (tens of milliseconds for the ~37 MB of a
-//! Python or JavaScript component).
+//! code, or another function sharing it, skips reading and verifying the
+//! artifact again (~10 ms for the ~37 MB of a Python or JavaScript
+//! component, most of it the tag's hash).
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -110,10 +113,14 @@ impl CodeCache {
     }
 
     fn tag(&self, kind: GuestKind, hex: &str, artifact: &[u8]) -> [u8; TAG_LEN] {
+        *self.tagger(kind, hex).update(artifact).finalize().as_bytes()
+    }
+
+    /// The keyed hash a tag is made with, fed what precedes the artifact.
+    fn tagger(&self, kind: GuestKind, hex: &str) -> blake3::Hasher {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(format!("{kind:?}\0{hex}\0").as_bytes());
-        h.update(artifact);
-        *h.finalize().as_bytes()
+        h
     }
 
     /// Loads cached compiled code of `kind`, if present, written by this
@@ -140,14 +147,23 @@ impl CodeCache {
             .or_else(|| self.read(engine, hex, &[GuestKind::WasiModule]))
     }
 
-    /// Reads, verifies and loads the artifact of `hex` stored as one of
-    /// `kinds` (all stored at one path), keeping it in memory; an artifact
-    /// whose tag verifies as none of them, or that does not load, is
-    /// deleted.
+    /// Verifies and loads the artifact of `hex` stored as one of `kinds`
+    /// (all stored at one path), keeping it in memory; an artifact whose
+    /// tag verifies as none of them, or that does not load, is deleted.
+    ///
+    /// The file is read once, in pieces, to check its tag, and then mapped
+    /// (wasmtime pages it in as it is used, and builds memory images
+    /// straight from it) rather than copied: a Python or JavaScript
+    /// component's ~37 MB artifact would otherwise be read into memory
+    /// and copied again by wasmtime. The mapping is made from the file
+    /// this function opened and verified (`/proc/self/fd`), not from its
+    /// path, so a file renamed over it in the meantime is never loaded.
+    /// Changing the verified file in place takes its owner, who can read
+    /// the key too: the tag never protected against them.
     fn read(&self, engine: &Engine, hex: &str, kinds: &[GuestKind]) -> Option<(GuestKind, Compiled)> {
         let path = self.path(hex, *kinds.first()?);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read cached code");
@@ -159,30 +175,53 @@ impl CodeCache {
             let _ = std::fs::remove_file(&path);
             None
         };
-        if bytes.len() < TAG_LEN {
-            return drop_file("too short to carry its tag");
-        }
-        let (artifact, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-        // blake3's Hash compares in constant time.
-        let verifies = |kind: GuestKind| blake3::Hash::from_bytes(self.tag(kind, hex, artifact)) == *tag;
-        let Some(kind) = kinds.iter().copied().find(|k| verifies(*k)) else {
-            return drop_file("its tag does not verify (not written by this node)");
+        let kind = match self.verify(&file, hex, kinds) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return drop_file("its tag does not verify (not written by this node)"),
+            Err(e) => return drop_file(&format!("cannot be read: {e}")),
         };
-        // SAFETY: the bytes were written by `store` below, from `serialize`
-        // on an engine with the same compatibility hash (the directory
-        // name), as the keyed tag just proved; wasmtime checks the header too.
-        let loaded = if kind.is_component() {
-            unsafe { Component::deserialize(engine, artifact) }.map(Compiled::Component)
-        } else {
-            unsafe { wasmtime::Module::deserialize(engine, artifact) }.map(Compiled::Module)
-        };
-        match loaded {
+        // SAFETY: the file was written by `store` below, from `serialize` on
+        // an engine with the same compatibility hash (the directory name),
+        // as the keyed tag just proved; wasmtime checks the header too.
+        // Cached files are never changed in place (`store` renames a new
+        // file over the old one), so a mapping stays what was verified.
+        match unsafe { deserialize_verified(engine, &file, kind) } {
             Ok(c) => {
-                self.recent().put(hex, kind, artifact.len(), c.clone());
+                let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+                self.recent().put(hex, kind, size.saturating_sub(TAG_LEN), c.clone());
                 Some((kind, c))
             }
-            Err(e) => drop_file(&format!("unloadable: {e}")),
+            Err(e) => drop_file(&format!("unloadable: {e:#}")),
         }
+    }
+
+    /// Which of `kinds` the tag at the end of `file` verifies as (`None`:
+    /// none), from one pass over the file.
+    fn verify(&self, file: &std::fs::File, hex: &str, kinds: &[GuestKind]) -> std::io::Result<Option<GuestKind>> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let len = file.metadata()?.len();
+        let Some(artifact_len) = len.checked_sub(TAG_LEN as u64) else {
+            return Ok(None);
+        };
+        let mut tag = [0u8; TAG_LEN];
+        file.read_exact_at(&mut tag, artifact_len)?;
+        let mut hashers: Vec<(GuestKind, blake3::Hasher)> = kinds.iter().map(|&k| (k, self.tagger(k, hex))).collect();
+        let mut artifact = std::io::BufReader::with_capacity(1 << 20, file).take(artifact_len);
+        loop {
+            let piece = std::io::BufRead::fill_buf(&mut artifact)?;
+            if piece.is_empty() {
+                break;
+            }
+            for (_, h) in &mut hashers {
+                h.update(piece);
+            }
+            let n = piece.len();
+            std::io::BufRead::consume(&mut artifact, n);
+        }
+        // blake3's Hash compares in constant time.
+        let tag = blake3::Hash::from_bytes(tag);
+        Ok(hashers.into_iter().find(|(_, h)| h.finalize() == tag).map(|(k, _)| k))
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -209,6 +248,42 @@ impl CodeCache {
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled code");
         }
+    }
+}
+
+/// Loads verified compiled code from `file`: mapped where the platform
+/// lets wasmtime map the very file that was verified, else read into memory
+/// from it.
+///
+/// # Safety
+///
+/// `file` holds compiled code this node wrote (its tag verified), which
+/// stays as it is while the code is loaded.
+unsafe fn deserialize_verified(engine: &Engine, file: &std::fs::File, kind: GuestKind) -> wasmtime::Result<Compiled> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // Opening a process's own descriptor opens the same file again,
+        // whatever its path names now.
+        let same_file = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let mapped = if kind.is_component() {
+            unsafe { Component::deserialize_file(engine, &same_file) }.map(Compiled::Component)
+        } else {
+            unsafe { wasmtime::Module::deserialize_file(engine, &same_file) }.map(Compiled::Module)
+        };
+        match mapped {
+            Ok(c) => return Ok(c),
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot map cached code; reading it instead"),
+        }
+    }
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len().saturating_sub(TAG_LEN as u64);
+    let mut artifact = vec![0u8; len as usize];
+    file.read_exact_at(&mut artifact, 0)?;
+    if kind.is_component() {
+        unsafe { Component::deserialize(engine, &artifact) }.map(Compiled::Component)
+    } else {
+        unsafe { wasmtime::Module::deserialize(engine, &artifact) }.map(Compiled::Module)
     }
 }
 
@@ -312,6 +387,38 @@ mod tests {
         assert_eq!(kind(3), None, "never stored");
         // Trying the other component kind's tag first did not drop it.
         assert!(restarted.load(&engine, &digest(1), GuestKind::WasiCommand).is_some());
+    }
+
+    /// Verified code is loaded by mapping its file, not by copying it into
+    /// memory: the file shows among the process's mappings.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cached_code_is_mapped_from_its_file() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let mapped = |path: &Path| {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines().any(|l| l.ends_with(path.to_str().unwrap()))
+        };
+        for (kind, code) in [
+            (GuestKind::Component, "(component)"),
+            (GuestKind::WasiModule, "(module (func (export \"_start\")))"),
+        ] {
+            let compiled = if kind.is_component() {
+                Compiled::Component(Component::new(&engine, code).unwrap())
+            } else {
+                Compiled::Module(wasmtime::Module::new(&engine, code).unwrap())
+            };
+            let cache = CodeCache::new(dir.path(), &engine, 0).unwrap();
+            cache.store(&digest, kind, &compiled.serialize().unwrap(), &compiled);
+            let path = cache.path(digest_hex(&digest).unwrap(), kind);
+            assert!(!mapped(&path), "{kind:?}: nothing loaded yet");
+            let loaded = cache.load(&engine, &digest, kind).expect("loads");
+            assert!(mapped(&path), "{kind:?}: loaded from a mapping of its file");
+            drop(loaded);
+            assert!(!mapped(&path), "{kind:?}: unmapped with the code");
+        }
     }
 
     #[test]
