@@ -249,14 +249,18 @@ async fn main() -> anyhow::Result<()> {
     // Throughput here drifts by 15% and more from one second to the next
     // (two cores shared by the load, the server and nats-server): evoke and
     // its baselines take turns, and their medians are compared.
-    let (mut evoke_ingest, mut axum_ingest, mut wq_ingest) = (Runs::default(), Runs::default(), Runs::default());
+    let (mut evoke_ingest, mut axum_ingest, mut wq_ingest, mut as_evoke) =
+        (Runs::default(), Runs::default(), Runs::default(), Runs::default());
     for _ in 0..INGEST_ROUNDS {
         let cpu = Cpu::now(nats_pid);
         let start = Instant::now();
         queue(&http, &invoke_url, &body, n).await?;
         evoke_ingest.push((n as f64 / start.elapsed().as_secs_f64(), cpu.per_event(nats_pid, n)));
-        axum_ingest.push(bridge(&js, &http, &body, n, nats_pid, |_| "raw.b".into()).await?);
-        wq_ingest.push(bridge(&js, &http, &body, n, nats_pid, |id| format!("bridgewq.f.{id}")).await?);
+        let bare = Bridge::Bare(|_| "raw.b".into());
+        axum_ingest.push(bridge(&js, &http, &body, n, nats_pid, bare).await?);
+        let wq = Bridge::Bare(|id| format!("bridgewq.f.{id}"));
+        wq_ingest.push(bridge(&js, &http, &body, n, nats_pid, wq).await?);
+        as_evoke.push(bridge(&js, &http, &body, n, nats_pid, Bridge::AsEvokeAnswers).await?);
     }
     // The end-to-end drain below takes `n` of these events.
     js.get_stream(evoke::bus::STREAM_EVENTS)
@@ -287,6 +291,14 @@ async fn main() -> anyhow::Result<()> {
     );
     runs_row(&wq_ingest, &evoke_ingest);
     cpu_row(wq_ingest.cpu(), evoke_ingest.cpu());
+    row(
+        "ingest: the same, with evoke's ids, envelope and answer",
+        as_evoke.median(),
+        evoke_ingest.median(),
+        "msg/s",
+    );
+    runs_row(&as_evoke, &evoke_ingest);
+    cpu_row(as_evoke.cpu(), evoke_ingest.cpu());
 
     // 2. End to end, as its baselines: a queue filled while no worker runs,
     //    then drained. The baselines pull the same number of messages from
@@ -863,13 +875,26 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
 /// evoke's, at the same path) to a bare axum handler that publishes the
 /// body on `subject(id)` with a `Nats-Msg-Id` and awaits JetStream's ack
 /// before answering 202. Returns requests per second and CPU per request.
+/// The minimal programs the ingest line compares evoke with.
+#[derive(Clone, Copy)]
+enum Bridge {
+    /// Publishes the body with a counter as `Nats-Msg-Id` on the subject
+    /// `subject(counter)`; answers a bare 202.
+    Bare(fn(u64) -> String),
+    /// What evoke's API promises, done by hand: a new UUIDv7 invocation id
+    /// as `Nats-Msg-Id` and as the last token of a subject per event on the
+    /// work queue, the body wrapped in a CloudEvents envelope (written with
+    /// `format!`), and a 202 `{"id":…}` with the id header.
+    AsEvokeAnswers,
+}
+
 async fn bridge(
     js: &jetstream::Context,
     http: &reqwest::Client,
     body: &str,
     n: usize,
     nats_pid: u32,
-    subject: fn(u64) -> String,
+    kind: Bridge,
 ) -> anyhow::Result<(f64, Used)> {
     // Shared, not cloned per request (a `Context` clone copies its prefix).
     let js = Arc::new(js.clone());
@@ -881,16 +906,36 @@ async fn bridge(
         "/v1/functions/noop/invoke",
         axum::routing::post(move |b: Bytes| {
             let js = Arc::clone(&js);
-            let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
+                use axum::response::IntoResponse;
+                let (subject, msg_id, payload, answer) = match kind {
+                    Bridge::Bare(subject) => (subject(n), n.to_string(), b, None),
+                    Bridge::AsEvokeAnswers => {
+                        let id = evoke::invoker::new_invocation_id();
+                        let data = serde_json::to_string(std::str::from_utf8(&b).unwrap_or_default()).unwrap_or_default();
+                        let time = Utc::now().to_rfc3339();
+                        let envelope = format!(
+                            r#"{{"data":{data},"datacontenttype":"text/plain","id":"{id}","source":"/evoke/api","specversion":"1.0","time":"{time}","type":"evoke.invoke"}}"#
+                        );
+                        (format!("bridgewq.f.{id}"), id.clone(), Bytes::from(envelope), Some(id))
+                    }
+                };
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.to_string().as_str());
-                match js.publish_with_headers(subject(id), headers, b).await {
-                    Ok(ack) => match ack.await {
-                        Ok(_) => axum::http::StatusCode::ACCEPTED,
-                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    },
-                    Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+                let stored = match js.publish_with_headers(subject, headers, payload).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                match (stored, answer) {
+                    (false, _) => axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    (true, None) => axum::http::StatusCode::ACCEPTED.into_response(),
+                    (true, Some(id)) => (
+                        axum::http::StatusCode::ACCEPTED,
+                        [("content-type", "application/json"), ("x-evoke-invocation-id", id.as_str())],
+                        format!(r#"{{"id":"{id}"}}"#),
+                    )
+                        .into_response(),
                 }
             }
         }),
