@@ -275,30 +275,15 @@ async fn main() -> anyhow::Result<()> {
         evoke_ingest.median(),
         "msg/s",
     );
-    row(
-        "ingest: axum+JetStream handler vs async invoke",
-        axum_ingest.median(),
-        evoke_ingest.median(),
-        "msg/s",
-    );
-    runs_row(&axum_ingest, &evoke_ingest);
-    cpu_row(axum_ingest.cpu(), evoke_ingest.cpu());
-    row(
-        "ingest: the same, a subject per event on a work queue",
-        wq_ingest.median(),
-        evoke_ingest.median(),
-        "msg/s",
-    );
-    runs_row(&wq_ingest, &evoke_ingest);
-    cpu_row(wq_ingest.cpu(), evoke_ingest.cpu());
-    row(
-        "ingest: the same, with evoke's ids, envelope and answer",
-        as_evoke.median(),
-        evoke_ingest.median(),
-        "msg/s",
-    );
-    runs_row(&as_evoke, &evoke_ingest);
-    cpu_row(as_evoke.cpu(), evoke_ingest.cpu());
+    for (name, baseline) in [
+        ("ingest: axum+JetStream handler vs async invoke", &axum_ingest),
+        ("ingest: the same, a subject per event on a work queue", &wq_ingest),
+        ("ingest: the same, with evoke's ids, envelope and answer", &as_evoke),
+    ] {
+        row(name, baseline.median(), evoke_ingest.median(), "msg/s");
+        runs_row(baseline, &evoke_ingest);
+        cpu_row(baseline.cpu(), evoke_ingest.cpu());
+    }
 
     // 2. End to end, as its baselines: a queue filled while no worker runs,
     //    then drained. The baselines pull the same number of messages from
