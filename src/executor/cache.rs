@@ -276,6 +276,17 @@ unsafe fn deserialize_verified(engine: &Engine, file: &std::fs::File, kind: Gues
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot map cached code; reading it instead"),
         }
     }
+    // SAFETY: as this function's.
+    unsafe { deserialize_read(engine, file, kind) }
+}
+
+/// Loads verified compiled code by reading `file` (without its tag) into
+/// memory: where it cannot be mapped.
+///
+/// # Safety
+///
+/// As [`deserialize_verified`].
+unsafe fn deserialize_read(engine: &Engine, file: &std::fs::File, kind: GuestKind) -> wasmtime::Result<Compiled> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len().saturating_sub(TAG_LEN as u64);
     let mut artifact = vec![0u8; len as usize];
@@ -390,10 +401,11 @@ mod tests {
     }
 
     /// Verified code is loaded by mapping its file, not by copying it into
-    /// memory: the file shows among the process's mappings.
+    /// memory: the file shows among the process's mappings. The fallback,
+    /// reading it, loads the same code.
     #[cfg(target_os = "linux")]
     #[test]
-    fn cached_code_is_mapped_from_its_file() {
+    fn cached_code_is_mapped_from_its_file_or_else_read() {
         let engine = Engine::default();
         let dir = tempfile::tempdir().unwrap();
         let digest = format!("sha256:{}", "cd".repeat(32));
@@ -418,6 +430,12 @@ mod tests {
             assert!(mapped(&path), "{kind:?}: loaded from a mapping of its file");
             drop(loaded);
             assert!(!mapped(&path), "{kind:?}: unmapped with the code");
+            // Where it cannot be mapped, the same file is read instead.
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: written by `store` just above, and left as it is.
+            let read = unsafe { deserialize_read(&engine, &file, kind) }.expect("reads");
+            assert_eq!(read.serialize().unwrap(), compiled.serialize().unwrap(), "{kind:?}");
+            assert!(!mapped(&path), "{kind:?}: read, not mapped");
         }
     }
 
