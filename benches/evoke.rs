@@ -856,10 +856,6 @@ async fn queue(http: &reqwest::Client, url: &str, body: &str, n: usize) -> anyho
     Ok(())
 }
 
-/// The ingest baseline: `n` requests (64 in flight, the same requests as
-/// evoke's, at the same path) to a bare axum handler that publishes the
-/// body on `subject(id)` with a `Nats-Msg-Id` and awaits JetStream's ack
-/// before answering 202. Returns requests per second and CPU per request.
 /// The minimal programs the ingest line compares evoke with.
 #[derive(Clone, Copy)]
 enum Bridge {
@@ -873,6 +869,10 @@ enum Bridge {
     AsEvokeAnswers,
 }
 
+/// An ingest baseline: `n` requests (64 in flight, the same requests as
+/// evoke's, at the same path) to an axum handler of `kind` that publishes
+/// on JetStream with a `Nats-Msg-Id` and awaits the ack before answering
+/// 202. Returns requests per second and what each request cost.
 async fn bridge(
     js: &jetstream::Context,
     http: &reqwest::Client,
