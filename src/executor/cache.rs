@@ -175,8 +175,8 @@ impl CodeCache {
             let _ = std::fs::remove_file(&path);
             None
         };
-        let kind = match self.verify(&file, hex, kinds) {
-            Ok(Some(kind)) => kind,
+        let (kind, size) = match self.verify(&file, hex, kinds) {
+            Ok(Some(verified)) => verified,
             Ok(None) => return drop_file("its tag does not verify (not written by this node)"),
             Err(e) => return drop_file(&format!("cannot be read: {e}")),
         };
@@ -187,17 +187,21 @@ impl CodeCache {
         // file over the old one), so a mapping stays what was verified.
         match unsafe { deserialize_verified(engine, &file, kind) } {
             Ok(c) => {
-                let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-                self.recent().put(hex, kind, size.saturating_sub(TAG_LEN), c.clone());
+                self.recent().put(hex, kind, size as usize, c.clone());
                 Some((kind, c))
             }
             Err(e) => drop_file(&format!("unloadable: {e:#}")),
         }
     }
 
-    /// Which of `kinds` the tag at the end of `file` verifies as (`None`:
-    /// none), from one pass over the file.
-    fn verify(&self, file: &std::fs::File, hex: &str, kinds: &[GuestKind]) -> std::io::Result<Option<GuestKind>> {
+    /// Which of `kinds` the tag at the end of `file` verifies as, with the
+    /// artifact's size (`None`: none), from one pass over the file.
+    fn verify(
+        &self,
+        file: &std::fs::File,
+        hex: &str,
+        kinds: &[GuestKind],
+    ) -> std::io::Result<Option<(GuestKind, u64)>> {
         use std::io::Read;
         use std::os::unix::fs::FileExt;
         let len = file.metadata()?.len();
@@ -221,7 +225,10 @@ impl CodeCache {
         }
         // blake3's Hash compares in constant time.
         let tag = blake3::Hash::from_bytes(tag);
-        Ok(hashers.into_iter().find(|(_, h)| h.finalize() == tag).map(|(k, _)| k))
+        Ok(hashers
+            .into_iter()
+            .find(|(_, h)| h.finalize() == tag)
+            .map(|(k, _)| (k, artifact_len)))
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
