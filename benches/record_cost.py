@@ -72,12 +72,12 @@ async def measure(port, pid):
 
     await nc.subscribe("_INBOX.records.*", cb=on_ack)
 
-    async def expect(want):
+    def expect(want):
         state["acks"], state["want"] = 0, want
         done.clear()
 
     async def one_ack_each(prefix):
-        await expect(RECORDS)
+        expect(RECORDS)
         for i, key in enumerate(keys):
             await nc.publish(f"$KV.records.{prefix}{key}", record, reply=f"_INBOX.records.{i}")
             if i - state["acks"] > 512:
@@ -86,7 +86,7 @@ async def measure(port, pid):
 
     async def atomic_batches(prefix):
         batches = (RECORDS + BATCH - 1) // BATCH
-        await expect(batches)
+        expect(batches)
         for b in range(batches):
             batch_id = uuid.uuid4().hex
             chunk = keys[b * BATCH:(b + 1) * BATCH]
